@@ -1,0 +1,50 @@
+"""Helpers shared by the command modules: one-line errors, JSON output, common options."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from polarpack.errors import PolarpackError
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn library errors into click's one-line `Error: ...` with exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PolarpackError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def emit_json(obj: Any) -> None:
+    """Machine-readable results go to stdout, nothing else does when --json is given."""
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def info(message: str) -> None:
+    """Hints and progress go to stderr so stdout stays clean for pipes."""
+    click.echo(message, err=True)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON result on stdout.")
+
+
+def hub_options(fn: Callable) -> Callable:
+    """--endpoint / --revision / --token for anything that may read an hf:// reference."""
+    fn = click.option("--token", envvar="HF_TOKEN", default=None, show_envvar=True, help="Hugging Face token (default: $HF_TOKEN or the cached login).")(fn)
+    fn = click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for hf:// references without @rev.")(fn)
+    fn = click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True, help="Hub endpoint URL (default: $HF_ENDPOINT or https://huggingface.co).")(fn)
+    return fn
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,46 @@
+"""Entry point of the `polarpack` console script: one click group, one module per command group."""
+
+from __future__ import annotations
+
+import click
+
+from polarpack import __version__
+
+from .extract import extract, inspect
+from .hub import pull, push
+from .materialize import materialize
+from .train import train
+
+_EPILOG = """\b
+Typical session:
+  polarpack inspect paper:alexnet
+  polarpack extract mobilenet_v2.pth --out mnv2.polar
+  polarpack materialize paper:alexnet --model alexnet --seed 0 --out init.safetensors
+  polarpack train --dist paper:alexnet --dataset fashion-mnist-mini --epochs 3
+
+Distributions are accepted as files (.polar, .polar.json, .polar.safetensors), presets
+(paper:alexnet, paper:table1-exp1 ... exp7) or hf://owner/repo[@rev]/path references.
+"""
+
+
+@click.group(epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="polarpack")
+def cli() -> None:
+    """polarpack: transfer learning with polarity distributions.
+
+    A network's per-layer fractions of zero, negative and positive weights (a few numbers per
+    layer, stored in a tiny .polar file) stand in for the pretrained checkpoint: new networks get
+    Glorot magnitudes and a random sign pattern with those fractions, held fixed during training.
+    """
+
+
+for command in (extract, inspect, materialize, train, push, pull):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="polarpack")
+
+
+if __name__ == "__main__":
+    main()

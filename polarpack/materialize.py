@@ -1,0 +1,276 @@
+"""Materialization: a `Distribution` and a seed become sign targets and initial weights.
+
+This is Algorithm 1's initialisation: GlorotNormal magnitudes (exactly as Keras draws them), a
+random target pattern T with the distribution's proportions, and weights that take T's signs
+(zero targets give zero weights). Each layer's pattern and magnitudes come from generators seeded
+by (seed, layer name), so a layer's draw does not depend on the other layers, and the same seed
+gives bit-identical output for a given torch version (torch's CPU `randperm`/`rand` algorithms
+are the only thing that may change it). Everything is drawn on the CPU, then moved, so the result
+does not depend on the device either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ._io import atomic_write_bytes, check_output_path
+from .errors import ModelError
+from .format import Distribution, LayerDistribution
+
+# Keras' GlorotNormal divides the std by the std of a unit normal truncated at +-2, so that the
+# truncated samples have the Glorot std exactly.
+TRUNCATION_CORRECTION = 0.87962566103423978
+SAMPLING_MODES = ("exact", "iid")
+
+
+def fans(shape: Sequence[int]) -> tuple[int, int]:
+    """Keras' fans: for a conv kernel (out, in, kh, kw), fan_in = kh*kw*in, fan_out = kh*kw*out."""
+    if len(shape) < 2:
+        raise ModelError(f"cannot compute fans of a {len(shape)}-D shape {tuple(shape)}")
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def glorot_std(shape: Sequence[int]) -> float:
+    fan_in, fan_out = fans(shape)
+    return math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def glorot_normal(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """Keras GlorotNormal: N(0, s / 0.8796) truncated at two of those stds, so the std is s."""
+    scale = glorot_std(shape) / TRUNCATION_CORRECTION
+    out = torch.empty(tuple(shape), dtype=torch.float32)
+    return nn.init.trunc_normal_(out, 0.0, scale, -2.0 * scale, 2.0 * scale, generator=generator)
+
+
+def glorot_uniform_(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Keras' default Dense/Conv kernel init, used for the unconstrained layers."""
+    fan_in, fan_out = fans(tensor.shape)
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        return tensor.uniform_(-limit, limit, generator=generator)
+
+
+def largest_remainder_counts(proportions: Sequence[float], n: int) -> tuple[int, int, int]:
+    """[n0, n_neg, n_pos] summing to n, each round(p * n) with the remainder given to the largest
+    fractional parts (ties go to the earlier class), so counts are as close to p * n as possible."""
+    raw = [p * n for p in proportions]
+    counts = [math.floor(r) for r in raw]
+    short = n - sum(counts)
+    order = sorted(range(3), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[:short]:
+        counts[i] += 1
+    return tuple(counts)  # type: ignore[return-value]
+
+
+def sample_signs(
+    shape: Sequence[int] | int,
+    proportions: Sequence[float],
+    generator: torch.Generator,
+    sampling: str = "exact",
+) -> torch.Tensor:
+    """An int8 target pattern with values in {0, -1, +1}.
+
+    'exact': exactly `largest_remainder_counts` of each sign at uniformly random positions
+    (one randperm). 'iid': each weight independently, so counts vary around p * n.
+    """
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = math.prod(shape)
+    if sampling == "exact":
+        n0, n_neg, _ = largest_remainder_counts(proportions, n)
+        pattern = torch.ones(n, dtype=torch.int8)
+        perm = torch.randperm(n, generator=generator)
+        pattern[perm[:n0]] = 0
+        pattern[perm[n0 : n0 + n_neg]] = -1
+        return pattern.view(shape)
+    if sampling == "iid":
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        p0, p_neg = float(proportions[0]), float(proportions[1])
+        pattern = torch.ones(n, dtype=torch.int8)
+        pattern[u < p0 + p_neg] = -1
+        pattern[u < p0] = 0
+        return pattern.view(shape)
+    raise ModelError(f"unknown sampling {sampling!r}; use one of {list(SAMPLING_MODES)}")
+
+
+def derive_seed(seed: int, *parts: str) -> int:
+    """A 63-bit seed for one purpose and layer, stable across runs, processes and platforms."""
+    digest = hashlib.sha256("/".join([str(int(seed)), *parts]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def generator_for(seed: int, *parts: str) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, *parts))
+
+
+def signed_glorot(targets: torch.Tensor, seed: int, layer: str) -> torch.Tensor:
+    """Glorot magnitudes carrying the target's signs: |w| * T (zero where T is zero)."""
+    magnitudes = glorot_normal(targets.shape, generator_for(seed, "magnitudes", layer))
+    return magnitudes.abs_().mul_(targets)
+
+
+# -- layer mapping ---------------------------------------------------------------------------
+
+
+def map_layers(
+    dist: Distribution,
+    targets: Sequence[tuple[str, tuple[int, ...]]],
+    mapping: Mapping[str, str] | None = None,
+) -> list[tuple[str, LayerDistribution]]:
+    """Pair each target layer with a distribution layer.
+
+    An explicit `mapping` (target layer -> distribution layer) wins and may cover a subset;
+    otherwise by name when every target layer has a same-named distribution layer, else by order
+    when the counts agree; anything else is an error that lists both sides.
+    """
+    target_names = [name for name, _ in targets]
+    if mapping:
+        pairs = []
+        for target, source in mapping.items():
+            if target not in target_names:
+                raise ModelError(f"--map: target layer {target!r} is not in the model; its layers are {target_names}")
+            try:
+                pairs.append((target, dist[source]))
+            except KeyError:
+                raise ModelError(f"--map: distribution has no layer {source!r}; its layers are {dist.names}") from None
+        order = {name: i for i, name in enumerate(target_names)}
+        return sorted(pairs, key=lambda p: order[p[0]])
+    by_name = {layer.name: layer for layer in dist.layers}
+    if all(name in by_name for name in target_names):
+        return [(name, by_name[name]) for name in target_names]
+    if len(dist.layers) == len(target_names):
+        return list(zip(target_names, dist.layers))
+    raise ModelError(
+        f"the distribution has {len(dist.layers)} layers {dist.names} but the model has "
+        f"{len(target_names)} constrained layers {_abbrev(target_names)}; the names do not match "
+        "either; pass an explicit mapping (--map TARGET=LAYER,...) or use --constrain to pick layers"
+    )
+
+
+def _abbrev(names: Sequence[str], limit: int = 12) -> str:
+    shown = list(names[:limit])
+    return str(shown)[:-1] + (f", ... ({len(names)} in all)]" if len(names) > limit else "]")
+
+
+# -- materialization -------------------------------------------------------------------------
+
+
+@dataclass
+class Materialized:
+    """Initial kernels and their int8 sign targets, keyed by layer name (parameter minus .weight)."""
+
+    weights: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+    mapping: dict[str, str] = field(default_factory=dict)  # target layer -> distribution layer
+    info: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """`{layer}.weight` tensors, to load with `model.load_state_dict(sd, strict=False)`."""
+        return {f"{name}.weight": w for name, w in self.weights.items()}
+
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Copy the kernels into `model` in place."""
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name, w in self.weights.items():
+                param = modules[name].weight
+                if tuple(param.shape) != tuple(w.shape):
+                    raise ModelError(f"layer {name!r}: model kernel {tuple(param.shape)} but materialized {tuple(w.shape)}")
+                param.copy_(w.to(param.device, param.dtype))
+        return model
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """safetensors with `{layer}.weight` (float32) and `{layer}.polarity` (int8) tensors."""
+        from safetensors.torch import save
+
+        check_output_path(path)
+        tensors = {**self.state_dict(), **{f"{n}.polarity": t.contiguous() for n, t in self.targets.items()}}
+        meta = {"polarpack": json.dumps({**self.info, "mapping": self.mapping}, sort_keys=True, separators=(",", ":"))}
+        return atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _target_layers(model: nn.Module, scope: str) -> list[tuple[str, tuple[int, ...]]]:
+    from .models import constrainable_layers
+
+    return [(name, tuple(m.weight.shape)) for name, m in constrainable_layers(model, scope)]
+
+
+def resolve_model(
+    model: nn.Module | str, *, geometry: str = "small", num_classes: int = 10, in_channels: int = 3
+) -> nn.Module:
+    if isinstance(model, nn.Module):
+        return model
+    from .models import build_model
+
+    return build_model(model, geometry=geometry, num_classes=num_classes, in_channels=in_channels)
+
+
+def materialize(
+    dist: Distribution,
+    model: nn.Module | str,
+    *,
+    seed: int,
+    sampling: str = "exact",
+    mapping: Mapping[str, str] | None = None,
+    scope: str = "conv",
+    geometry: str = "small",
+    num_classes: int = 10,
+    in_channels: int = 3,
+) -> Materialized:
+    """Sign targets drawn from `dist` and signed Glorot kernels for `model`'s constrained layers.
+
+    `model` is a module or a model name (`alexnet`, `zfnet`, any torchvision classifier).
+    """
+    if sampling not in SAMPLING_MODES:
+        raise ModelError(f"unknown sampling {sampling!r}; use one of {list(SAMPLING_MODES)}")
+    module = resolve_model(model, geometry=geometry, num_classes=num_classes, in_channels=in_channels)
+    layers = _target_layers(module, scope)
+    shapes = dict(layers)
+    weights, targets, used = {}, {}, {}
+    for target, layer in map_layers(dist, layers, mapping):
+        pattern = sample_signs(shapes[target], layer.proportions, generator_for(seed, "signs", target), sampling)
+        targets[target] = pattern
+        weights[target] = signed_glorot(pattern, seed, target)
+        used[target] = layer.name
+    info = {
+        "seed": int(seed),
+        "sampling": sampling,
+        "model": model if isinstance(model, str) else type(model).__name__,
+        "distribution": dict(dist.source),
+        "torch": torch.__version__,
+    }
+    return Materialized(weights, targets, used, info)
+
+
+def apply_distribution(module: nn.Module, dist: Distribution, *, seed: int, **kwargs) -> Materialized:
+    """`materialize` for an existing module, applied in place; returns the targets as well."""
+    result = materialize(dist, module, seed=seed, **kwargs)
+    result.apply_(module)
+    return result
+
+
+def pattern_of(weights: Mapping[str, torch.Tensor], zero_tol: float = 0.0) -> dict[str, torch.Tensor]:
+    """The exact int8 sign pattern of transferred kernels (Freeze IN-Polarity's T)."""
+    out = {}
+    for name, w in weights.items():
+        t = torch.sign(w.detach().to("cpu", torch.float32)).to(torch.int8)
+        if zero_tol > 0:
+            t[w.detach().abs().cpu() <= zero_tol] = 0
+        out[name] = t
+    return out
+
+
+def materialize_pattern(targets: Mapping[str, torch.Tensor], *, seed: int) -> Materialized:
+    """Glorot magnitudes on a given pattern (Algorithm 2); the same magnitudes `materialize`
+    draws for the same seed and layer, so Freeze IN and Freeze SPIN differ only in the pattern."""
+    weights = {name: signed_glorot(t.to(torch.int8), seed, name) for name, t in targets.items()}
+    return Materialized(weights, {n: t.to(torch.int8) for n, t in targets.items()}, {n: n for n in targets}, {"seed": int(seed)})

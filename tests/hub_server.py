@@ -1,0 +1,465 @@
+"""A fake Hugging Face Hub on 127.0.0.1 for tests: the slice of the Hub's HTTP API that
+huggingface_hub (2.x, httpx2 client) uses to create a repo, commit small files and download them.
+
+Routes (read from the installed client's source: `hf_api.py`, `_commit_api.py`, `file_download.py`):
+
+    POST /api/repos/create                        HfApi.create_repo (409 + {"url"} when it exists)
+    GET  /api/whoami-v2                           HfApi.whoami
+    POST /api/validate-yaml                       create_commit, when README.md is in the commit
+    POST /api/{type}s/{repo}/preupload/{rev}      _fetch_upload_modes: "regular" mode + remote git oid
+    POST /api/{type}s/{repo}/commit/{rev}         _send_commit: NDJSON header + base64 "file" lines
+    POST /api/{type}s/{repo}/branch/{branch}      HfApi.create_branch
+    GET  /api/{type}s/{repo}[/revision/{rev}]     HfApi.repo_info / model_info (sha, siblings)
+    HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}  hf_hub_download: X-Repo-Commit, ETag, Content-Length
+
+Errors carry the headers the client maps to its exceptions: `X-Error-Code: RepoNotFound`
+(401 without a token, like the real Hub, 404 with one), `RevisionNotFound`, `EntryNotFound`.
+Writes need a known token (`Authorization: Bearer ...`); private repos need one to be read.
+`fail(pattern, status, times)` makes the next matching requests fail (fault injection).
+
+State is in memory; commit ids are sha1 hex of the commit content (parent, message, file oids),
+file oids are git blob sha1s, as on the Hub. LFS / Xet uploads are not implemented: every file is
+"regular" (inline base64), which is what the client does for small files.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+DEFAULT_TOKENS = {"hf_fake_write_token": "tester"}
+GITATTRIBUTES = b"*.bin filter=lfs diff=lfs merge=lfs -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n"
+REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+_REPO = r"(?P<repo>[^/]+/[^/]+)"
+_TYPE = r"(?P<type>models|datasets|spaces)"
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git object id of a blob, which the Hub reports as a regular file's oid / ETag."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Commit:
+    oid: str
+    parent: str | None
+    message: str
+    files: dict[str, bytes]
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    repo_type: str
+    private: bool
+    branches: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, Commit] = field(default_factory=dict)
+
+    def resolve(self, revision: str) -> str | None:
+        if revision in self.branches:
+            return self.branches[revision]
+        if re.fullmatch(r"[0-9a-f]{40}", revision) and revision in self.commits:
+            return revision
+        return None
+
+
+@dataclass
+class Fault:
+    pattern: re.Pattern
+    status: int
+    remaining: int
+    method: str | None
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, obj, **headers: str) -> "Reply":
+        return cls(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **headers})
+
+    @classmethod
+    def error(cls, status: int, message: str, code: str | None = None, **headers: str) -> "Reply":
+        extra = {"X-Error-Message": message, **headers}
+        if code is not None:
+            extra["X-Error-Code"] = code
+        return cls.json(status, {"error": message}, **extra)
+
+
+class FakeHub:
+    """The fake Hub: `with FakeHub() as hub: ... hub.url ...` serves until the block ends."""
+
+    def __init__(self, tokens: dict[str, str] | None = None) -> None:
+        self.tokens = dict(DEFAULT_TOKENS if tokens is None else tokens)
+        self.repos: dict[tuple[str, str], Repo] = {}
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._counter = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "FakeHub is not running"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "FakeHub":
+        hub = self
+
+        class Handler(_Handler):
+            fake = hub
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:  # close kept-alive client connections so their handler threads end now
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._connections.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+
+    def __enter__(self) -> "FakeHub":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- test helpers ------------------------------------------------------------------------
+    def add_repo(
+        self, repo_id: str, files: dict[str, bytes] | None = None, *, private: bool = False, repo_type: str = "model"
+    ) -> str:
+        """Create a repository (with the Hub's initial .gitattributes commit) and optionally commit
+        `files` to main; returns the head commit id."""
+        with self._lock:
+            repo = Repo(repo_id=repo_id, repo_type=repo_type, private=private)
+            self.repos[(repo_type, repo_id)] = repo
+            self._commit(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit")
+            if files:
+                self._commit(repo, "main", files, "add files")
+            return repo.branches["main"]
+
+    def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
+        with self._lock:
+            repo = self.repos[(repo_type, repo_id)]
+            return dict(repo.commits[repo.resolve(revision)].files)
+
+    def head(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> str | None:
+        with self._lock:
+            return self.repos[(repo_type, repo_id)].resolve(revision)
+
+    def n_commits(self, repo_id: str, repo_type: str = "model") -> int:
+        with self._lock:
+            return len(self.repos[(repo_type, repo_id)].commits)
+
+    def fail(self, pattern: str, status: int = 500, times: int = 1, method: str | None = None) -> None:
+        """Make the next `times` requests whose path matches `pattern` (re.search) answer `status`."""
+        with self._lock:
+            self.faults.append(Fault(re.compile(pattern), status, times, method.upper() if method else None))
+
+    def calls(self, method: str, pattern: str) -> list[tuple[str, str, int]]:
+        with self._lock:
+            return [r for r in self.requests if r[0] == method and re.search(pattern, r[1])]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _commit(self, repo: Repo, branch: str, files: dict[str, bytes], message: str, deleted=()) -> str:
+        parent = repo.branches.get(branch)
+        tree = dict(repo.commits[parent].files) if parent else {}
+        for path in deleted:
+            tree.pop(path, None)
+        tree.update(files)
+        self._counter += 1
+        digest = hashlib.sha1(
+            json.dumps(
+                [parent, message, self._counter, sorted((p, git_blob_sha1(d)) for p, d in tree.items())]
+            ).encode()
+        ).hexdigest()
+        repo.commits[digest] = Commit(oid=digest, parent=parent, message=message, files=tree)
+        repo.branches[branch] = digest
+        return digest
+
+    def _user(self, headers) -> tuple[str | None, Reply | None]:
+        auth = headers.get("Authorization")
+        if not auth:
+            return None, None
+        token = auth.split(" ", 1)[1] if " " in auth else auth
+        if token not in self.tokens:
+            return None, Reply.error(401, "Invalid credentials in Authorization header")
+        return self.tokens[token], None
+
+    def _readable(self, repo_type: str, repo_id: str, user: str | None) -> tuple[Repo | None, Reply | None]:
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None or (repo.private and user is None):
+            if user is None:  # like the Hub: unauthenticated callers cannot tell missing from private
+                return None, Reply.error(401, "Invalid username or password.", "RepoNotFound")
+            return None, Reply.error(404, "Repository not found", "RepoNotFound")
+        return repo, None
+
+    def _writable(self, repo_type: str, repo_id: str, user: str | None) -> tuple[Repo | None, Reply | None]:
+        if user is None:
+            return None, Reply.error(401, "You must be authenticated to write to a repository")
+        return self._readable(repo_type, repo_id, user)
+
+    def handle(self, method: str, raw_path: str, headers, body: bytes) -> Reply:
+        split = urlsplit(raw_path)
+        path, query = split.path, parse_qs(split.query)
+        with self._lock:
+            for fault in self.faults:
+                if fault.remaining > 0 and (fault.method in (None, method)) and fault.pattern.search(path):
+                    fault.remaining -= 1
+                    if fault.status == 401:
+                        reply = Reply.error(401, "Invalid credentials in Authorization header")
+                    else:
+                        reply = Reply.error(fault.status, f"Injected failure (HTTP {fault.status})")
+                    break
+            else:
+                reply = self._route(method, path, query, headers, body)
+            self.requests.append((method, path, reply.status))
+            return reply
+
+    def _route(self, method: str, path: str, query, headers, body: bytes) -> Reply:
+        user, bad_token = self._user(headers)
+        if bad_token is not None:
+            return bad_token
+        if method == "POST" and path == "/api/repos/create":
+            return self._create_repo(json.loads(body or b"{}"), user)
+        if method == "GET" and path == "/api/whoami-v2":
+            if user is None:
+                return Reply.error(401, "Invalid credentials in Authorization header")
+            return Reply.json(200, {"type": "user", "name": user, "auth": {"type": "access_token"}})
+        if method == "POST" and path == "/api/validate-yaml":
+            return self._validate_yaml(json.loads(body or b"{}"))
+        m = re.fullmatch(rf"/api/{_TYPE}/{_REPO}/(?P<op>preupload|commit|branch)/(?P<rev>[^/]+)", path)
+        if m and method == "POST":
+            repo_type, repo_id, rev = REPO_TYPES[m["type"]], m["repo"], unquote(m["rev"])
+            repo, err = self._writable(repo_type, repo_id, user)
+            if err is not None:
+                return err
+            if m["op"] == "branch":
+                return self._create_branch(repo, rev, json.loads(body or b"{}"))
+            if rev not in repo.branches:
+                return Reply.error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+            if m["op"] == "preupload":
+                return self._preupload(repo, rev, json.loads(body or b"{}"))
+            return self._commit_ndjson(repo, rev, body)
+        m = re.fullmatch(rf"/api/{_TYPE}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", path)
+        if m and method == "GET":
+            repo, err = self._readable(REPO_TYPES[m["type"]], m["repo"], user)
+            if err is not None:
+                return err
+            return self._repo_info(repo, unquote(m["rev"]) if m["rev"] else "main")
+        m = re.fullmatch(rf"/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path)
+        if m and method in ("GET", "HEAD"):
+            repo, err = self._readable(REPO_TYPES[m["type"] or "models"], m["repo"], user)
+            if err is not None:
+                return err
+            return self._resolve(repo, unquote(m["rev"]), unquote(m["file"]))
+        return Reply.error(404, f"fake hub: no route for {method} {path}")
+
+    def _create_repo(self, payload: dict, user: str | None) -> Reply:
+        if user is None:
+            return Reply.error(401, "You must be authenticated to create a repository")
+        namespace = payload.get("organization") or user
+        repo_id = f"{namespace}/{payload['name']}"
+        repo_type = payload.get("type") or "model"
+        prefix = "" if repo_type == "model" else f"{repo_type}s/"
+        url = f"{self.url}/{prefix}{repo_id}"
+        if (repo_type, repo_id) in self.repos:
+            return Reply.json(409, {"error": "You already created this model repo", "url": url})
+        private = payload.get("visibility") == "private" or bool(payload.get("private"))
+        self.add_repo(repo_id, private=private, repo_type=repo_type)
+        return Reply.json(200, {"url": url, "name": repo_id})
+
+    @staticmethod
+    def _validate_yaml(payload: dict) -> Reply:
+        import yaml
+
+        content = payload.get("content", "")
+        m = re.match(r"^---\s*\n(.*?)\n---\s*\n", content, re.S)
+        try:
+            data = yaml.safe_load(m.group(1)) if m else {}
+        except yaml.YAMLError as exc:
+            return Reply.json(400, {"errors": [{"message": f"invalid YAML: {exc}"}], "warnings": []})
+        if data is not None and not isinstance(data, dict):
+            return Reply.json(400, {"errors": [{"message": "metadata must be a mapping"}], "warnings": []})
+        return Reply.json(200, {"errors": [], "warnings": []})
+
+    def _create_branch(self, repo: Repo, branch: str, payload: dict) -> Reply:
+        if branch in repo.branches:
+            return Reply.error(409, f"Reference {branch} already exists")
+        start = repo.resolve(payload.get("startingPoint") or "main")
+        if start is None:
+            return Reply.error(404, "Invalid starting point", "RevisionNotFound")
+        repo.branches[branch] = start
+        return Reply.json(200, {})
+
+    @staticmethod
+    def _preupload(repo: Repo, branch: str, payload: dict) -> Reply:
+        tree = repo.commits[repo.branches[branch]].files
+        files = []
+        for item in payload.get("files", []):
+            path = item["path"]
+            files.append(
+                {
+                    "path": path,
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": git_blob_sha1(tree[path]) if path in tree else None,
+                }
+            )
+        return Reply.json(200, {"files": files, "commitOid": repo.branches[branch]})
+
+    def _commit_ndjson(self, repo: Repo, branch: str, body: bytes) -> Reply:
+        header, files, deleted = None, {}, []
+        for line in body.splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            key, value = item.get("key"), item.get("value", {})
+            if key == "header":
+                header = value
+            elif key == "file":
+                if value.get("encoding") != "base64":
+                    return Reply.error(400, "file content must be base64")
+                files[value["path"]] = base64.b64decode(value["content"])
+            elif key in ("deletedFile", "deletedFolder"):
+                deleted.append(value["path"])
+            elif key == "lfsFile":
+                return Reply.error(400, "this fake hub does not store LFS files; keep test files small")
+            else:
+                return Reply.error(400, f"unknown commit operation {key!r}")
+        if header is None or not header.get("summary"):
+            return Reply.error(400, "commit header with a summary is required")
+        parent = header.get("parentCommit")
+        if parent is not None and parent != repo.branches[branch]:
+            return Reply.error(412, "A commit has happened since. Please refresh and try again.")
+        message = header["summary"] + ("\n\n" + header["description"] if header.get("description") else "")
+        oid = self._commit(repo, branch, files, message, deleted)
+        prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
+        return Reply.json(
+            200,
+            {"success": True, "commitOid": oid, "commitUrl": f"{self.url}/{prefix}{repo.repo_id}/commit/{oid}",
+             "pullRequestUrl": None},
+        )
+
+    @staticmethod
+    def _repo_info(repo: Repo, revision: str) -> Reply:
+        sha = repo.resolve(revision)
+        if sha is None:
+            return Reply.error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        tree = repo.commits[sha].files
+        return Reply.json(
+            200,
+            {
+                "id": repo.repo_id,
+                "author": repo.repo_id.split("/")[0],
+                "sha": sha,
+                "private": repo.private,
+                "lastModified": "2024-01-01T00:00:00.000Z",
+                "tags": [],
+                "siblings": [{"rfilename": p, "blobId": git_blob_sha1(d), "size": len(d)} for p, d in sorted(tree.items())],
+            },
+        )
+
+    @staticmethod
+    def _resolve(repo: Repo, revision: str, path: str) -> Reply:
+        sha = repo.resolve(revision)
+        if sha is None:
+            return Reply.error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        tree = repo.commits[sha].files
+        if path not in tree:
+            return Reply.error(404, "Entry not found", "EntryNotFound", **{"X-Repo-Commit": sha})
+        data = tree[path]
+        return Reply(
+            200,
+            data,
+            {
+                "Content-Type": "application/octet-stream",
+                "ETag": f'"{git_blob_sha1(data)}"',
+                "X-Repo-Commit": sha,
+                "Accept-Ranges": "bytes",
+            },
+        )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # an idle kept-alive connection ends after this many seconds
+    fake: FakeHub
+
+    def setup(self) -> None:
+        super().setup()
+        with self.fake._lock:
+            self.fake._connections.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.fake._lock:
+                self.fake._connections.discard(self.connection)
+
+    def log_message(self, format, *args) -> None:  # keep test output clean
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _serve(self, method: str) -> None:
+        body = self._body()
+        reply = self.fake.handle(method, self.path, self.headers, body)
+        self.send_response(reply.status)
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(reply.body)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_HEAD(self) -> None:
+        self._serve("HEAD")
+
+    def do_POST(self) -> None:
+        self._serve("POST")

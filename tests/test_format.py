@@ -1,0 +1,507 @@
+"""The .polar format (spec/polar-format.md): round trips, byte reproducibility, schema, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import string
+import struct
+import tempfile
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import polarpack._io
+import polarpack.format as fmt
+from polarpack.errors import FormatError, PolarpackError
+from polarpack.format import (
+    SOURCE_TYPES,
+    Distribution,
+    LayerDistribution,
+    decode,
+    decode_json,
+    decode_safetensors,
+    encode,
+    encode_json,
+    encode_safetensors,
+    load,
+    save,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "spec" / "polar-format.md"
+SCHEMA_FILE = ROOT / "spec" / "polar.schema.json"
+PACKAGE_SCHEMA_FILE = ROOT / "polarpack" / "spec" / "polar.schema.json"
+VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text("utf-8")))
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- strategies ------------------------------------------------------------------------------
+
+# Names exercise quoting, brackets and commas (which must survive the JSON layout), non-ASCII.
+NAME_CHARS = string.ascii_letters + string.digits + "._-[], \"\\/é中\u2028"
+names = st.text(NAME_CHARS, min_size=1, max_size=10)
+kinds = st.sampled_from(["conv", "linear"])
+shapes = st.lists(st.integers(1, 6), min_size=1, max_size=4).map(tuple)
+
+
+@st.composite
+def counted_layers(draw, name):
+    kind = draw(kinds)
+    if draw(st.booleans()):
+        shape = draw(shapes)
+        n = math.prod(shape)
+    else:
+        shape = None
+        n = draw(st.integers(1, 10**15))
+    n0 = draw(st.integers(0, n))
+    nn = draw(st.integers(0, n - n0))
+    return LayerDistribution.from_counts(name, [n0, nn, n - n0 - nn], kind=kind, shape=shape)
+
+
+@st.composite
+def proportion_layers(draw, name):
+    a = draw(st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0, 0.5, 1e-300, 5e-324])))
+    b = draw(st.floats(0, 1))
+    p_neg = (1.0 - a) * b
+    p_pos = max(0.0, 1.0 - a - p_neg)
+    return LayerDistribution(name=name, kind=draw(kinds), shape=draw(st.none() | shapes), p0=a, p_neg=p_neg, p_pos=p_pos)
+
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
+hex64 = st.text("0123456789abcdef", min_size=64, max_size=64)
+sources = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(SOURCE_TYPES),
+        "id": st.text(max_size=10),
+        "file": st.text(max_size=10),
+        "sha256": hex64,
+        "citation": st.text(max_size=10),
+        "extra": json_values,
+    },
+)
+extractions = st.fixed_dictionaries(
+    {},
+    optional={
+        "zero_tol": st.floats(0, 1),
+        "expand_groups": st.booleans(),
+        "groups": json_values,
+        "include_linear": st.booleans(),
+        "layers": st.lists(st.text(max_size=6), max_size=3),
+        "layout": st.text(max_size=5),
+    },
+)
+
+
+@st.composite
+def distributions(draw):
+    layer_names = draw(st.lists(names, min_size=1, max_size=6, unique=True))
+    layers = [draw(st.one_of(counted_layers(n), proportion_layers(n))) for n in layer_names]
+    kwargs = {}
+    if draw(st.booleans()):
+        kwargs["producer"] = draw(st.fixed_dictionaries({"name": st.text(max_size=6), "version": st.text(max_size=6)}))
+    return Distribution(
+        layers=layers, source=draw(sources), extraction=draw(extractions), metadata=draw(json_objects), **kwargs
+    )
+
+
+def schema_ok(data: bytes) -> None:
+    VALIDATOR.validate(json.loads(data))
+
+
+def example() -> Distribution:
+    L = LayerDistribution
+    return Distribution(
+        layers=[
+            L.from_counts("conv1", [0, 219, 213], shape=[16, 3, 3, 3]),
+            L.from_counts("features.3", [2304, 1190, 1114], shape=[32, 16, 3, 3]),
+            L.from_counts("fc", [3, 2601, 2516], kind="linear", shape=[10, 512]),
+        ],
+        source={"type": "file", "file": "checkpoints/tiny-cnn.pt", "sha256": "ab" * 32},
+        extraction={"zero_tol": 0.0, "expand_groups": True, "groups": {"features.3": 2}, "layers": ["*"]},
+        metadata={"note": "[1,2] and [3,  4] stay as written", "nested": [[1, 2], [], {"b": 1, "a": [0.5]}]},
+    )
+
+
+# -- round trips and reproducibility ---------------------------------------------------------
+
+
+@SETTINGS
+@given(distributions())
+def test_round_trips_are_lossless_and_bytes_reproducible(dist):
+    j = encode_json(dist)
+    s = encode_safetensors(dist)
+    assert encode_json(dist) == j and encode_safetensors(dist) == s
+    from_j, from_s = decode(j), decode(s)
+    assert from_j == dist and from_s == dist
+    assert decode_json(j) == dist and decode_safetensors(s) == dist
+    # JSON -> object -> safetensors -> object -> JSON gives the same bytes, and vice versa
+    assert encode_safetensors(from_j) == s and encode_json(from_s) == j
+    assert j.endswith(b"}\n") and b"NaN" not in j
+    schema_ok(j)
+
+
+@settings(max_examples=15, deadline=None)
+@given(distributions())
+def test_safetensors_bytes_equal_the_reference_library(dist):
+    from safetensors.numpy import load, save
+
+    props = np.array([l.proportions for l in dist.layers], dtype=np.float64)
+    counts = np.array([l.counts or (-1, -1, -1) for l in dist.layers], dtype=np.int64)
+    meta = dist.to_dict()
+    meta["layers"] = [{"name": l.name, "kind": l.kind, "shape": list(l.shape) if l.shape else None} for l in dist.layers]
+    polar = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    reference = save({"proportions": props, "counts": counts}, metadata={"polar": polar})
+    assert encode_safetensors(dist) == reference
+    loaded = load(encode_safetensors(dist))
+    assert np.array_equal(loaded["proportions"], props) and np.array_equal(loaded["counts"], counts)
+
+
+@settings(max_examples=10, deadline=None)
+@given(distributions())
+def test_save_twice_gives_identical_files_and_loads_back(dist):
+    with tempfile.TemporaryDirectory() as tmp:
+        for suffix in (".polar", ".polar.json", ".polar.safetensors"):
+            a, b = Path(tmp) / f"a{suffix}", Path(tmp) / f"b{suffix}"
+            save(dist, a)
+            save(dist, b)
+            assert a.read_bytes() == b.read_bytes() == encode(dist, fmt.encoding_for_path(a))
+            assert load(a) == dist
+            if suffix != ".polar.safetensors":
+                schema_ok(a.read_bytes())
+        assert sorted(os.listdir(tmp)) == sorted(f"{x}{s}" for x in "ab" for s in (".polar", ".polar.json", ".polar.safetensors"))
+
+
+def test_equal_distributions_encode_identically_regardless_of_key_order():
+    layers = [LayerDistribution("a", 0.0, 0.5, 0.5)]
+    d1 = Distribution(layers, metadata={"b": 1, "a": {"y": 1, "x": 2}}, source={"id": "m", "type": "manual"})
+    d2 = Distribution(layers, metadata={"a": {"x": 2, "y": 1}, "b": 1}, source={"type": "manual", "id": "m"})
+    assert d1 == d2 and encode_json(d1) == encode_json(d2) and encode_safetensors(d1) == encode_safetensors(d2)
+
+
+def test_json_layout_is_exact():
+    text = encode_json(example()).decode()
+    assert text.startswith('{\n  "format_version": 1,\n  "layers": [\n    {\n      "name": "conv1",\n')
+    assert '      "shape": [16, 3, 3, 3],\n' in text and '      "counts": [0, 219, 213]\n    },\n' in text
+    # strings that look like number lists are not touched; nested number lists go on one line
+    assert '"note": "[1,2] and [3,  4] stay as written"' in text
+    assert '"nested": [\n      [1, 2],\n      [],\n      {\n        "a": [0.5],\n        "b": 1\n      }\n    ]' in text
+    assert decode(text.encode()) == example()
+    tiny = LayerDistribution("x", 1e-05, 0.5, 0.49999)
+    assert '"p0": 1e-05,' in encode_json(Distribution([tiny])).decode()
+
+
+def test_constructor_normalises_numbers_and_containers():
+    layer = LayerDistribution("a", np.float32(0.5), 0, -0.0 + 0.5, shape=[np.int64(2), 2], counts=[2, 0, 2])
+    assert layer.proportions == (0.5, 0.0, 0.5) and all(type(p) is float for p in layer.proportions)
+    assert layer.shape == (2, 2) and type(layer.shape[0]) is int and layer.counts == (2, 0, 2)
+    neg_zero = LayerDistribution("b", -0.0, 0.5, 0.5)
+    assert math.copysign(1, neg_zero.p0) == 1.0
+    d = Distribution([layer], metadata={"t": (1, 2)}, extraction={"layers": ("conv*",)})
+    assert d.metadata == {"t": [1, 2]} and decode(encode_json(d)) == d == decode(encode_safetensors(d))
+    with pytest.raises(FormatError, match="non-string key"):
+        Distribution([layer], metadata={1: "x"})
+    with pytest.raises(FormatError, match=r"metadata\.x"):
+        Distribution([layer], metadata={"x": float("nan")})
+    with pytest.raises(FormatError, match="sha256"):
+        Distribution([layer], source={"sha256": "ABC"})
+    with pytest.raises(FormatError, match="source.type"):
+        Distribution([layer], source={"type": "checkpoint"})
+    with pytest.raises(FormatError, match="zero_tol"):
+        Distribution([layer], extraction={"zero_tol": -1})
+    with pytest.raises(FormatError, match="'shape'"):
+        Distribution([LayerDistribution("a", 0.0, 0.5, 0.5, shape=(True, 2))])
+    with pytest.raises(FormatError, match="format_version"):
+        Distribution([layer], format_version=True)
+
+
+def test_minimal_hand_written_file_gets_defaults():
+    d = decode(b' \n{"format_version": 1, "layers": [{"name": "conv1", "p0": 0, "p_neg": 0.5, "p_pos": 0.5}]}')
+    assert d[0] == LayerDistribution("conv1", 0.0, 0.5, 0.5, kind="conv", shape=None, counts=None)
+    assert d.source == d.extraction == d.producer == d.metadata == {}
+
+
+# -- encoding detection ----------------------------------------------------------------------
+
+
+def test_load_detects_encoding_by_content_not_suffix(tmp_path):
+    dist = example()
+    for name, encoding in [("j.safetensors", "json"), ("s.polar", "safetensors"), ("s.json", "safetensors"), ("j.bin", "json"), ("s", "safetensors")]:
+        path = save(dist, tmp_path / name, encoding=encoding)
+        assert path.read_bytes() == encode(dist, encoding)
+        assert load(path) == dist
+    assert fmt.encoding_for_path("x.polar.safetensors") == "safetensors"
+    assert fmt.encoding_for_path("x.polar") == fmt.encoding_for_path("x.polar.json") == "json"
+
+
+def test_safetensors_whose_length_bytes_look_like_json_whitespace_is_still_detected():
+    data = encode_safetensors(example())
+    (n,) = struct.unpack("<Q", data[:8])
+    target = 32 + 256 * ord("{")  # first bytes 0x20 0x7b: " {" -- looks like JSON to a naive check
+    assert target > n
+    forged = struct.pack("<Q", target) + data[8 : 8 + n] + b" " * (target - n) + data[8 + n :]
+    assert forged.lstrip()[:1] == b"{"
+    assert fmt.detect_encoding(forged) == "safetensors"
+    assert decode(forged) == example()
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def write(tmp_path, name, data) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def doc(**layer_overrides):
+    layer = {"name": "conv1", "kind": "conv", "shape": [2, 2], "p0": 0.25, "p_neg": 0.25, "p_pos": 0.5, "counts": [1, 1, 2]}
+    layer.update(layer_overrides)
+    layer = {k: v for k, v in layer.items() if v is not ...}
+    return {"format_version": 1, "layers": [layer], "source": {}, "extraction": {}, "producer": {}, "metadata": {}}
+
+
+def expect_error(tmp_path, name, data, *fragments):
+    path = write(tmp_path, name, data)
+    with pytest.raises(FormatError) as info:
+        load(path)
+    message = str(info.value)
+    assert str(path) in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def test_doc_helper_is_valid():
+    assert decode(json.dumps(doc()).encode())[0].counts == (1, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        ({"p0": -0.25, "p_neg": 0.75, "counts": ...}, ["'conv1'", "'p0'", "[0, 1]"]),
+        ({"p0": 0.01, "p_neg": 0.45, "p_pos": 0.45, "counts": ...}, ["'conv1'", "sum to 1"]),
+        ({"p0": 1.5, "counts": ...}, ["'conv1'", "'p0'"]),
+        ({"p0": "0.25"}, ["'conv1'", "'p0'", "must be a number"]),
+        ({"p0": 0.5, "p_neg": 0.0}, ["'conv1'", "'p0'", "give 1/4"]),
+        ({"counts": [1, 1, 3]}, ["'conv1'", "'counts'", "shape [2, 2]"]),
+        ({"counts": [1, 1]}, ["'conv1'", "'counts'"]),
+        ({"counts": [-1, 2, 3], "shape": None}, ["'conv1'", "'counts'", "non-negative"]),
+        ({"counts": [0, 0, 0], "shape": None, "p0": 0.0, "p_neg": 0.5}, ["'conv1'", "sum to 0"]),
+        ({"shape": [2.0, 2]}, ["'conv1'", "'shape'"]),
+        ({"shape": [], "counts": ...}, ["'conv1'", "'shape'"]),
+        ({"kind": "pool"}, ["'conv1'", "'kind'", "conv"]),
+        ({"name": ""}, ["layers[0]", "'name'"]),
+        ({"weight": 1}, ["layers[0]", "'conv1'", "unknown field", "weight"]),
+    ],
+)
+def test_invalid_layers_are_rejected_naming_file_layer_and_field(tmp_path, overrides, fragments):
+    expect_error(tmp_path, "bad.polar", json.dumps(doc(**overrides)), *fragments)
+
+
+def test_nan_in_a_json_file_is_rejected(tmp_path):
+    text = json.dumps(doc(counts=...)).replace('"p0": 0.25', '"p0": NaN')
+    assert "NaN" in text
+    expect_error(tmp_path, "nan.polar", text, "'conv1'", "'p0'", "nan", "finite")
+    expect_error(tmp_path, "inf.polar", text.replace("NaN", "Infinity"), "'conv1'", "'p0'", "finite")
+    expect_error(tmp_path, "big.polar", text.replace("NaN", "1e400"), "'conv1'", "'p0'", "finite")
+    expect_error(tmp_path, "nanmeta.polar", json.dumps(doc()).replace('"metadata": {}', '"metadata": {"x": NaN}'), "metadata.x")
+
+
+@pytest.mark.parametrize(
+    "data, fragments",
+    [
+        ('{"format_version": 1, "layers": [', ["malformed JSON", "line 1"]),
+        ("{}", ["format_version"]),
+        (json.dumps({**doc(), "format_version": 2}), ["unknown format_version 2"]),
+        (json.dumps({**doc(), "format_version": 1.0}), ["format_version"]),
+        (json.dumps({**doc(), "format_version": "1"}), ["format_version"]),
+        (json.dumps({**doc(), "extra": 1}), ["unknown field", "extra"]),
+        (json.dumps({**doc(), "layers": []}), ["'layers'", "non-empty"]),
+        (json.dumps({**doc(), "metadata": []}), ["'metadata'", "object"]),
+        (json.dumps({**doc(), "source": {"sha256": "0" * 63}}), ["source.sha256"]),
+        (json.dumps({**doc(), "layers": doc()["layers"] * 2}), ["'conv1'", "twice"]),
+        ('{"format_version": 1, "format_version": 1, "layers": []}', ["duplicate key 'format_version'"]),
+        ("[1, 2]", ["top level must be a JSON object"]),
+        ("   ", ["empty"]),
+        ("\ufeff" + json.dumps(doc()), ["byte-order mark"]),
+        (b'{"format_version": 1, "layers": [{"name": "\xff"}]}', ["not UTF-8"]),
+        ("[" * 100000, ["malformed"]),
+    ],
+    ids=lambda value: repr(value)[:40] if isinstance(value, (str, bytes)) else None,
+)
+def test_invalid_files_are_rejected(tmp_path, data, fragments):
+    expect_error(tmp_path, "bad.polar", data, *fragments)
+
+
+def test_unknown_version_and_fields_are_also_rejected_by_the_schema():
+    for bad in ({**doc(), "format_version": 2}, {**doc(), "extra": 1}, {**doc(), "layers": []}, doc(weight=1), doc(kind="pool"), doc(p0=1.5), doc(counts=[1, 1]), doc(shape=[]), doc(name="")):
+        assert not VALIDATOR.is_valid(bad), bad
+
+
+def test_truncated_and_foreign_safetensors_are_rejected(tmp_path):
+    data = encode_safetensors(example())
+    for cut in (3, 8, 20, len(data) // 2, len(data) - 1):
+        expect_error(tmp_path, f"cut{cut}.polar.safetensors", data[:cut], "safetensors")
+    rng = random.Random(0)
+    for i in range(20):
+        expect_error(tmp_path, f"random{i}.bin", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
+    from safetensors.numpy import save as np_save
+
+    props = np.array([[0.0, 0.5, 0.5]])
+    counts = np.array([[-1, -1, -1]], dtype=np.int64)
+    polar = json.dumps({"format_version": 1, "layers": [{"name": "a", "kind": "conv", "shape": None}]})
+    expect_error(tmp_path, "nometa.safetensors", np_save({"proportions": props, "counts": counts}), "no 'polar' metadata")
+    expect_error(tmp_path, "other.safetensors", np_save({"w": props}, metadata={"format": "pt"}), "no 'polar' metadata")
+    assert decode(np_save({"proportions": props, "counts": counts}, metadata={"polar": polar}))[0].name == "a"
+    expect_error(tmp_path, "extrakey.safetensors", np_save({"proportions": props, "counts": counts}, metadata={"polar": polar, "format": "pt"}), "'format'")
+    expect_error(tmp_path, "extratensor.safetensors", np_save({"proportions": props, "counts": counts, "x": props}, metadata={"polar": polar}), "'x'")
+    expect_error(tmp_path, "f32.safetensors", np_save({"proportions": props.astype(np.float32), "counts": counts}, metadata={"polar": polar}), "'proportions'", "F64")
+    expect_error(tmp_path, "shape.safetensors", np_save({"proportions": props, "counts": np.zeros((2, 3), np.int64) - 1}, metadata={"polar": polar}), "'counts'")
+    layered = json.dumps({"format_version": 1, "layers": [{"name": "a", "p0": 0.0}]})
+    expect_error(tmp_path, "layerkeys.safetensors", np_save({"proportions": props, "counts": counts}, metadata={"polar": layered}), "layers[0]", "'p0'")
+    bad_props = np.array([[0.0, 0.5, 0.6]])
+    expect_error(tmp_path, "sum.safetensors", np_save({"proportions": bad_props, "counts": counts}, metadata={"polar": polar}), "layer 'a'", "sum to 1")
+    nan_props = np.array([[np.nan, 0.5, 0.5]])
+    expect_error(tmp_path, "nan.safetensors", np_save({"proportions": nan_props, "counts": counts}, metadata={"polar": polar}), "layer 'a'", "'p0'")
+    part = np.array([[-1, 1, 1]], dtype=np.int64)
+    expect_error(tmp_path, "part.safetensors", np_save({"proportions": props, "counts": part}, metadata={"polar": polar}), "layer 'a'", "'counts'")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300) | st.tuples(st.integers(0, 2000), st.integers(0, 255)).map(
+    lambda t: (lambda d: d[: t[0] % len(d)] + bytes([t[1]]) + d[t[0] % len(d) + 1 :])(encode_safetensors(example()))
+))
+def test_decoding_arbitrary_bytes_gives_a_distribution_or_a_format_error(data):
+    try:
+        result = decode(data, where="fuzz")
+    except FormatError as exc:
+        assert str(exc).startswith("fuzz")
+    else:
+        assert isinstance(result, Distribution)
+
+
+def test_load_missing_or_directory(tmp_path):
+    with pytest.raises(FormatError, match="no such file"):
+        load(tmp_path / "missing.polar")
+    with pytest.raises(FormatError, match="directory"):
+        load(tmp_path)
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def test_save_to_a_missing_directory_raises_and_writes_nothing(tmp_path):
+    target = tmp_path / "nope" / "d.polar"
+    with pytest.raises(PolarpackError, match="does not exist"):
+        save(example(), target)
+    assert not target.parent.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".polar", ".polar.safetensors"])
+def test_failing_writes_leave_the_target_untouched_and_no_temp_files(tmp_path, monkeypatch, suffix):
+    target = tmp_path / f"d{suffix}"
+    target.write_bytes(b"previous content")
+
+    def unchanged():
+        assert target.read_bytes() == b"previous content"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+    # an invalid distribution (mutated after construction)
+    bad = example()
+    bad.metadata["x"] = float("nan")
+    with pytest.raises(FormatError, match="metadata.x"):
+        save(bad, target)
+    unchanged()
+    # an unknown encoding
+    with pytest.raises(FormatError, match="encoding"):
+        save(example(), target, encoding="yaml")
+    unchanged()
+
+    # an encoder that fails
+    def boom(dist):
+        raise RuntimeError("encoder failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(fmt, "encode_json", boom)
+        m.setattr(fmt, "encode_safetensors", boom)
+        with pytest.raises(RuntimeError):
+            save(example(), target)
+    unchanged()
+    # the disk failing between temp file and rename
+    for name in ("fsync", "replace"):
+        with monkeypatch.context() as m:
+            m.setattr(polarpack._io.os, name, lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+            with pytest.raises(OSError):
+                save(example(), target)
+        unchanged()
+    save(example(), target)
+    assert load(target) == example()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+# -- schema and spec -------------------------------------------------------------------------
+
+
+def test_packaged_schema_is_byte_identical_and_loadable():
+    assert PACKAGE_SCHEMA_FILE.read_bytes() == SCHEMA_FILE.read_bytes()
+    schema = fmt.json_schema()
+    assert schema == json.loads(SCHEMA_FILE.read_text("utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["additionalProperties"] is False and schema["$defs"]["layer"]["additionalProperties"] is False
+    assert "sum" in schema["description"] and "counts" in schema["description"]
+    assert schema["properties"]["format_version"]["const"] == fmt.FORMAT_VERSION
+    assert schema["$defs"]["layer"]["properties"]["kind"]["enum"] == list(fmt.LAYER_KINDS)
+    assert schema["$defs"]["source"]["properties"]["type"]["enum"][:-1] == list(fmt.SOURCE_TYPES)
+    assert sorted(schema["properties"]) == sorted(fmt._TOP_KEYS)
+    assert sorted(schema["$defs"]["layer"]["properties"]) == sorted(fmt._LAYER_KEYS)
+
+
+def _spec_block(lang: str, after: str) -> str:
+    text = SPEC.read_text("utf-8")
+    start = text.index(after)
+    match = re.compile(rf"```{lang}\n(.*?)```", re.S).search(text, start)
+    return match.group(1)
+
+
+def test_spec_example_is_exactly_what_the_code_writes(tmp_path):
+    example_json = _spec_block("json", "## Example").encode("utf-8")
+    dist = decode(example_json)
+    assert encode_json(dist) == example_json
+    schema_ok(example_json)
+    st_bytes = encode_safetensors(dist)
+    (n,) = struct.unpack("<Q", st_bytes[:8])
+    header = _spec_block("text", "## Example").rstrip("\n")
+    assert st_bytes[8 : 8 + n].decode("utf-8").rstrip(" ") == header.rstrip(" ")
+    assert (n, len(st_bytes)) == (800, 952) and n % 8 == 0
+    assert "N` = 800" in SPEC.read_text("utf-8") and "952 bytes" in SPEC.read_text("utf-8")
+    path = save(dist, tmp_path / "tiny.polar")
+    assert path.read_bytes() == example_json
+    assert {k: v for k, v in dist.extraction.items()} == {"expand_groups": True, "groups": {"features.3": 2}, "include_linear": True, "layers": ["*"], "layout": "OIHW", "zero_tol": 0.0}
+
+
+def test_size_report():
+    report = fmt.size_report(example())
+    assert report == {
+        "layers": 3, "numbers": 6, "weights": 432 + 4608 + 5120, "polar_bytes": len(encode_json(example())),
+        "sign_pattern_bytes": (2 * 10160 + 7) // 8, "float32_bytes": 4 * 10160,
+    }
+    unknown = Distribution([LayerDistribution("a", 0.0, 0.5, 0.5)])
+    assert fmt.size_report(unknown, polar_bytes=7)["weights"] is None
+    assert fmt.size_report(unknown, polar_bytes=7)["polar_bytes"] == 7
+    assert fmt.size_report(Distribution([LayerDistribution.from_counts("a", [1, 2, 3])]))["weights"] == 6
