@@ -142,7 +142,8 @@ def _json_object(dist: Any, computed: dict[str, Any]) -> dict[str, Any]:
     "--layout", type=click.Choice(["auto", "oihw", "hwio"]), default="auto", show_default=True,
     help="Kernel axis order in the source. auto: PyTorch files are OIHW; in .npy/.npz and non-PyTorch "
     "safetensors a 4-D kernel whose first two dims are equal and <= 11 and last two differ, e.g. "
-    "(11,11,3,96), is read as HWIO (TensorFlow/Caffe) and transposed. oihw/hwio force it.",
+    "(11,11,3,96), is HWIO (TensorFlow/Caffe) and is transposed to OIHW; ambiguous kernels such as "
+    "(3,3,64,64) follow the rest of the file. oihw/hwio force the layout for the whole file.",
 )
 @click.option(
     "--no-hash", is_flag=True,
@@ -217,7 +218,10 @@ def extract(
         )
     for w in caught:
         info(f"warning: {w.message}")
-    written = save(dist, out_path)
+    try:
+        written = save(dist, out_path)
+    except OSError as exc:
+        raise PolarpackError(f"{out}: cannot write the file ({exc.strerror or exc})") from None
     sizes = size_report(dist, polar_bytes=written.stat().st_size)
     kinds = {k: sum(1 for l in dist.layers if l.kind == k) for k in ("conv", "linear")}
     what = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
@@ -278,4 +282,4 @@ def inspect(ref: str, as_json: bool, endpoint: str | None, revision: str | None,
             click.echo(f"extracted with {settings}")
 
 
-__all__ = ["extract", "inspect", "PolarpackError"]
+__all__ = ["extract", "inspect"]

@@ -6,6 +6,7 @@ import click
 
 from polarpack import __version__
 
+from .experiment import experiment, report
 from .extract import extract, inspect
 from .hub import pull, push
 from .materialize import materialize
@@ -34,7 +35,7 @@ def cli() -> None:
     """
 
 
-for command in (extract, inspect, materialize, train, push, pull):
+for command in (extract, inspect, materialize, train, push, pull, experiment, report):
     cli.add_command(command)
 
 

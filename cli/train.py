@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ._common import emit_json, handle_errors, info, json_option
@@ -63,6 +65,10 @@ class SizeType(click.ParamType):
 @click.option("--threshold", type=float, default=0.40, show_default=True, help="Report the first epoch whose validation accuracy reaches this (the seed's dashed line).")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's choice).")
+@click.option("--backend", type=click.Choice(["auto", "gloo", "nccl", "mpi"]), default="auto", show_default=True,
+              envvar="POLARPACK_BACKEND", show_envvar=True,
+              help="torch.distributed backend when run under torchrun (RANK/WORLD_SIZE set): auto = nccl on CUDA, gloo on CPU. "
+              "Ignored for a single process. See docs/distributed.md.")
 @click.option("--layout", type=click.Choice(["auto", "oihw", "hwio"]), default="auto", show_default=True, help="Kernel layout of .npy/.npz --weights.")
 @click.option("--save-init", is_flag=True, help="Also write init.safetensors (initial kernels and targets) to the run directory.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default: runs/<time>-<model>-<dataset>-<method>-s<seed>).")
@@ -72,7 +78,7 @@ class SizeType(click.ParamType):
 @click.option("--revision", default=None, help="Hub revision for hf:// references without @rev.")
 @json_option
 @handle_errors
-def train(out, resume, quiet, as_json, layer_map, **options):
+def train(out, resume, quiet, as_json, layer_map, backend, **options):
     """Train a network whose conv kernels follow a polarity distribution.
 
     Writes a run directory with config.json, metrics.jsonl/.csv, summary.json and a checkpoint
@@ -84,15 +90,18 @@ def train(out, resume, quiet, as_json, layer_map, **options):
       polarpack train --dist paper:alexnet --model zfnet --dataset cifar10 --data-dir ../shared/data
       polarpack train --method freeze-in --model mobilenet_v2 --weights mobilenet_v2-b0353104.pth --dataset cifar10
       polarpack train --resume runs/20261128-101500-zfnet-cifar10-freeze-spin-s0
+      torchrun --standalone --nproc_per_node 4 -m polarpack train --dist paper:alexnet --dataset cifar10
     """
     from polarpack.train import TrainConfig
     from polarpack.train import train as run
 
     if resume:
-        result = run(resume=resume, progress=not quiet)
+        result = run(resume=resume, progress=not quiet, backend=backend)
     else:
         config = TrainConfig(layer_map=parse_layer_map(layer_map), **options)
-        result = run(config, out=out, progress=not quiet)
+        result = run(config, out=out, progress=not quiet, backend=backend)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     s = result.summary
     if as_json:
         emit_json({"run_dir": str(result.run_dir), **s})

@@ -100,6 +100,7 @@ def extract(
                 "(--groups conv2=2) for checkpoint files",
                 stacklevel=2,
             )
+        ws.prefetch([key for _, key, _ in selected])  # overlap disk reads with counting
         out: list[LayerDistribution] = []
         used_groups: dict[str, int] = {}
         for name, key, info in selected:
@@ -229,8 +230,9 @@ def count_signs(tensor: "torch.Tensor", zero_tol: float = 0.0) -> tuple[int, int
 
     Vectorised, in cache-sized blocks with one reused mask buffer: float32/float64 through a
     zero-copy numpy view (numpy's comparisons are about 2x faster than torch's on CPU),
-    float16/bfloat16 with torch in their native dtype (no upcast copy). NaN weights raise
-    ValueError."""
+    float16/bfloat16 with torch in their native dtype (no upcast copy). Two passes (> tol,
+    < -tol); NaN weights raise ValueError (checked only when the layer has zeros, since a NaN
+    would be counted as one)."""
     import numpy as np
     import torch
 
@@ -244,7 +246,6 @@ def count_signs(tensor: "torch.Tensor", zero_tol: float = 0.0) -> tuple[int, int
         return (0, 0, 0)
     tol_t = _tol_in_dtype(zero_tol, t.dtype)
     pos = neg = 0
-    nan = False
     if t.dtype in (torch.float32, torch.float64):
         a = t.numpy().ravel(order="K")  # memory order: a view even for transposed kernels
         if not a.flags.c_contiguous and not a.flags.f_contiguous:
@@ -257,7 +258,6 @@ def count_signs(tensor: "torch.Tensor", zero_tol: float = 0.0) -> tuple[int, int
             m = buf[: len(c)]
             pos += int(np.count_nonzero(np.greater(c, tol, out=m)))
             neg += int(np.count_nonzero(np.less(c, ntol, out=m)))
-            nan = nan or bool(np.isnan(c.max()))
     else:
         flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
         buf = torch.empty(min(n, _CHUNK), dtype=torch.bool)
@@ -267,8 +267,11 @@ def count_signs(tensor: "torch.Tensor", zero_tol: float = 0.0) -> tuple[int, int
             m = buf[: c.numel()]
             pos += int(torch.count_nonzero(torch.gt(c, tol_t, out=m)))
             neg += int(torch.count_nonzero(torch.lt(c, ntol_t, out=m)))
-            nan = nan or bool(torch.isnan(c.max()))
-    if nan:
+    zero = n - pos - neg
+    # NaN is neither > tol nor < -tol, so it would land among the zeros: look for it only when
+    # there are "zeros" (dense trained layers usually have none, so this pass is usually skipped)
+    if zero:
         bad = int(torch.isnan(t).sum())
-        raise ValueError(f"{bad} of {n} weights are NaN; the checkpoint is corrupt or diverged")
-    return (n - pos - neg, neg, pos)
+        if bad:
+            raise ValueError(f"{bad} of {n} weights are NaN; the checkpoint is corrupt or diverged")
+    return (zero, neg, pos)

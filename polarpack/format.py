@@ -40,7 +40,7 @@ _LAYER_KEYS = ("name", "kind", "shape", "p0", "p_neg", "p_pos", "counts")
 _TOP_KEYS = ("format_version", "layers", "source", "extraction", "producer", "metadata")
 _OBJECT_KEYS = ("source", "extraction", "producer", "metadata")
 _ST_LAYER_KEYS = ("name", "kind", "shape")
-_JSON_WS = b" \t\r\n"
+_JSON_WS = b" \t\r\n"  # JSON whitespace (RFC 8259)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Recommended keys of the free-form objects: when present and not null they must have this type.
@@ -291,12 +291,13 @@ def _plain_json(value: Any, path: str, depth: int = 0) -> Any:
         if isinstance(value, str):
             _check_utf8(value, path)
         return value
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):  # int, numpy integers
         return int(value)
-    if isinstance(value, float):
+    if isinstance(value, numbers.Real):  # float, numpy floats
+        value = float(value)
         if not math.isfinite(value):
             raise FormatError(f"'{path}' is {value!r}; JSON numbers must be finite (no NaN/inf)")
-        return float(value)
+        return value
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
@@ -661,10 +662,10 @@ def encode(dist: Distribution, encoding: str = "json") -> bytes:
 
 
 def detect_encoding(data: bytes) -> str:
-    """'json' when the first byte after JSON whitespace is '{' and the first 8 bytes hold no NUL
-    byte (JSON text never does; a safetensors header length under 2**56 always does), else
-    'safetensors'."""
-    return "json" if data.lstrip(_JSON_WS)[:1] == b"{" and b"\x00" not in data[:8] else "safetensors"
+    """'safetensors' when the first 8 bytes hold a 0x00 byte, else 'json'. JSON text never
+    contains 0x00; a safetensors file starts with its header length as a little-endian u64,
+    whose top byte is 0x00 for any header under 2**56 bytes."""
+    return "safetensors" if b"\x00" in data[:8] else "json"
 
 
 def decode(data: bytes, *, where: str = "<bytes>") -> Distribution:
@@ -673,8 +674,6 @@ def decode(data: bytes, *, where: str = "<bytes>") -> Distribution:
         raise FormatError(f"{where}: the file is empty; it is not a .polar file")
     if detect_encoding(data) == "json":
         return decode_json(data, where=where)
-    if data.startswith(b"\xef\xbb\xbf"):
-        return decode_json(data, where=where)  # reports the byte-order mark
     return decode_safetensors(data, where=where)
 
 

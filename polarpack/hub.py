@@ -251,6 +251,8 @@ def _translate(
         )
     if isinstance(exc, HFValidationError):
         return HubError(f"{action}: {_one_line(exc)}")
+    if isinstance(exc, OSError) and not write:  # incomplete download, unwritable or full cache, ...
+        return HubError(f"{action}: {_one_line(exc)} (cache: {_shown_cache_dir(cache_dir)}); fix that and retry")
     return None
 
 
@@ -311,7 +313,7 @@ def download(
         )
         if error is None:
             raise
-        raise error from None
+        raise error from exc
     return Path(local)
 
 
@@ -647,7 +649,7 @@ def push(
         error = _translate(exc, action=action, repo_id=repo_id, endpoint=endpoint, revision=revision, write=True)
         if error is None:
             raise
-        raise error from None
+        raise error from exc
     # huggingface_hub drops files whose remote git oid equals the local one and, when nothing is
     # left, makes no commit and returns the current head: so an unchanged head means no change.
     changed = info.oid != head_before

@@ -33,21 +33,28 @@ Two entry points:
   ==============================  ===========================================================
 
   The file format is recognised by content (magic bytes), falling back to the suffix.
+  Model order: torch pickles and torchvision models keep it; safetensors files and pickled
+  .npy dicts do not record it, so their tensors come in `model_order_key` order (natural name
+  order, "features.2" before "features.10", with classifier heads last).
 
 Kernel layout. PyTorch stores conv kernels as OIHW (out, in, kh, kw); TensorFlow/Keras/Caffe
-converters store HWIO (kh, kw, in, out). Every `WeightSource` yields OIHW. ``layout="auto"``
-(the default) treats a 4-D kernel as HWIO when its first two dims are equal and small (<= 11)
-and its last two are not equal -- e.g. Caffe AlexNet's (11, 11, 3, 96) -- and as OIHW otherwise.
-The rule is applied to .npy/.npz files and to safetensors files not marked ``format: pt``;
-torch pickles and torchvision models are always OIHW under "auto". ``layout="oihw"`` or
-``"hwio"`` forces the layout for every 4-D kernel of the source; ``"hwio"`` also turns 2-D
-matrices from (in, out) into (out, in) and n-D conv kernels (k..., in, out) into (out, in, k...).
+converters store HWIO (kh, kw, in, out). Every `WeightSource` yields OIHW (and 2-D matrices as
+(out, in)). ``layout="auto"`` (the default) treats a 4-D kernel as HWIO when its first two dims
+are equal and small (<= 11) and its last two are not equal -- e.g. Caffe AlexNet's
+(11, 11, 3, 96) -- and as OIHW otherwise. Kernels the rule cannot tell apart, like
+(3, 3, 64, 64), follow the rest of the file: when the decidable kernels of a file are all HWIO
+(none looks like OIHW, e.g. (96, 3, 11, 11)), every 4-D kernel of that file is read as HWIO
+and its 2-D matrices as (in, out); when they are all OIHW, none is transposed; a file with both
+is decided kernel by kernel. The rule is applied to .npy/.npz files and to safetensors files
+not marked ``format: pt``; torch pickles and torchvision models are always OIHW under "auto".
+``layout="oihw"`` or ``"hwio"`` forces the layout for the whole source; ``"hwio"`` also turns
+2-D matrices from (in, out) into (out, in) and n-D conv kernels (k..., in, out) into
+(out, in, k...).
 """
 
 from __future__ import annotations
 
 import difflib
-import io
 import json
 import os
 import re
@@ -70,7 +77,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar", ".npz
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 _HWIO_MAX_KERNEL = 11
-_LOCAL_EXAMPLE = "polarpack extract ./mobilenet_v2-b0353104.pth --out mobilenet_v2.polar"
 
 # safetensors dtype codes -> torch dtype names
 _ST_DTYPES = {
@@ -222,8 +228,10 @@ class WeightSource:
         groups: Mapping[str, int] | None = None,
         layout: str = "auto",
         closer: Callable[[], None] | None = None,
+        byte_ranges: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         self._infos = {i.name: i for i in infos}
+        self._ranges = dict(byte_ranges or {})
         self._order = [i.name for i in infos]
         self._getter = getter
         self._info = dict(info)
@@ -285,6 +293,25 @@ class WeightSource:
 
     def items(self) -> Iterator[tuple[str, "torch.Tensor"]]:
         return iter(self)
+
+    def prefetch(self, names: list[str]) -> None:
+        """Hint the OS to start reading these tensors' bytes now (posix_fadvise WILLNEED), so the
+        disk reads overlap with counting. Only for formats with known byte ranges (safetensors);
+        a no-op elsewhere or where the OS lacks the call."""
+        ranges = [self._ranges[n] for n in names if n in self._ranges]
+        if not ranges or self.path is None or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            for offset, nbytes in sorted(ranges):
+                os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self._closer is not None:
@@ -362,11 +389,12 @@ def load_state_dict(
     copied into memory (contiguous, OIHW), detached from the file. Built on `open_weights`."""
     import torch
 
-    with open_weights(source, endpoint=endpoint, token=token, revision=revision, layout=layout) as ws:
-        out: dict[str, torch.Tensor] = {}
-        for name, tensor in ws:
-            out[name] = tensor.detach().clone(memory_format=torch.contiguous_format)
-        return out
+    ws = open_weights(source, endpoint=endpoint, token=token, revision=revision, layout=layout)
+    try:
+        return {name: t.detach().clone(memory_format=torch.contiguous_format) for name, t in ws}
+    finally:
+        if ws is not source:  # close only what we opened
+            ws.close()
 
 
 # -- layout ----------------------------------------------------------------------------------
@@ -383,14 +411,38 @@ def looks_hwio(shape: tuple[int, ...]) -> bool:
     )
 
 
-def _transpose_decision(shape: tuple[int, ...], layout: str, native: str) -> bool:
+def looks_oihw(shape: tuple[int, ...]) -> bool:
+    """The mirror rule: last two dims equal and <= 11, first two differ, e.g. (96, 3, 11, 11)."""
+    return len(shape) == 4 and shape[2] == shape[3] and shape[2] <= _HWIO_MAX_KERNEL and shape[0] != shape[1]
+
+
+def _file_layout(shapes: list[tuple[int, ...]]) -> str | None:
+    """"hwio" / "oihw" when the file's 4-D kernels that the rules can decide all agree, None when
+    they disagree or none is decidable (e.g. only (3, 3, 64, 64)-like kernels)."""
+    kernels = [s for s in shapes if len(s) == 4]
+    hwio = any(looks_hwio(s) for s in kernels)
+    oihw = any(looks_oihw(s) for s in kernels)
+    if hwio and not oihw:
+        return "hwio"
+    if oihw and not hwio:
+        return "oihw"
+    return None
+
+
+def _transpose_decision(shape: tuple[int, ...], layout: str, native: str, file_layout: str | None = None) -> bool:
     """True when a tensor stored with `shape` must be transposed to OIHW / (out, in)."""
     if layout == "oihw":
         return False
     if layout == "hwio":
         return len(shape) >= 2
     # auto
-    return native == "detect" and looks_hwio(shape)
+    if native != "detect":
+        return False
+    if file_layout == "hwio":  # a TensorFlow/Caffe-style file: every kernel and matrix is (..., in, out)
+        return len(shape) in (2, 4)
+    if file_layout == "oihw":
+        return False
+    return looks_hwio(shape)  # undecided or mixed file: kernel by kernel
 
 
 def _oihw_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -410,9 +462,10 @@ def _infos_for(
     entries: list[tuple[str, tuple[int, ...], str]], *, layout: str, native: str
 ) -> list[TensorInfo]:
     infos = []
+    file_layout = _file_layout([shape for _, shape, dtype in entries if dtype in _FLOAT_NAMES])
     for name, shape, dtype in entries:
         # only weight-like tensors are transposed; biases and 1-D parameters never are
-        transpose = len(shape) >= 2 and dtype in _FLOAT_NAMES and _transpose_decision(shape, layout, native)
+        transpose = len(shape) >= 2 and dtype in _FLOAT_NAMES and _transpose_decision(shape, layout, native, file_layout)
         infos.append(
             TensorInfo(
                 name=name,
@@ -552,9 +605,21 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
         return json.loads(fh.read(n))
 
 
+_HEAD_PREFIXES = ("classifier", "fc", "head", "heads", "last_linear", "logits")
+
+
 def natural_key(name: str) -> tuple:
     """Sort key that orders 'features.2' before 'features.10' (model order for Sequentials)."""
     return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name)))
+
+
+def model_order_key(name: str) -> tuple:
+    """Best-effort model order for formats that do not record it (safetensors, pickled .npy
+    dicts): natural name order, with top-level classifier heads (classifier, fc, head, heads,
+    last_linear, logits) last. Exact for torchvision's Sequential-style CNNs (alexnet, vgg,
+    resnet, mobilenet, efficientnet); for others check `polarpack inspect` and pick layers with
+    --layers when the order matters."""
+    return (name.split(".", 1)[0] in _HEAD_PREFIXES, natural_key(name))
 
 
 def _open_safetensors(path: Path, *, layout: str, info: dict[str, Any], where: str) -> WeightSource:
@@ -570,10 +635,22 @@ def _open_safetensors(path: Path, *, layout: str, info: dict[str, Any], where: s
             entries.append((name, tuple(int(s) for s in sl.get_shape()), _ST_DTYPES.get(sl.get_dtype(), "other")))
     except Exception as exc:  # SafetensorError, OSError, ...
         raise SourceError(f"{where}: not a readable safetensors file ({exc}); is it truncated or corrupt?") from None
-    # safetensors does not record model order (it sorts by dtype and name); natural key order
-    # is model order for Sequential-style names (features.2 before features.10).
-    entries.sort(key=lambda e: natural_key(e[0]))
+    # safetensors does not record model order (writers sort by dtype and name): see model_order_key
+    entries.sort(key=lambda e: model_order_key(e[0]))
     native = "oihw" if str(meta.get("format", "")).lower() in ("pt", "pytorch", "torch") else "detect"
+    try:
+        # byte ranges of the tensors, for prefetch(); safe_open has validated the header already
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        base = 8 + n
+        ranges = {
+            k: (base + int(v["data_offsets"][0]), int(v["data_offsets"][1]) - int(v["data_offsets"][0]))
+            for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+        }
+    except Exception:
+        ranges = {}
 
     def get(name: str):
         try:
@@ -596,6 +673,7 @@ def _open_safetensors(path: Path, *, layout: str, info: dict[str, Any], where: s
         path=path,
         layout=layout,
         closer=close,
+        byte_ranges=ranges,
     )
 
 
@@ -778,7 +856,7 @@ def _open_npy(path: Path, *, layout: str, info: dict[str, Any], where: str) -> W
             "(as in Caffe-converted bvlc_alexnet.npy) -- save several arrays with np.savez instead"
         )
     tensors: dict[str, Any] = {}
-    for layer in sorted(obj, key=lambda k: natural_key(str(k))):
+    for layer in sorted(obj, key=lambda k: model_order_key(str(k))):
         value = obj[layer]
         layer = str(layer)
         if isinstance(value, dict):
@@ -795,7 +873,7 @@ def _open_npy(path: Path, *, layout: str, info: dict[str, Any], where: str) -> W
         arr = np.asarray(arr)
         if arr.dtype.kind in "fiub":
             converted[name] = _np_to_torch(arr)
-    # pickled dicts from Python 2 have no meaningful order: layers come in natural name order
+    # pickled dicts from Python 2 have no meaningful order: layers come in model_order_key order
     return _open_mapping(converted, info=info, layout=layout, native="detect", path=path)
 
 
@@ -872,11 +950,16 @@ def _download_torchvision(name: str, url: str, cached: Path) -> None:
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(cached), hash_prefix=match.group(1) if match else None, progress=False)
-    except Exception as exc:  # URLError, HTTPError, socket timeouts, hash mismatch, ...
+    except OSError as exc:  # URLError, HTTPError, socket timeouts, disk errors
         reason = getattr(exc, "reason", None) or exc
         raise SourceError(
-            f"torchvision model {name!r}: downloading its pretrained weights from {url} failed ({_first_line(reason)}); "
-            f"this needs network access. Without network, get the file elsewhere and pass it as a local file, "
-            f"e.g. `polarpack extract ./{filename} --out {name}.polar` "
-            f"(or copy it to {cached}). Example with a file shipped here: `{_LOCAL_EXAMPLE}`"
+            f"torchvision model {name!r}: downloading its pretrained weights from {url} failed "
+            f"({_first_line(reason)}); this needs network access. Without network, get the file elsewhere "
+            f"and pass it as a local file, e.g. `polarpack extract ./{filename} --out {name}.polar` "
+            f"(or copy it to {cached})"
+        ) from None
+    except Exception as exc:  # e.g. a hash mismatch of a corrupted download
+        raise SourceError(
+            f"torchvision model {name!r}: the download from {url} failed ({_first_line(exc)}); try again, "
+            f"or pass a local copy of {filename} as the source"
         ) from None

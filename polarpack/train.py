@@ -35,6 +35,7 @@ from torch import nn
 
 from ._io import atomic_write_bytes, atomic_write_text
 from ._version import __version__
+from . import distributed
 from .constraints import FLUID_MODES, ZERO_MODES, SignConstraint
 from .errors import ConfigError, ModelError
 from .materialize import (
@@ -395,9 +396,14 @@ def _default_run_dir(config: TrainConfig) -> Path:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, prepare: Callable, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a split, in eval mode (no dropout)."""
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, prepare: Callable, batch_size: int,
+             ctx: distributed.DistContext = distributed.SINGLE) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split, in eval mode (no dropout). Distributed: each
+    rank evaluates its contiguous shard and the sums are all-reduced."""
     model.eval()
+    n = max(len(labels), 1)
+    shard = distributed.shard_range(len(labels), ctx)
+    images, labels = images[shard], labels[shard]
     loss_sum, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):
         x = prepare(images[start : start + batch_size])
@@ -406,7 +412,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, prepa
         loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
         correct += int((out.argmax(1) == y).sum())
     model.train()
-    n = max(len(labels), 1)
+    loss_sum, correct = distributed.all_sum(ctx, loss_sum, correct)
     return loss_sum / n, correct / n
 
 
@@ -417,13 +423,45 @@ def train(
     resume: str | os.PathLike | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    backend: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train one run; returns its metrics. `resume=RUN_DIR` continues an interrupted run from its
     last checkpoint with its saved config, and ends with the metrics an uninterrupted run has.
 
     Either pass a `TrainConfig` or keyword options (`train(method="scratch", epochs=3)`).
+
+    Under torchrun (RANK/WORLD_SIZE set) or in an initialised process group the run is
+    distributed (DDP; `backend` overrides gloo/NCCL): see polarpack/distributed.py. Every rank
+    returns the same (reduced) metrics; only rank 0 writes files; a failure on any rank ends the
+    run with `DistributedError` and rank 0 records status "failed" in summary.json.
     """
+    session: dict[str, Any] = {}
+    try:
+        return _train(config, out=out, resume=resume, progress=progress, on_epoch=on_epoch, backend=backend,
+                      session=session, **overrides)
+    except Exception as exc:
+        ctx = session.get("ctx")
+        if ctx is None or not ctx.distributed:
+            raise
+        raise _distributed_failure(session, exc) from exc
+    finally:
+        if "ctx" in session:
+            distributed.teardown(session["ctx"])
+
+
+def _distributed_failure(session: Mapping[str, Any], exc: BaseException) -> distributed.DistributedError:
+    """A clear one-line error for a distributed run that failed; rank 0 records status "failed"."""
+    ctx, run_dir = session["ctx"], session.get("run_dir")
+    message = distributed.failure_message(ctx, exc)
+    if ctx.is_main and run_dir is not None and (run_dir / "config.json").exists():
+        summary = summarize(session.get("rows", []), session["config"], "failed", {"error": message})
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return distributed.DistributedError(message)
+
+
+def _train(config: TrainConfig | None, *, out, resume, progress, on_epoch, backend, session: dict[str, Any],
+           **overrides: Any) -> TrainResult:
     from . import data as datasets
 
     if resume is not None:
@@ -439,6 +477,10 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    ctx, device = distributed.setup(device, backend)  # SINGLE unless RANK/WORLD_SIZE or a process group
+    session.update(ctx=ctx, config=config, run_dir=run_dir)
+    if ctx.owns_group:
+        distributed.install_sigterm_handler(ctx)
 
     train_set, val_set = datasets.load_splits(
         config.dataset, data_dir=config.data_dir, train_size=config.train_size,
@@ -461,36 +503,45 @@ def train(
         constraint = SignConstraint(model, targets, eps=config.eps, zeros=config.zeros, seed=config.seed)
     data_gen = torch.Generator().manual_seed(config.seed)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     start_epoch = 0
     ckpt = run_dir / CHECKPOINT
     if resume is not None and ckpt.exists():
         start_epoch, rng = load_checkpoint(ckpt, model=model, optimizer=optimizer, constraint=constraint)
         data_gen.set_state(rng["data"])
-        torch.set_rng_state(rng["torch"])
+        torch.set_rng_state(rng.get(distributed.rank_rng_key(ctx), rng["torch"]))
         rows = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
         prior = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
         if prior.get("status") in ("completed", "diverged"):
             return TrainResult(run_dir, prior["status"], rows, prior, config)
     else:
-        torch.manual_seed(config.seed)  # dropout masks
+        torch.manual_seed(config.seed + ctx.rank)  # dropout masks (each rank its own, as in nanoGPT)
         meta = {
             "config": config.to_dict(),
             "resolved": {"lr": config.resolved_lr, "device": str(device), "input_size": size or int(train_set.images.shape[-1]),
                          "num_classes": len(train_set.classes), "train_images": len(train_set.labels), "val_images": len(val_set.labels),
-                         "constrained_layers": list(targets) if constraint else [], **init_report},
+                         "constrained_layers": list(targets) if constraint else [], **init_report,
+                         **({"distributed": ctx.describe()} if ctx.distributed else {})},
             "environment": {"polarpack": __version__, "torch": torch.__version__, "python": platform.python_version(),
                             "threads": torch.get_num_threads(), "machine": platform.machine()},
         }
-        atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
-        if config.save_init and materialized is not None:
-            materialized.save(run_dir / "init.safetensors")
+        if ctx.is_main:
+            atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
+            if config.save_init and materialized is not None:
+                materialized.save(run_dir / "init.safetensors")
+    session["rows"] = rows
+    net = model
+    if ctx.distributed:  # same targets, same resume point on every rank, then DDP (shares model's parameters)
+        distributed.check_targets(ctx, constraint.targets() if constraint is not None else targets)
+        distributed.check_consistent(ctx, "resume epochs", start_epoch, "resume needs the run directory on every rank")
+        net = distributed.wrap_model(model, ctx, device)
 
     n_train = len(train_set.labels)
     steps = math.ceil(n_train / config.batch_size)
     status = "running"
-    bar = _progress(progress, total=config.epochs * steps, initial=start_epoch * steps, desc=f"{config.method} {config.model}")
+    bar = _progress(progress and ctx.is_main, total=config.epochs * steps, initial=start_epoch * steps, desc=f"{config.method} {config.model}")
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
         flips = 0
@@ -498,19 +549,24 @@ def train(
             flips = constraint.fluid_step_(config.fluid_fraction, config.fluid_mode)
         loss_sum, correct, seen = 0.0, 0, 0
         for idx in datasets.batch_indices(n_train, config.batch_size, data_gen):
+            count = len(idx)  # the global batch; this rank trains on its strided shard
+            idx = distributed.shard_batch(idx, ctx)
             x = prepare(train_set.images[idx])
             y = train_set.labels[idx].to(device, non_blocking=True)
-            out = model(x)
-            loss = F.cross_entropy(out, y)
+            out = net(x)
+            loss = F.cross_entropy(out, y) if not ctx.distributed else distributed.shard_loss(out, y, ctx, count)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if constraint is not None:
                 constraint.project_()
             batch_loss = float(loss.detach())  # one sync per step of 1000 images: cheap, and catches NaN at once
-            loss_sum += batch_loss * len(idx)
-            correct += int((out.argmax(1) == y).sum())
-            seen += len(idx)
+            batch_correct = int((out.argmax(1) == y).sum())
+            if ctx.distributed:  # global mean loss and correct count, so all ranks take the same NaN decision
+                batch_loss, batch_correct = distributed.reduce_step(ctx, batch_loss, batch_correct, count)
+            loss_sum += batch_loss * count
+            correct += batch_correct
+            seen += count
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
                 bar.update(1)
@@ -518,7 +574,8 @@ def train(
                 status = "diverged"
                 break
         train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val_set.images, val_set.labels, prepare, config.eval_batch_size)
+        val_loss, val_acc = evaluate(model, val_set.images, val_set.labels, prepare, config.eval_batch_size, ctx)
+        distributed.check_weights(ctx, model, epoch)
         row = {
             "epoch": epoch,
             "train_loss": _finite_or_none(loss_sum / seen),
@@ -537,11 +594,14 @@ def train(
         if row["val_loss"] is None:
             status = "diverged"
         rows.append(row)
-        write_metrics(run_dir, rows)
         if status != "diverged":
-            save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, constraint=constraint,
-                            rng={"data": data_gen.get_state(), "torch": torch.get_rng_state()})
-        atomic_write_text(run_dir / "summary.json", json.dumps(summarize(rows, config, status), indent=2) + "\n")
+            rng = {"data": data_gen.get_state(), "torch": torch.get_rng_state()}
+            rng |= distributed.gather_rng_states(ctx, rng["torch"])  # torch.rankN: the other ranks' dropout RNG
+        if ctx.is_main:
+            write_metrics(run_dir, rows)
+            if status != "diverged":
+                save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, constraint=constraint, rng=rng)
+            atomic_write_text(run_dir / "summary.json", json.dumps(summarize(rows, config, status), indent=2) + "\n")
         if on_epoch is not None:
             on_epoch(row)
         if status == "diverged":
@@ -551,7 +611,10 @@ def train(
     if status == "running":
         status = "completed"
     summary = summarize(rows, config, status)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if ctx.is_main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if ctx.distributed:
+        distributed.dump_rank_weights(ctx, model, constraint.targets() if constraint is not None else {})
     return TrainResult(run_dir, status, rows, summary, config)
 
 

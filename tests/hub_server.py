@@ -13,7 +13,8 @@ Routes (read from the installed client's source: `hf_api.py`, `_commit_api.py`, 
     HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}  hf_hub_download: X-Repo-Commit, ETag, Content-Length
 
 Errors carry the headers the client maps to its exceptions: `X-Error-Code: RepoNotFound`
-(401 without a token, like the real Hub, 404 with one), `RevisionNotFound`, `EntryNotFound`.
+(401 without a token, like the real Hub, 404 with one), `RevisionNotFound`, `EntryNotFound`,
+`GatedRepo` (401 without a token, 403 for a user who has not accepted the conditions).
 Writes need a known token (`Authorization: Bearer ...`); private repos need one to be read.
 `fail(pattern, status, times)` makes the next matching requests fail (fault injection).
 
@@ -59,6 +60,8 @@ class Repo:
     repo_id: str
     repo_type: str
     private: bool
+    gated: bool = False  # files need a token of an approved user; metadata stays public
+    approved: set[str] = field(default_factory=set)
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Commit] = field(default_factory=dict)
 
@@ -155,12 +158,20 @@ class FakeHub:
 
     # -- test helpers ------------------------------------------------------------------------
     def add_repo(
-        self, repo_id: str, files: dict[str, bytes] | None = None, *, private: bool = False, repo_type: str = "model"
+        self,
+        repo_id: str,
+        files: dict[str, bytes] | None = None,
+        *,
+        private: bool = False,
+        gated: bool = False,
+        approved: set[str] = frozenset(),
+        repo_type: str = "model",
     ) -> str:
         """Create a repository (with the Hub's initial .gitattributes commit) and optionally commit
-        `files` to main; returns the head commit id."""
+        `files` to main; returns the head commit id. A gated repo serves files only to the users in
+        `approved` (by user name, see `tokens`)."""
         with self._lock:
-            repo = Repo(repo_id=repo_id, repo_type=repo_type, private=private)
+            repo = Repo(repo_id=repo_id, repo_type=repo_type, private=private, gated=gated, approved=set(approved))
             self.repos[(repo_type, repo_id)] = repo
             self._commit(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit")
             if files:
@@ -281,6 +292,9 @@ class FakeHub:
             repo, err = self._readable(REPO_TYPES[m["type"] or "models"], m["repo"], user)
             if err is not None:
                 return err
+            if repo.gated and user not in repo.approved:
+                message = f"Access to model {repo.repo_id} is restricted. You must have access to it and be authenticated"
+                return Reply.error(401 if user is None else 403, message, "GatedRepo")
             return self._resolve(repo, unquote(m["rev"]), unquote(m["file"]))
         return Reply.error(404, f"fake hub: no route for {method} {path}")
 

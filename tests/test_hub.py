@@ -139,6 +139,7 @@ def test_push_then_pull_gives_identical_bytes(hub, polar_file):
         path = download(f"hf://{REPO}/{name}", endpoint=hub.url)
         assert path.read_bytes() == remote[name]
         assert str(path).startswith(os.environ["HF_HUB_CACHE"])  # went through the HF cache
+        assert path.resolve().name == git_blob_sha1(remote[name])  # blobs are stored under the ETag
         assert pull(f"hf://{REPO}/{name}", endpoint=hub.url) == dist
 
 
@@ -216,6 +217,17 @@ def test_push_private_repo_and_pull_needs_token(hub, polar_file):
     message = one_line(err.value)
     assert "private" in message and "--token" in message and "HF_TOKEN" in message and "huggingface-cli login" in message
     assert pull(f"hf://{REPO}/mnv2.polar", endpoint=hub.url, token=TOKEN) == fmt.load(polar_file)
+
+
+@pytest.mark.parametrize("token", [None, TOKEN])
+def test_pull_from_a_gated_repo_says_to_accept_and_authenticate(hub, token):
+    hub.add_repo(REPO, {"mnv2.polar": fmt.encode_json(make_dist())}, gated=True)
+    with pytest.raises(HubError) as err:
+        pull(f"hf://{REPO}/mnv2.polar", endpoint=hub.url, token=token)
+    message = one_line(err.value)
+    assert "is gated: accept its conditions" in message and "--token" in message and "HF_TOKEN" in message
+    hub.repos[("model", REPO)].approved.add("tester")
+    assert pull(f"hf://{REPO}/mnv2.polar", endpoint=hub.url, token=TOKEN) == make_dist()
 
 
 def test_push_to_a_branch(hub, polar_file):
