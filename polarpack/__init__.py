@@ -14,39 +14,37 @@ The pipeline, one module per stage:
     experiments  declarative grids, a resumable results store, reports and figures
     hub          publish and pull distributions on the Hugging Face Hub
 
-Heavy submodules are imported lazily, so `import polarpack` stays cheap.
+The top-level names below are the public API; the submodules hold the rest.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from ._version import __version__
 from .errors import PolarpackError
+from .extract import extract
 from .format import Distribution, LayerDistribution, load, save
+from .materialize import apply_distribution, materialize
+from .models import build_model, list_models
+from .presets import get_preset, list_presets
+from .sources import load_distribution
+from .train import TrainConfig, TrainResult, train
 
-_LAZY = {
-    "get_preset": "presets",
-    "list_presets": "presets",
-    "load_distribution": "sources",
-    "extract": "extract",
-    "materialize": "materialize",
-    "apply_distribution": "materialize",
-    "build_model": "models",
-    "list_models": "models",
-    "load_dataset": "data",
-    "train": "train",
-    "TrainConfig": "train",
-    "run_experiment": "experiments",
-    "push": "hub",
-    "pull": "hub",
-}
-
-__all__ = ["__version__", "PolarpackError", "Distribution", "LayerDistribution", "load", "save", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module 'polarpack' has no attribute {name!r}")
+__all__ = [
+    "__version__",
+    "PolarpackError",
+    "Distribution",
+    "LayerDistribution",
+    "load",
+    "save",
+    "load_distribution",
+    "get_preset",
+    "list_presets",
+    "extract",
+    "materialize",
+    "apply_distribution",
+    "build_model",
+    "list_models",
+    "train",
+    "TrainConfig",
+    "TrainResult",
+]

@@ -571,11 +571,13 @@ def run_experiment(
                     f.unlink()
         store.append({"run_id": cell.run_id, "status": "running", "started": time.time(), "resumed": partial,
                       "threads": cfg["threads"]})
+        in_flight.add(cell.run_id)
         return cfg, str(run_dir)
 
     def finish(cell: Cell, outcome: dict[str, Any]) -> None:
         nonlocal done
         done += 1
+        in_flight.discard(cell.run_id)
         store.append({"run_id": cell.run_id, "finished": time.time(), **outcome})
         if bar is not None:
             bar.set_postfix_str(f"runs {done}/{total}")
@@ -585,6 +587,7 @@ def run_experiment(
             on_cell(cell, outcome)
 
     interrupted = False
+    in_flight: set[str] = set()
     try:
         if jobs == 1:
             events = _BarEvents(bar)
@@ -596,6 +599,9 @@ def run_experiment(
             _run_parallel(todo, jobs, start, finish, bar)
     except KeyboardInterrupt:
         interrupted = True
+        for rid in sorted(in_flight):  # back to pending; the next invocation resumes them
+            store.append({"run_id": rid, "status": "pending", "interrupted": True,
+                          "epochs_done": len(_read_rows(store, rid))})
     finally:
         if bar is not None:
             bar.close()
@@ -614,6 +620,12 @@ class _BarEvents:
     def put(self, item):
         if self.bar is not None:
             self.bar.update(1)
+
+
+def _read_rows(store: ResultsStore, run_id: str) -> list[dict[str, Any]]:
+    from .train import read_metrics
+
+    return read_metrics(store.run_dir(run_id))
 
 
 def _epochs_done(store: ResultsStore, run_id: str, partial: bool) -> int:

@@ -57,7 +57,7 @@ def test_iid_sampling_matches_proportions_statistically(p, seed):
     assert set(t.unique().tolist()) <= {-1, 0, 1}
     for value, pi in zip((0, -1, 1), p):
         freq = float((t == value).float().mean())
-        assert abs(freq - pi) <= 6 * math.sqrt(pi * (1 - pi) / n) + 1e-9
+        assert abs(freq - pi) <= 6 * math.sqrt(pi * (1 - pi) / n) + 3 / n
 
 
 def test_exact_positions_are_uniform():
