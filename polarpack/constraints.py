@@ -70,28 +70,35 @@ class SignConstraint:
         self.generator = torch.Generator(device=device).manual_seed(int(seed))
         self.flip_generator = torch.Generator().manual_seed(int(seed) + 1)
         self._resets = torch.zeros((), dtype=torch.int64, device=device)
+        self._seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
+        self._step = 0  # projections so far: with the seed, it keys the CPU reset values
 
     # -- the projection ------------------------------------------------------------------------
     @torch.no_grad()
     def project_(self) -> None:
         """Reset every wrong-signed weight to T * U(0, eps), in place."""
-        for layer in self.layers:
+        self._step += 1
+        for number, layer in enumerate(self.layers):
             w, t = layer.weight.data, layer.target
             if w.device.type == "cpu":
-                self._project_cpu(w.view(-1), t.view(-1))
+                self._project_cpu(w.view(-1), t.view(-1), number)
             else:
                 mask = self.violations(w, t)
                 u = torch.rand(w.shape, generator=self.generator, device=w.device, dtype=w.dtype)
                 w.copy_(torch.where(mask, u.mul_(self.eps).mul_(t), w))
                 self._resets += mask.sum()
 
-    def _project_cpu(self, w: torch.Tensor, t: torch.Tensor) -> None:
+    def _project_cpu(self, w: torch.Tensor, t: torch.Tensor, number: int) -> None:
         """Chunked so that the temporaries of a chunk stay in cache: the cost stays close to one
         read of the weights and targets. The int8 mask work runs in numpy on zero-copy views
         (its int8 compares and `flatnonzero` measured 10-20x faster than torch's CPU kernels
         for these ops). Zero targets (pin mode) are cleared by one multiply, since their reset
         value is 0 whatever the draw; random numbers are drawn only for the violating weights
-        with non-zero targets, usually a small fraction."""
+        with non-zero targets, usually a small fraction. Those numbers are a counter-based hash
+        of (seed, step, layer, weight index) rather than a draw from a stream, so a weight's reset
+        value does not depend on how many other weights were reset: runs that differ by one
+        borderline sign (e.g. a different float reduction order across ranks) differ in that
+        weight only, instead of every later draw shifting."""
         parts = []
         w_np, t_np = w.numpy(), t.numpy()  # zero-copy views of the CPU tensors
         for start in range(0, w.numel(), _CHUNK):
@@ -111,8 +118,9 @@ class SignConstraint:
             if len(idx):
                 parts.append(idx + start)
         if parts:
-            idx = torch.from_numpy(np.concatenate(parts))
-            u = torch.rand(idx.numel(), generator=self.generator, dtype=w.dtype)
+            idx = np.concatenate(parts)
+            u = torch.from_numpy(_uniform_hash(idx, _splitmix64(self._seed ^ _splitmix64(self._step * 1024 + number))))
+            idx = torch.from_numpy(idx)
             w[idx] = u.mul_(self.eps).mul_(t[idx])
 
     def violations(self, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -185,11 +193,16 @@ class SignConstraint:
             layer.target.copy_(targets[layer.name].to(layer.target.device, torch.int8))
 
     def state(self) -> dict:
-        return {"generator": self.generator.get_state(), "flip_generator": self.flip_generator.get_state()}
+        return {
+            "generator": self.generator.get_state(),
+            "flip_generator": self.flip_generator.get_state(),
+            "step": torch.tensor([self._step], dtype=torch.int64),
+        }
 
     def load_state(self, state: Mapping) -> None:
         self.generator.set_state(state["generator"])
         self.flip_generator.set_state(state["flip_generator"])
+        self._step = int(state["step"][0])
 
     @property
     def names(self) -> Sequence[str]:
@@ -198,3 +211,24 @@ class SignConstraint:
     @property
     def numel(self) -> int:
         return sum(layer.target.numel() for layer in self.layers)
+
+
+_MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _splitmix64(x: int) -> int:
+    """One SplitMix64 step on a Python int (Steele, Lea and Flood 2014)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _uniform_hash(index: np.ndarray, key: int) -> np.ndarray:
+    """float32 in [0, 1) from SplitMix64 of (key + index), vectorised over the indices."""
+    z = index.astype(np.uint64) + np.uint64(key)
+    z += np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / (1 << 24))

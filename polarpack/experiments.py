@@ -755,7 +755,10 @@ def aggregate(cells: Sequence[Mapping[str, Any]], store: ResultsStore, *, partia
             rows = read_metrics(store.run_dir(rid))
             g["runs"].append({"run_id": rid, "seed": cfg.get("seed"), "status": state, "metrics": rows})
         elif rec.get("status") == "failed":
-            g["failed"].append({"run_id": rid, "seed": cfg.get("seed"), "error": rec.get("error")})
+            rows = read_metrics(store.run_dir(rid))
+            g["failed"].append({"run_id": rid, "seed": cfg.get("seed"), "error": rec.get("error"), "epochs_done": len(rows)})
+            if partial and rows:  # e.g. a resume that failed: its epochs so far are still measurements
+                g["runs"].append({"run_id": rid, "seed": cfg.get("seed"), "status": "partial", "metrics": rows})
         else:
             rows = read_metrics(store.run_dir(rid))
             g["unfinished"].append({"run_id": rid, "seed": cfg.get("seed"), "status": rec.get("status", "pending"),
@@ -839,7 +842,7 @@ def markdown_report(name: str, groups: Sequence[Mapping[str, Any]]) -> str:
              f"Final validation accuracy (%) mean ± sample std over finished seeds; converged = final val acc "
              f">= {100 * CONVERGED_ACC:.0f}% (chance 10% + margin {100 * CONVERGED_MARGIN:.0f}%); "
              f"epochs to 40% = first epoch whose mean val acc >= {100 * THRESHOLD:.0f}%.", "",
-             "| group | model | dataset | method | dist | seeds finished | final val acc % | best epoch-mean val % | epochs to 40% | converged | notes |",
+             "| group | model | dataset | method | dist | seeds counted / planned | final val acc % | best epoch-mean val % | epochs to 40% | converged | notes |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for g in groups:
         cfg = g["config"]
@@ -848,7 +851,7 @@ def markdown_report(name: str, groups: Sequence[Mapping[str, Any]]) -> str:
         if g["diverged"]:
             notes.append(f"{g['diverged']} diverged")
         if g["failed"]:
-            notes.append(f"{len(g['failed'])} failed: {g['failed'][0]['error']}")
+            notes.append(f"{len(g['failed'])} failed (after {g['failed'][0].get('epochs_done', 0)} epochs): {g['failed'][0]['error']}")
         if g["skipped"]:
             notes.append(f"skipped: {g['skipped'][0]['reason']}")
         if g.get("partial"):
@@ -940,8 +943,10 @@ def plot_figure(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, ti
             ax.set_xlabel("epoch")
             ax.set_ylabel(f"{key} accuracy")
             ax.axhline(THRESHOLD, color="grey", linewidth=0.5, linestyle=":")
+            max_epochs = max(int(g["config"].get("epochs") or 1) for g in groups)
+            ax.set_xlim(1, max(max_epochs, 2))
             ax.grid(alpha=0.3)
-        axes[1][col].legend(fontsize=7, loc="lower right")
+        axes[1][col].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,0 +1,68 @@
+"""`polarpack materialize` through the CLI: the file it writes, determinism and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from polarpack.materialize import materialize
+from polarpack.presets import get_preset
+from polarpack_cli.main import cli
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["materialize", *args])
+
+
+def test_writes_weights_and_targets_equal_to_the_python_api(tmp_path):
+    out = tmp_path / "init.safetensors"
+    result = _invoke("paper:alexnet", "--model", "zfnet", "--seed", "7", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["layer"] for r in report["layers"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert report["layers"][1]["p0"] == 0.5
+    saved = load_file(str(out))
+    api = materialize(get_preset("paper:alexnet").distribution, "zfnet", seed=7)
+    for name in api.targets:
+        assert torch.equal(saved[f"{name}.weight"], api.weights[name])
+        assert torch.equal(saved[f"{name}.polarity"], api.targets[name])
+        assert saved[f"{name}.polarity"].dtype == torch.int8
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        assert _invoke("paper:table1-exp3", "--model", "alexnet", "--seed", seed, "--out", str(tmp_path / f"{name}.safetensors")).exit_code == 0
+    a, b, c = ((tmp_path / f"{n}.safetensors").read_bytes() for n in "abc")
+    assert a == b and a != c
+
+
+def test_a_polar_file_and_iid_sampling_and_explicit_map(tmp_path):
+    from polarpack.format import save
+
+    dist_path = tmp_path / "d.polar.safetensors"
+    save(get_preset("paper:alexnet").distribution, dist_path)
+    out = tmp_path / "m.safetensors"
+    result = _invoke(str(dist_path), "--model", "mobilenet_v2", "--seed", "0", "--out", str(out),
+                     "--sampling", "iid", "--map", "features.0.0=conv1,features.18.0=conv5")
+    assert result.exit_code == 0, result.output
+    assert sorted(k for k in load_file(str(out)) if k.endswith(".polarity")) == ["features.0.0.polarity", "features.18.0.polarity"]
+
+
+def test_bad_input_is_one_line_and_leaves_no_file(tmp_path):
+    cases = [
+        (["paper:alexnet", "--model", "not_a_net"], "unknown model"),
+        (["paper:alexnet", "--model", "mobilenet_v2"], "--map"),
+        (["nowhere.polar", "--model", "alexnet"], "nowhere.polar"),
+        (["paper:alexnet", "--model", "alexnet", "--map", "conv1"], "TARGET=LAYER"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "x.safetensors"
+        result = _invoke(*args, "--seed", "0", "--out", str(out))
+        assert result.exit_code != 0 and message in result.output, (args, result.output)
+        assert not out.exists()
+    result = _invoke("paper:alexnet", "--model", "alexnet", "--seed", "0", "--out", str(tmp_path / "no" / "dir" / "x.safetensors"))
+    assert result.exit_code != 0 and "does not exist" in result.output
+    assert list(tmp_path.iterdir()) == []
