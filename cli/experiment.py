@@ -16,13 +16,16 @@ from ._common import emit_json, handle_errors, info, json_option
               help="Results directory (default: results/<file stem>): runs/<run_id>/ and index.jsonl.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Cells run in parallel processes; each gets threads = max(1, cores // jobs) unless the file sets threads.")
+@click.option("--nproc-per-run", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes per run: >1 trains each cell with DistributedDataParallel under torchrun "
+              "(gloo on CPU, NCCL on GPUs); see docs/distributed.md.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override an option: a TrainConfig field (geometry=imagenet, device=cuda, seed=[0,1]), "
               "weights.MODEL=SOURCE, or grid.KEY=[...]. Repeatable.")
 @click.option("--dry-run", is_flag=True, help="List the cells and what would happen to each (run, resume, done, skip); train nothing.")
 @json_option
 @handle_errors
-def experiment(file, results, jobs, sets, dry_run, as_json):
+def experiment(file, results, jobs, nproc_per_run, sets, dry_run, as_json):
     """Run the grid of training runs in FILE (TOML or YAML), resumably.
 
     Cells run seed-major (all cells of seed 0 first). Finished runs are skipped and interrupted
@@ -62,7 +65,7 @@ def experiment(file, results, jobs, sets, dry_run, as_json):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
-    result = run_experiment(exp, results, jobs=jobs, progress=True)
+    result = run_experiment(exp, results, jobs=jobs, progress=True, nproc_per_run=nproc_per_run)
     if as_json:
         emit_json(result.to_dict())
     else:

@@ -202,7 +202,7 @@ class SignConstraint:
     def load_state(self, state: Mapping) -> None:
         self.generator.set_state(state["generator"])
         self.flip_generator.set_state(state["flip_generator"])
-        self._step = int(state["step"][0])
+        self._step = int(state["step"][0]) if "step" in state else 0  # checkpoints before 0.1.0 final
 
     @property
     def names(self) -> Sequence[str]:

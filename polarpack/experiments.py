@@ -452,8 +452,9 @@ class ResultsStore:
 # -- running -------------------------------------------------------------------------------------
 
 
-def _run_cell(cfg: dict[str, Any], run_dir: str, resume: bool, events=None, run_id: str = "") -> dict[str, Any]:
-    """Train one cell (in this process or a worker). Never raises: errors come back as 'failed'."""
+def _run_cell(cfg: dict[str, Any], run_dir: str, resume: bool, events=None, run_id: str = "", nproc: int = 1) -> dict[str, Any]:
+    """Train one cell (in this process or a worker; with nproc > 1 as a torchrun job of nproc
+    processes). Never raises: errors come back as 'failed'."""
     from .train import TrainConfig, train
 
     t0 = time.time()
@@ -463,7 +464,11 @@ def _run_cell(cfg: dict[str, Any], run_dir: str, resume: bool, events=None, run_
             events.put((run_id, row.get("epoch"), row.get("val_acc")))
 
     try:
-        if resume:
+        if nproc > 1:
+            from .distributed import launch
+
+            result = launch(cfg, run_dir, nproc, resume=resume, log=Path(run_dir).parent / f"{Path(run_dir).name}.launch.log")
+        elif resume:
             result = train(resume=run_dir, progress=False, on_epoch=on_epoch)
         else:
             result = train(TrainConfig.from_dict(cfg), out=run_dir, progress=False, on_epoch=on_epoch)
@@ -517,17 +522,21 @@ def run_experiment(
     progress: bool = True,
     on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
     cores: int | None = None,
+    nproc_per_run: int = 1,
 ) -> GridResult:
     """Run every cell not finished yet; record each status change in the index.
 
     jobs > 1 runs cells in spawned worker processes with ``threads = max(1, cores // jobs)``
-    unless the cell sets ``threads``. `on_cell(cell, outcome)` is called in this process after
+    unless the cell sets ``threads``; `nproc_per_run > 1` runs each cell as a torchrun job of that
+    many processes (polarpack.distributed.launch), and the cores are split over jobs x processes.
+    `on_cell(cell, outcome)` is called in this process after
     each cell (a KeyboardInterrupt from it stops the grid like Ctrl-C would)."""
     store = ResultsStore(results)
     store.root.mkdir(parents=True, exist_ok=True)
     cores = cores or os.cpu_count() or 1
     jobs = max(1, int(jobs))
-    threads = max(1, cores // jobs)
+    nproc_per_run = max(1, int(nproc_per_run))
+    threads = max(1, cores // (jobs * nproc_per_run))
     (store.root / "experiment.json").write_text(json.dumps({
         "name": exp.name, "description": exp.description, "file": str(exp.path), "grid_keys": exp.grid_keys,
         "cells": [{"run_id": c.run_id, "config": c.config, "skip_reason": c.skip_reason} for c in exp.cells],
@@ -593,10 +602,10 @@ def run_experiment(
             events = _BarEvents(bar)
             for cell, partial in todo:
                 cfg, run_dir = start(cell, partial)
-                outcome = _run_cell(cfg, run_dir, partial, events, cell.run_id)
+                outcome = _run_cell(cfg, run_dir, partial, events, cell.run_id, nproc_per_run)
                 finish(cell, outcome)
         else:
-            _run_parallel(todo, jobs, start, finish, bar)
+            _run_parallel(todo, jobs, start, finish, bar, nproc_per_run)
     except KeyboardInterrupt:
         interrupted = True
         for rid in sorted(in_flight):  # back to pending; the next invocation resumes them
@@ -636,7 +645,7 @@ def _epochs_done(store: ResultsStore, run_id: str, partial: bool) -> int:
     return len(read_metrics(store.run_dir(run_id)))
 
 
-def _run_parallel(todo, jobs, start, finish, bar) -> None:
+def _run_parallel(todo, jobs, start, finish, bar, nproc: int = 1) -> None:
     import multiprocessing as mp
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -653,7 +662,7 @@ def _run_parallel(todo, jobs, start, finish, bar) -> None:
             while pending and len(running) < jobs:
                 cell, partial = pending.pop(0)
                 cfg, run_dir = start(cell, partial)
-                running[executor.submit(_run_cell, cfg, run_dir, partial, events, cell.run_id)] = cell
+                running[executor.submit(_run_cell, cfg, run_dir, partial, events, cell.run_id, nproc)] = cell
             finished, _ = wait(list(running), timeout=2.0, return_when=FIRST_COMPLETED)
             while True:
                 try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from polarpack import distributed
 from polarpack.distributed import SINGLE, DistContext, DistributedError
@@ -186,3 +187,23 @@ def test_dead_rank_fails_clearly_and_launch_resumes(tmp_path, monkeypatch):
     for got, want in zip(result.metrics, single.metrics, strict=True):
         assert got["val_acc"] == want["val_acc"]
         assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_experiment_grid_hands_each_run_two_processes(tmp_path):
+    """`polarpack experiment --nproc-per-run 2`: each cell is a torchrun job; its run directory and
+    the index look like a one-process run's."""
+    from polarpack_cli.main import cli
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[experiment]\nname = "ddp"\n[defaults]\nmodel = "alexnet"\ndataset = "fashion-mnist-mini"\n'
+        'method = "scratch"\nepochs = 1\nbatch_size = 100\ntrain_size = 200\nval_size = 100\ndropout = 0.0\n'
+        "[grid]\nseeds = [0]\n"
+    )
+    result = CliRunner().invoke(cli, ["experiment", str(grid), "--results", str(tmp_path / "res"), "--nproc-per-run", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = [p for p in (tmp_path / "res" / "runs").iterdir() if p.is_dir()]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resolved"]["distributed"]["world_size"] == 2
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
