@@ -17,3 +17,13 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path}; set POLARPACK_SHARED_DATA to the shared data folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def polar_schema_validator():
+    """Validates a JSON object against spec/polar.schema.json: every file the project writes must pass."""
+    import jsonschema
+
+    from polarpack.format import json_schema
+
+    return jsonschema.Draft202012Validator(json_schema())

@@ -41,10 +41,11 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def test_extract_writes_a_loadable_file(runner, weights, tmp_path):
+def test_extract_writes_a_loadable_file(runner, weights, tmp_path, polar_schema_validator):
     out = tmp_path / "small.polar"
     result = runner.invoke(cli, ["extract", str(weights), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    polar_schema_validator.validate(json.loads(out.read_text()))
     assert result.stdout == ""  # the summary goes to stderr
     assert "extracted 2 conv layers" in result.stderr and "float32 weights" in result.stderr
     dist = fmt.load(out)
@@ -52,7 +53,7 @@ def test_extract_writes_a_loadable_file(runner, weights, tmp_path):
     assert dist.names == ["0", "1"]
 
 
-def test_extract_json_groups_and_safetensors_encoding(runner, weights, tmp_path):
+def test_extract_json_groups_and_safetensors_encoding(runner, weights, tmp_path, polar_schema_validator):
     out = tmp_path / "small.polar.safetensors"
     result = runner.invoke(
         cli, ["extract", str(weights), "-o", str(out), "--groups", "1=2", "--include-linear", "--json", "--no-hash"]
@@ -60,6 +61,7 @@ def test_extract_json_groups_and_safetensors_encoding(runner, weights, tmp_path)
     assert result.exit_code == 0, result.output
     obj = json.loads(result.stdout)
     computed = obj.pop("computed")
+    polar_schema_validator.validate(obj)
     dist = fmt.Distribution.from_dict(obj)  # without "computed" it is a valid .polar object
     assert dist == fmt.load(out)
     assert fmt.detect_encoding(out.read_bytes()) == "safetensors"

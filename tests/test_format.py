@@ -525,3 +525,15 @@ def test_size_report():
     assert fmt.size_report(unknown, polar_bytes=7)["weights"] is None
     assert fmt.size_report(unknown, polar_bytes=7)["polar_bytes"] == 7
     assert fmt.size_report(Distribution([LayerDistribution.from_counts("a", [1, 2, 3])]))["weights"] == 6
+
+
+def test_every_polar_file_the_project_ships_validates(polar_schema_validator):
+    """The example distributions committed under examples/ are written by polarpack: they must
+    pass the schema and load."""
+    import pathlib
+
+    files = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples").glob("*.polar"))
+    assert files
+    for path in files:
+        polar_schema_validator.validate(json.loads(path.read_text()))
+        fmt.load(path)

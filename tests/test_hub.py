@@ -123,7 +123,7 @@ def test_parse_reference_rejects_malformed(ref):
 # -- push / pull ---------------------------------------------------------------------------
 
 
-def test_push_then_pull_gives_identical_bytes(hub, polar_file):
+def test_push_then_pull_gives_identical_bytes(hub, polar_file, polar_schema_validator):
     dist = fmt.load(polar_file)
     result = push(polar_file, REPO, token=TOKEN, endpoint=hub.url)
     assert isinstance(result, PushResult) and result.changed and result.repo_id == REPO
@@ -132,6 +132,7 @@ def test_push_then_pull_gives_identical_bytes(hub, polar_file):
 
     remote = hub.files(REPO)
     assert remote["mnv2.polar"] == polar_file.read_bytes()
+    polar_schema_validator.validate(json.loads(remote["mnv2.polar"]))
     assert remote["mnv2.polar.safetensors"] == fmt.encode_safetensors(dist)
     assert len(hub.calls("POST", r"/commit/")) == 1  # one commit for all three files
 
