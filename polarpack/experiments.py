@@ -710,7 +710,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
         return None, None
     mean = sum(vals) / len(vals)
     if len(vals) < 2:
-        return mean, 0.0
+        return mean, None  # a spread needs two seeds: report none rather than a false 0
     var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
     return mean, math.sqrt(var)
 
@@ -843,7 +843,9 @@ def _pct(x: float | None) -> str:
 def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "-"
-    return f"{100 * mean:.1f} ± {100 * (std or 0.0):.1f}"
+    if std is None:
+        return f"{100 * mean:.1f} (n=1)"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
 def markdown_report(name: str, groups: Sequence[Mapping[str, Any]]) -> str:
