@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from typing import Any, Callable
 
 import click
@@ -44,7 +43,3 @@ def hub_options(fn: Callable) -> Callable:
     fn = click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for hf:// references without @rev.")(fn)
     fn = click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True, help="Hub endpoint URL (default: $HF_ENDPOINT or https://huggingface.co).")(fn)
     return fn
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

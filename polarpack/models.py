@@ -9,7 +9,7 @@ the paper's distributions (`paper:alexnet`, layers conv1-conv5) map onto both ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import torch
 from torch import nn
 
@@ -134,15 +134,6 @@ class PaperNet(nn.Module):
         return self.fc8(x)
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    input_size: int
-    family: str  # "paper" or "torchvision"
-    description: str = ""
-    conv_shapes: dict = field(default_factory=dict)
-
-
 def _check_geometry(geometry: str) -> None:
     if geometry not in GEOMETRIES:
         raise ModelError(f"unknown geometry {geometry!r}; choose one of {list(GEOMETRIES)}")
@@ -157,17 +148,6 @@ def list_models() -> list[str]:
 
 def _torchvision_name(name: str) -> str:
     return name.split(":", 1)[1] if name.startswith("torchvision:") else name
-
-
-def model_info(name: str, geometry: str = "small") -> ModelInfo:
-    _check_geometry(geometry)
-    if name in PAPER_NETS:
-        spec = PAPER_NETS[name]
-        geo = spec.geometries[geometry]
-        return ModelInfo(name, geo.input_size, "paper", spec.description + " Geometry: " + geo.note, spec.conv_shapes())
-    tv = _torchvision_name(name)
-    _require_torchvision_model(tv)
-    return ModelInfo(tv, 224 if geometry == "imagenet" else 0, "torchvision", f"torchvision.models.{tv}")
 
 
 def _require_torchvision_model(name: str) -> None:
@@ -236,7 +216,7 @@ def constrainable_layers(model: nn.Module, scope: str = "conv") -> list[tuple[st
     raise ModelError(f"unknown constrain scope {scope!r}; use 'conv' or 'all'")
 
 
-def input_size_for(name: str, geometry: str, native: int) -> int | None:
+def input_size_for(name: str, geometry: str) -> int | None:
     """Image size the model wants: None keeps the dataset's native size (small geometry)."""
     if geometry == "small":
         return None

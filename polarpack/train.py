@@ -486,7 +486,7 @@ def _train(config: TrainConfig | None, *, out, resume, progress, on_epoch, backe
         config.dataset, data_dir=config.data_dir, train_size=config.train_size,
         val_size=config.val_size, seed=config.seed, download=config.download,
     )
-    size = input_size_for(config.model, config.geometry, train_set.images.shape[-1])
+    size = input_size_for(config.model, config.geometry)
     mean = torch.tensor(train_set.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(train_set.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 

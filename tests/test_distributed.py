@@ -175,7 +175,7 @@ def test_dead_rank_fails_clearly_and_launch_resumes(tmp_path, monkeypatch):
         assert "rank 0/2" in summary["error"]
         assert "RANK0 DistributedError: rank 0/2" in proc.stderr, proc.stderr[-3000:]
     # launch() resumes it under torchrun from the epoch-1 checkpoint, to what one process gets
-    from polarpack.train import read_metrics, train
+    from polarpack.train import train
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)

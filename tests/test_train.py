@@ -14,7 +14,7 @@ from torch import nn
 
 from polarpack.errors import ConfigError, ModelError
 from polarpack.materialize import materialize
-from polarpack.models import build_model, conv_layers
+from polarpack.models import build_model
 from polarpack.presets import get_preset
 from polarpack.train import TrainConfig, train
 from polarpack_cli.main import cli
