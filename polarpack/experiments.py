@@ -337,6 +337,9 @@ def _make_cell(options: dict[str, Any], weights: Mapping[str, Any], path: Path) 
     except TypeError as exc:
         raise ConfigError(f"{path}: cell {_describe(options)}: {exc}") from None
     cfg = config.to_dict()
+    from .train import resolve_device, resolve_precision
+
+    cfg["precision"] = resolve_precision(cfg["precision"], resolve_device(cfg["device"]))  # auto must not hide it
     return Cell(cfg, run_id_for(cfg), reason)
 
 
@@ -378,7 +381,9 @@ def run_id_for(cfg: Mapping[str, Any]) -> str:
             parts.append(f"{key}-{cfg[key]}")
     if cfg.get("method") in SPIN + ("freeze-in",):
         parts.append(f"zeros-{cfg['zeros']}")
-    parts.append(f"s{cfg.get('seed', 0)}")
+    if cfg.get("method") == "fluid-spin" and cfg.get("fluid_fraction") != base["fluid_fraction"]:
+        parts.append(f"frac-{cfg['fluid_fraction']}")
+    parts += [cfg.get("precision", "fp32"), f"s{cfg.get('seed', 0)}"]
     return "-".join(_slug_part(p) for p in parts) + "-" + config_hash(cfg)[:8]
 
 
@@ -444,7 +449,7 @@ class ResultsStore:
                 status = None
             if status in FINISHED:
                 return status
-        if (d / "checkpoint.safetensors").exists() and (d / "config.json").exists():
+        if (d / "training_state.safetensors").exists() and (d / "config.json").exists():
             return "partial"
         return "none"
 
@@ -465,8 +470,6 @@ def _run_cell(cfg: dict[str, Any], run_dir: str, resume: bool, events=None, run_
 
     try:
         if nproc > 1:
-            from .distributed import launch
-
             result = launch(cfg, run_dir, nproc, resume=resume, log=Path(run_dir).parent / f"{Path(run_dir).name}.launch.log")
         elif resume:
             result = train(resume=run_dir, progress=False, on_epoch=on_epoch)
@@ -481,6 +484,37 @@ def _run_cell(cfg: dict[str, Any], run_dir: str, resume: bool, events=None, run_
     except BaseException as exc:  # noqa: BLE001 - a crashed cell must be recorded, not lost
         tb = traceback.format_exc(limit=6)
         return {"status": "failed", "seconds": time.time() - t0, "error": f"{type(exc).__name__}: {exc}", "traceback": tb}
+
+
+def launch(config: Mapping[str, Any], run_dir: str | os.PathLike, nproc: int, *, resume: bool = False,
+           log: str | os.PathLike | None = None, timeout: float | None = None):
+    """Train one run as a torchrun job of `nproc` processes (`polarpack train` under
+    `torch.distributed.run --standalone`); return its TrainResult, read back from the run directory."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from .errors import PolarpackError
+    from .train import TrainConfig, TrainResult, read_metrics
+
+    cfg = TrainConfig.from_dict(dict(config)).validate()
+    run_dir = Path(run_dir)
+    with tempfile.TemporaryDirectory(prefix="polarpack-launch-") as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(cfg.to_dict()))
+        args = ["--resume", str(run_dir)] if resume else ["--config", str(Path(tmp) / "config.json"), "--out", str(run_dir)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "polarpack", "train", "--quiet", *args]
+        env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads or 1)}
+        with open(log, "ab") if log else open(os.devnull, "wb") as out:
+            try:
+                proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            except subprocess.TimeoutExpired:
+                raise PolarpackError(f"distributed run {run_dir} did not finish within {timeout} s") from None
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    if proc.returncode not in (0, 3) or summary.get("status") not in FINISHED:
+        raise PolarpackError(f"distributed run {run_dir} ({nproc} processes) failed with exit status {proc.returncode}"
+                             + (f"; see {log}" if log else ""))
+    return TrainResult(run_dir, summary["status"], read_metrics(run_dir), summary, cfg)
 
 
 @dataclass

@@ -384,6 +384,7 @@ def load_state_dict(
     token: str | None = None,
     revision: str | None = None,
     layout: str = "auto",
+    unsafe_allow_pickle: bool = False,
 ) -> dict[str, "torch.Tensor"]:
     """All tensors of `source` as a plain `{state-dict key: tensor}` dict in model order,
     copied into memory (contiguous, OIHW), detached from the file. Built on `open_weights`."""

@@ -1,19 +1,22 @@
 """The training loop: Freeze/Fluid SPIN-Polarity, Freeze IN-Polarity, Fluid IN and scratch.
 
-One readable loop in the spirit of airbench: the whole dataset sits in memory as uint8 tensors,
-batches are index slices of a seeded permutation, and after every optimizer step the sign
-constraint resets wrong-signed kernel weights (Algorithms 1-3 of the seed). A run directory holds
-everything needed to inspect or continue a run:
+In the spirit of airbench: the whole dataset sits in memory as uint8 tensors, batches are index
+slices of a seeded permutation, and after every optimizer step the sign constraint resets
+wrong-signed kernel weights (the seed's Algorithms 1-3). Every random stream (batch order, dropout,
+reset values, fluid changes) is seeded from (seed, epoch), so a resumed run replays exactly what an
+uninterrupted one does, and no random state needs saving. A run directory holds:
 
-    config.json        the resolved configuration plus environment and layer mapping
-    metrics.jsonl/csv  one row per epoch (loss, accuracy, seconds, images/s, resets, held proportions)
-    summary.json       status (running | completed | diverged), final and best accuracy, epochs to threshold
-    checkpoint.safetensors  weights, targets, optimizer and RNG state after the last finished epoch
-    init.safetensors   (save_init=True) the initial kernels and targets, comparable with `materialize`
+    config.json               the resolved configuration, environment (package, git commit) and run token
+    metrics.jsonl / .csv      one row per epoch (loss, accuracy, seconds, images/s, resets, held proportions)
+    summary.json              status (running | completed | diverged), final and best accuracy, epochs to threshold
+    model.safetensors         the weights after the last finished epoch: model.load_state_dict(load_file(...))
+    training_state.safetensors  everything a resume needs (weights, optimizer, sign targets); removed once complete
+    init.safetensors          (save_init) the initial kernels and targets, as `materialize` writes them
 
 Defaults follow the seed where it speaks (20 epochs, batch 1000, 10k train / 10k validation images,
-conv layers constrained, FC layers free, eps > 0) and the prior-work code where it is silent
-(Adam, learning rate 1e-3, eps = 1e-3, dropout 0.5 after fc6 and fc7, no weight decay).
+conv layers constrained, FC layers free) and the prior-work code where it is silent (Adam, lr 1e-3,
+eps 1e-3, dropout 0.5 after fc6 and fc7, no weight decay). Precision `auto` trains in bf16 autocast
+(fp32 master weights and optimizer state) where the hardware computes bf16 natively, else fp32.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
+import subprocess
 import time
+import uuid
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -33,102 +41,109 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import atomic_write_bytes, atomic_write_text
-from ._version import __version__
 from . import distributed
+from ._io import atomic_write_bytes, atomic_write_text, read_json
+from ._version import __version__
 from .constraints import FLUID_MODES, ZERO_MODES, SignConstraint
 from .errors import ConfigError, ModelError
-from .materialize import (
-    SAMPLING_MODES,
-    generator_for,
-    glorot_normal,
-    glorot_uniform_,
-    materialize,
-    materialize_pattern,
-    pattern_of,
-)
-from .models import GEOMETRIES, build_model, constrainable_layers, head_name, input_size_for
+from .materialize import SAMPLING_MODES, derive_seed, generator_for, glorot_normal, glorot_uniform_, materialize, materialize_pattern
+from .models import GEOMETRIES, PAPER_NETS, build_model, constrainable_layers, head_name, input_size_for
 
 METHODS = {
     "freeze-spin": "Alg. 1: Glorot magnitudes, random pattern with the distribution's proportions, held fixed",
-    "fluid-spin": "Alg. 3: as freeze-spin, and each epoch a fraction of non-zero weights flip sign with their targets",
-    "freeze-in": "Alg. 2: the exact sign pattern of transferred weights (--weights), Glorot magnitudes, held fixed",
+    "fluid-spin": "Alg. 3: as freeze-spin, and each epoch a fraction of the non-zero weights change (--fluid-mode)",
+    "freeze-in": "Alg. 2: the exact sign pattern of --weights (a checkpoint or a pattern .polar), Glorot magnitudes, held fixed",
     "fluid-in": "Alg. 4: start from the transferred weights (--weights) and train freely (fine-tuning)",
     "scratch": "control: Glorot initialisation, no constraint",
 }
 SPIN_METHODS = ("freeze-spin", "fluid-spin")
 IN_METHODS = ("freeze-in", "fluid-in")
-OPTIMIZERS = ("adam", "sgd")
+CONSTRAINED_METHODS = ("freeze-spin", "fluid-spin", "freeze-in")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # adam: prior-work code; sgd: the Keras default
+FINISHED = ("completed", "diverged")
+MODEL_FILE, STATE_FILE = "model.safetensors", "training_state.safetensors"
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A TrainConfig field; its help and choices are what `polarpack train --help` shows."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. Units: sizes in images, rates per optimizer step."""
+    """Everything that defines a run. Sizes in images, rates per optimizer step."""
 
-    method: str = "freeze-spin"
-    dist: str | None = None  # distribution reference (spin methods): file, paper:*, hf://
-    weights: str | None = None  # transferred weights source (in methods): checkpoint, model name, hf://
-    model: str = "alexnet"
-    geometry: str = "small"
-    dataset: str = "fashion-mnist-mini"
-    data_dir: str | None = None
-    download: bool = False
-    epochs: int = 20
-    batch_size: int = 1000  # global batch (split across ranks when distributed)
-    train_size: int | None = 10_000  # class-balanced seeded subset of the train split; None = all
-    val_size: int | None = 10_000  # of the test split; None = all
-    seed: int = 0
-    optimizer: str = "adam"
-    lr: float | None = None  # None: 1e-3 for adam, 1e-2 for sgd
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    dropout: float = 0.5
-    eps: float = 1e-3  # reset magnitude bound: wrong-signed weights become T * U(0, eps)
-    zeros: str = "pin"  # pin: T = 0 weights held at 0 (seed); free: they train (prior-work code)
-    constrain: str = "conv"  # conv: conv kernels only (seed); all: conv and FC except the head
-    fluid_fraction: float = 0.5
-    fluid_mode: str = "flip"  # flip: W = -W for chosen weights (seed); permute: shuffle their signs
-    sampling: str = "exact"  # exact counts per sign, or iid draws
-    layer_map: dict[str, str] | None = None  # target layer -> distribution layer
-    threshold: float = 0.40  # accuracy whose first crossing is reported (the seed's dashed line)
-    device: str = "auto"
-    threads: int | None = None  # torch intra-op threads; None leaves torch's default
-    eval_batch_size: int = 1000
-    save_init: bool = False
-    layout: str = "auto"  # kernel layout of .npy/.npz weights
-    endpoint: str | None = None
-    revision: str | None = None
+    method: str = _opt("freeze-spin", "; ".join(f"{k}: {v}" for k, v in METHODS.items()), tuple(METHODS))
+    dist: str | None = _opt(None, "Distribution for the SPIN methods: a .polar file, a preset (paper:alexnet) or hf://owner/repo/file.polar.")
+    weights: str | None = _opt(None, "Transferred weights for the IN methods: a checkpoint, a torchvision model name, an hf:// reference, or a pattern .polar (freeze-in).")
+    model: str = _opt("alexnet", "alexnet, zfnet, or a torchvision classifier (e.g. mobilenet_v2; its head is resized to the dataset).")
+    geometry: str = _opt("small", "small: 32x32/28x28 inputs with the seed's conv shapes; imagenet: the seed's 227/224 networks, images resized.", GEOMETRIES)
+    image_size: int | None = _opt(None, "Resize images to this size (e.g. 64 for torchvision models); default: the geometry's size.")
+    dataset: str = _opt("fashion-mnist-mini", "cifar10, fashion-mnist, imagefolder:PATH, or the embedded fashion-mnist-mini (offline).")
+    data_dir: str | None = _opt(None, "Where datasets live (default: $POLARPACK_DATA_DIR, then ~/.cache/polarpack/data).")
+    download: bool = _opt(False, "Download a missing dataset with torchvision (needs network).")
+    epochs: int = _opt(20, "Epochs (the seed: 20).")
+    batch_size: int = _opt(1000, "Global batch size, split across ranks when distributed (the seed: 1000).")
+    train_size: int | None = _opt(10_000, "Class-balanced seeded subset of the train split; None/'all' = whole split (the seed: 10,000).")
+    val_size: int | None = _opt(10_000, "Class-balanced subset of the test split used for validation (the seed: 10,000).")
+    seed: int = _opt(0, "Fixes the pattern, magnitudes, data subset and order, dropout and reset values.")
+    optimizer: str = _opt("adam", "adam: the prior-work code (the seed names SGD without settings).", ("adam", "sgd"))
+    lr: float | None = _opt(None, "Learning rate; default 1e-3 for adam (prior-work code), 1e-2 for sgd (Keras default).")
+    momentum: float = _opt(0.0, "SGD momentum (Keras default 0).")
+    weight_decay: float = _opt(0.0, "L2 weight decay (prior-work code: none).")
+    dropout: float = _opt(0.5, "Dropout after fc6 and fc7 of alexnet/zfnet (prior-work networks: 0.5).")
+    eps: float = _opt(1e-3, "Wrong-signed weights are reset to target * U(0, eps) (prior-work code: 1e-3).")
+    zeros: str = _opt("pin", "pin: zero targets hold their weights at 0 (the seed's Alg. 1); free: they train (prior-work code).", ZERO_MODES)
+    constrain: str = _opt("conv", "conv: conv kernels only, FC free (the seed); all: FC too, except the head (prior-work code).", ("conv", "all"))
+    fluid_fraction: float = _opt(0.5, "fluid-spin: fraction of the non-zero weights changed each epoch (the seed: 0.5).")
+    fluid_mode: str = _opt("flip", "fluid-spin: flip = weights and targets change sign (the pattern moves); permute = signs shuffled "
+                           "among the chosen (proportions exact); reset = only the weights flip, so the projection resets them "
+                           "to target * U(0, eps) (the pattern stays).", FLUID_MODES)
+    sampling: str = _opt("exact", "exact: round(p*n) weights of each sign; iid: independent draws.", SAMPLING_MODES)
+    layer_map: dict[str, str] | None = _opt(None, "Model layer -> distribution layer (default: by name, else by order).")
+    threshold: float = _opt(0.40, "Report the first epoch whose validation accuracy reaches this (the seed's dashed line).")
+    precision: str = _opt("auto", "auto: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with avx512_bf16/AMX), "
+                          "else fp32; bf16 is autocast with fp32 master weights and optimizer state.", PRECISIONS)
+    device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
+    threads: int | None = _opt(None, "Torch CPU threads (default: torch's choice).")
+    eval_batch_size: int = _opt(1000, "Batch size of the validation pass.")
+    save_init: bool = _opt(False, "Also write init.safetensors (initial kernels and targets) to the run directory.")
+    layout: str = _opt("auto", "Kernel layout of .npy/.npz --weights.", ("auto", "oihw", "hwio"))
+    unsafe_allow_pickle: bool = _opt(False, "Let --weights unpickle .npy object arrays. UNSAFE: a pickle can run any code; only for files you trust.")
+    endpoint: str | None = _opt(None, "Hub endpoint for hf:// references (default: $HF_ENDPOINT).")
+    revision: str | None = _opt(None, "Hub revision for hf:// references without @rev.")
 
-    def validate(self) -> "TrainConfig":
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+    def validate(self) -> TrainConfig:
+        """Check every option; a ConfigError names the option, the value and what is allowed."""
+        for f in fields(self):
+            if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]:
+                raise ConfigError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {list(f.metadata['choices'])}")
         if self.method in SPIN_METHODS and not self.dist:
             raise ConfigError(f"--method {self.method} needs a distribution: pass --dist FILE or a preset such as paper:alexnet")
         if self.method in IN_METHODS and not self.weights:
-            raise ConfigError(
-                f"--method {self.method} needs transferred weights: pass --weights SOURCE "
-                "(a checkpoint file, a torchvision model name or an hf:// reference)"
-            )
-        if self.geometry not in GEOMETRIES:
-            raise ConfigError(f"unknown geometry {self.geometry!r}; choose one of {list(GEOMETRIES)}")
-        choices = {"optimizer": OPTIMIZERS, "zeros": ZERO_MODES, "fluid_mode": FLUID_MODES, "sampling": SAMPLING_MODES, "constrain": ("conv", "all")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"unknown {key} {getattr(self, key)!r}; choose one of {list(allowed)}")
-        for key in ("epochs", "batch_size", "eval_batch_size"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < (0 if key == "epochs" else 1):
-                raise ConfigError(f"{key} must be a positive integer (got {getattr(self, key)!r})")
-        for key in ("train_size", "val_size"):
+            raise ConfigError(f"--method {self.method} needs transferred weights: pass --weights SOURCE "
+                              "(a checkpoint file, a torchvision model name or an hf:// reference)")
+        ranges = {  # option: (lowest, highest, what is allowed)
+            "epochs": (1, None, "a positive integer"), "batch_size": (1, None, "a positive integer"),
+            "eval_batch_size": (1, None, "a positive integer"), "train_size": (1, None, "a positive integer or all"),
+            "val_size": (1, None, "a positive integer or all"), "threads": (1, 1024, "a positive integer"),
+            "seed": (0, 2**63 - 1, "an integer in [0, 2**63 - 1]"), "image_size": (8, 4096, "an integer in [8, 4096]"),
+            "lr": (0, None, "a finite number > 0"), "momentum": (0, 1, "a number in [0, 1)"),
+            "weight_decay": (0, None, "a finite number >= 0"), "dropout": (0, 1, "a number in [0, 1)"),
+            "eps": (0, None, "a finite number > 0"), "fluid_fraction": (0, 1, "a number in [0, 1]"),
+            "threshold": (0, 1, "a number in (0, 1]"),
+        }
+        for key, (low, high, allowed) in ranges.items():
             value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{key} must be positive or None for the whole split (got {value})")
-        if not 0.0 <= self.fluid_fraction <= 1.0:
-            raise ConfigError(f"fluid_fraction must be in [0, 1] (got {self.fluid_fraction})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
-        if not self.eps > 0:
-            raise ConfigError(f"eps must be > 0 (got {self.eps})")
+            if value is None and key in ("lr", "threads", "train_size", "val_size", "image_size"):
+                continue
+            integral = key in ("epochs", "batch_size", "eval_batch_size", "train_size", "val_size", "threads", "seed", "image_size")
+            ok = isinstance(value, int) if integral else isinstance(value, (int, float)) and math.isfinite(value)
+            ok = ok and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+            open_low, open_high = key in ("lr", "eps", "threshold"), key in ("momentum", "dropout")
+            if not ok or (open_low and value == low) or (open_high and value == high):
+                raise ConfigError(f"--{key.replace('_', '-')} must be {allowed} (got {value!r})")
         return self
 
     @property
@@ -139,11 +154,10 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise ConfigError(f"unknown training option(s) {unknown}; known options are {sorted(known)}")
+            raise ConfigError(f"unknown training option(s) {unknown}; known options are {sorted(f.name for f in fields(cls))}")
         return cls(**dict(data))
 
 
@@ -153,23 +167,18 @@ class TrainResult:
     status: str  # completed | diverged
     metrics: list[dict[str, Any]]
     summary: dict[str, Any]
-    config: TrainConfig = field(repr=False, default=None)  # type: ignore[assignment]
-
-    @property
-    def final_val_accuracy(self) -> float | None:
-        return self.summary.get("final_val_acc")
+    config: TrainConfig
+    model: nn.Module | None = field(default=None, repr=False)  # the trained model (None when nothing ran)
 
 
-# -- setup helpers -------------------------------------------------------------------------------
+# -- setup ---------------------------------------------------------------------------------------
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -177,6 +186,40 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA device is available; use --device auto or cpu")
     return device
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU flags list avx512_bf16 or AMX-BF16. Elsewhere bf16 convolutions are
+    emulated: measured about 70x slower than fp32 on an AVX2-only EPYC (benchmarks/bench_epoch.py)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def git_commit() -> str | None:
+    """The commit of the polarpack checkout this runs from (with '+dirty' for local changes), or
+    None for an installed release: recorded in every run, so results name the code they ran on."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def keras_init_(model: nn.Module, seed: int) -> None:
@@ -190,87 +233,58 @@ def keras_init_(model: nn.Module, seed: int) -> None:
                     module.bias.zero_()
 
 
-def _transfer_state(config: TrainConfig) -> dict[str, torch.Tensor]:
-    from .sources import load_state_dict
-
-    return load_state_dict(
-        config.weights, endpoint=config.endpoint, revision=config.revision, layout=config.layout
-    )
-
-
 def initialise(model: nn.Module, config: TrainConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Initialise `model` for the method; return the sign targets (empty when unconstrained) and
-    a description of what was done (layer mapping, transferred layers) for config.json."""
-    from .models import PAPER_NETS
+    what was done (layer mapping, transferred tensors) for config.json."""
+    from .sources import load_distribution, load_state_dict
 
     if config.model in PAPER_NETS:
         keras_init_(model, config.seed)
     layers = constrainable_layers(model, config.constrain)
-    report: dict[str, Any] = {}
-    if config.method in SPIN_METHODS:
-        from .sources import load_distribution
-
-        dist = load_distribution(config.dist, endpoint=config.endpoint, revision=config.revision)
-        mat = materialize(dist, model, seed=config.seed, sampling=config.sampling, mapping=config.layer_map, scope=config.constrain)
-        mat.apply_(model)
-        report["layer_map"] = mat.mapping
-        report["distribution_source"] = dict(dist.source)
-        return mat.targets, report | {"_materialized": mat}
+    hub = dict(endpoint=config.endpoint, revision=config.revision)
     if config.method == "scratch":
         with torch.no_grad():
             for name, module in layers:
                 module.weight.copy_(glorot_normal(module.weight.shape, generator_for(config.seed, "magnitudes", name)))
-        return {}, report
-    state = _transfer_state(config)
-    head = head_name(model)
-    if config.method == "freeze-in":
-        kernels = {}
-        for name, module in layers:
-            key = f"{name}.weight"
-            if key not in state:
-                raise ModelError(
-                    f"--weights {config.weights}: no tensor {key!r} for constrained layer {name!r}; "
-                    f"the checkpoint has {_keys_preview(state)}"
-                )
-            _check_shape(config.weights, key, state[key].shape, module.weight.shape)
-            kernels[name] = state[key]
-        mat = materialize_pattern(pattern_of(kernels), seed=config.seed)
+        return {}, {}
+    if config.method in SPIN_METHODS or (config.method == "freeze-in" and _is_distribution(config.weights)):
+        dist = load_distribution(config.dist if config.method in SPIN_METHODS else config.weights, **hub)
+        mat = materialize(dist, model, seed=config.seed, sampling=config.sampling, mapping=config.layer_map, scope=config.constrain)
         mat.apply_(model)
-        report["transferred_pattern"] = list(kernels)
-        return mat.targets, report | {"_materialized": mat}
-    # fluid-in: every matching tensor except the classifier head; conv kernels must match
-    own = model.state_dict()
-    loaded, skipped = [], []
+        return mat.targets, {"layer_map": mat.mapping, "distribution_source": dict(dist.source), "_materialized": mat}
+    state = load_state_dict(config.weights, layout=config.layout, unsafe_allow_pickle=config.unsafe_allow_pickle, **hub)
+    constrained = dict(layers)
+    for name, module in layers:
+        key = f"{name}.weight"
+        if key not in state:
+            raise ModelError(f"--weights {config.weights}: no tensor {key!r} for layer {name!r}; the checkpoint has {_preview(state)}")
+        if tuple(state[key].shape) != tuple(module.weight.shape):
+            raise ModelError(f"--weights {config.weights}: {key!r} has shape {tuple(state[key].shape)} but the model needs "
+                             f"{tuple(module.weight.shape)}; transferred weights must come from the same architecture "
+                             "(check --model and --geometry)")
+    if config.method == "freeze-in":
+        pattern = {name: torch.sign(state[f"{name}.weight"].float()).to(torch.int8) for name in constrained}
+        mat = materialize_pattern(pattern, seed=config.seed)
+        mat.apply_(model)
+        return mat.targets, {"transferred_pattern": list(pattern), "_materialized": mat}
+    own, head, loaded, skipped = model.state_dict(), head_name(model), [], []  # fluid-in: all but the head
     for key, value in own.items():
         if head is not None and key.startswith(f"{head}."):
             continue
-        if key not in state:
-            if key.endswith(".weight") and key[: -len(".weight")] in dict(layers):
-                raise ModelError(f"--weights {config.weights}: no tensor {key!r}; the checkpoint has {_keys_preview(state)}")
-            skipped.append(key)
-            continue
-        if tuple(state[key].shape) != tuple(value.shape):
-            if key[: -len(".weight")] in dict(layers):
-                _check_shape(config.weights, key, state[key].shape, value.shape)
-            skipped.append(f"{key} (shape {tuple(state[key].shape)} != {tuple(value.shape)})")
-            continue
-        own[key] = state[key].to(value.dtype)
-        loaded.append(key)
+        if key in state and tuple(state[key].shape) == tuple(value.shape):
+            own[key] = state[key].to(value.dtype)
+            loaded.append(key)
+        else:
+            skipped.append(key if key not in state else f"{key} (shape {tuple(state[key].shape)} != {tuple(value.shape)})")
     model.load_state_dict(own)
-    report["transferred"] = loaded
-    report["not_transferred"] = skipped
-    return {}, report
+    return {}, {"transferred": loaded, "not_transferred": skipped}
 
 
-def _check_shape(source: str, key: str, got, want) -> None:
-    if tuple(got) != tuple(want):
-        raise ModelError(
-            f"--weights {source}: {key!r} has shape {tuple(got)} but the model needs {tuple(want)}; "
-            "transferred weights must come from the same architecture (check --model and --geometry)"
-        )
+def _is_distribution(ref: str | None) -> bool:
+    return isinstance(ref, str) and (ref.startswith("paper:") or ref.endswith((".polar", ".polar.json", ".polar.safetensors")))
 
 
-def _keys_preview(state: Mapping[str, Any], limit: int = 8) -> str:
+def _preview(state: Mapping[str, Any], limit: int = 8) -> str:
     keys = list(state)
     return str(keys[:limit])[:-1] + (f", ... ({len(keys)} tensors)]" if len(keys) > limit else "]")
 
@@ -281,350 +295,342 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.SGD(model.parameters(), lr=config.resolved_lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-# -- checkpoints ---------------------------------------------------------------------------------
-
-CHECKPOINT = "checkpoint.safetensors"
+# -- run directory -------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, *, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    constraint: SignConstraint | None, rng: Mapping[str, torch.Tensor]) -> None:
-    """One safetensors file: model.*, target.*, optim.* tensors, rng.* states; the optimizer's
-    param groups and the epoch as JSON metadata. Written atomically after each epoch."""
-    from safetensors.torch import save
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if constraint is not None:
-        tensors |= {f"target.{k}": v.cpu().contiguous() for k, v in constraint.targets().items()}
-        tensors |= {f"rng.constraint.{k}": v for k, v in constraint.state().items()}
-    opt = optimizer.state_dict()
-    scalars: dict[str, Any] = {}
-    for idx, state in opt["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{key}"] = value
-    tensors |= {f"rng.{k}": v for k, v in rng.items()}
-    meta = {"epoch": epoch, "param_groups": opt["param_groups"], "optim_scalars": scalars, "polarpack": __version__}
-    atomic_write_bytes(path, save(tensors, metadata={"polarpack": json.dumps(meta, sort_keys=True)}))
+def _default_run_dir(config: TrainConfig) -> Path:
+    dataset = re.sub(r"[^A-Za-z0-9.-]+", "_", config.dataset)
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}-{dataset}-{config.method}-s{config.seed}"
 
 
-def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    constraint: SignConstraint | None) -> tuple[int, dict[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = json.loads(fh.metadata()["polarpack"])
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    device = next(model.parameters()).device
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value.to(device) if name != "step" else value
-    for key, value in meta["optim_scalars"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    if constraint is not None:
-        constraint.load_targets_({k[len("target."):]: v for k, v in tensors.items() if k.startswith("target.")})
-        constraint.load_state({k[len("rng.constraint."):]: v for k, v in tensors.items() if k.startswith("rng.constraint.")})
-    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.") and not k.startswith("rng.constraint.")}
-    return int(meta["epoch"]), rng
+RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "summary.json", MODEL_FILE, STATE_FILE, "init.safetensors")
 
 
-# -- metrics files -------------------------------------------------------------------------------
-
-
-def _flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    flat = {}
-    for key, value in row.items():
-        if key == "held":
-            for layer, props in value.items():
-                for suffix, p in zip(("p0", "p_neg", "p_pos"), props):
-                    flat[f"held.{layer}.{suffix}"] = p
-        else:
-            flat[key] = value
-    return flat
+def claim_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
+    """A run directory belongs to one configuration: refuse to mix a new run into an old one."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir}: exists and is not a directory; choose another --out")
+    old = run_dir / "config.json"
+    if old.exists() and not overwrite:
+        try:
+            same = TrainConfig.from_dict(read_json(old)["config"]).to_dict() == config.to_dict()
+        except (ConfigError, KeyError, TypeError):
+            same = False
+        what = "this run already; continue it with --resume" if same else "a different run; choose another --out"
+        raise ConfigError(f"--out {run_dir}: holds {what} {run_dir}, or pass --overwrite to start it over")
+    for name in RUN_FILES if overwrite else ():
+        (run_dir / name).unlink(missing_ok=True)
+    for stale in run_dir.glob(".*.tmp") if run_dir.is_dir() else ():  # a writer killed mid-write
+        stale.unlink(missing_ok=True)
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    flat = [_flat_row(r) for r in rows]
-    columns: list[str] = []
-    for r in flat:
-        columns += [k for k in r if k not in columns]
+    flat = [{**{k: v for k, v in r.items() if k != "held"},
+             **{f"held.{layer}.{s}": p for layer, props in r.get("held", {}).items() for s, p in zip(("p0", "p_neg", "p_pos"), props)}}
+            for r in rows]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in flat for k in r)), lineterminator="\n")
     writer.writeheader()
     writer.writerows(flat)
     atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The epochs of a run; a torn last line (a writer killed mid-write) is an error naming the file."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            rows.append(json.loads(line)) if line.strip() else None
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path}: line {number} is not valid JSON (a damaged file); restore it, or rerun the run") from None
+    return rows
 
 
-def summarize(rows: list[dict[str, Any]], config: TrainConfig, status: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], config: TrainConfig, status: str, token: str) -> dict[str, Any]:
     """Final and best accuracy, and the first epoch whose validation accuracy reached the threshold."""
-    val = [r["val_acc"] for r in rows if r.get("val_acc") is not None and math.isfinite(r["val_acc"])]
-    crossing = next((r["epoch"] for r in rows if (r.get("val_acc") or 0.0) >= config.threshold), None)
+    val = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
     return {
-        "status": status,
-        "epochs_done": len(rows),
-        "epochs": config.epochs,
+        "status": status, "epochs_done": len(rows), "epochs": config.epochs,
         "final_val_acc": rows[-1]["val_acc"] if rows else None,
         "final_train_acc": rows[-1]["train_acc"] if rows else None,
         "best_val_acc": max(val) if val else None,
         "threshold": config.threshold,
-        "epochs_to_threshold": crossing,
+        "epochs_to_threshold": next((r["epoch"] for r in rows if (r.get("val_acc") or 0.0) >= config.threshold), None),
         "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in rows),
-        **(extra or {}),
+        "run_token": token,
     }
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(run_dir: Path, *, epoch: int, token: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    constraint: SignConstraint | None) -> None:
+    """training_state.safetensors first (self-contained: a resume reads nothing else), then the
+    plain model.safetensors a user loads; each is written atomically."""
+    from safetensors.torch import save
+
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in weights.items()}
+    tensors |= {f"target.{k}": v.cpu().contiguous() for k, v in (constraint.targets() if constraint else {}).items()}
+    opt = optimizer.state_dict()
+    scalars = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    meta = {"epoch": epoch, "run_token": token, "param_groups": opt["param_groups"], "optim_scalars": scalars}
+    atomic_write_bytes(run_dir / STATE_FILE, save(tensors, metadata={"polarpack": json.dumps(meta)}))
+    atomic_write_bytes(run_dir / MODEL_FILE, save(weights, metadata={"format": "pt", "epoch": str(epoch)}))
+
+
+def load_checkpoint(run_dir: Path, *, token: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    constraint: SignConstraint | None) -> int:
+    """Restore the state after the last finished epoch; return that epoch."""
+    from safetensors import SafetensorError, safe_open
+
+    path = run_dir / STATE_FILE
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads(fh.metadata()["polarpack"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--resume {run_dir}: {STATE_FILE} is damaged ({exc}); the run cannot continue from it: "
+                          "start it over with --overwrite") from None
+    if meta.get("run_token") != token:
+        raise ConfigError(f"--resume {run_dir}: {STATE_FILE} belongs to another run than config.json; start over with --overwrite")
+    device = next(model.parameters()).device
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value if name == "step" else value.to(device)
+    for key, value in meta["optim_scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if constraint is not None:
+        constraint.load_targets_({k[len("target."):]: v for k, v in tensors.items() if k.startswith("target.")})
+    return int(meta["epoch"])
 
 
 # -- the loop ------------------------------------------------------------------------------------
 
 
-def _default_run_dir(config: TrainConfig) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{config.model}-{config.dataset.replace(':', '_').replace('/', '_')}-{config.method}-s{config.seed}"
+def epoch_generator(seed: int, purpose: str, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random stream of one purpose in one epoch: resume needs no saved random state."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, purpose, str(epoch)))
+
+
+@dataclass
+class _Run:
+    """What the loop needs besides the model: data, batch preparation and precision."""
+
+    config: TrainConfig
+    device: torch.device
+    precision: str
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    train_set: Any
+    val_set: Any
+    dist: distributed.Dist
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, prepare: Callable, batch_size: int,
-             ctx: distributed.DistContext = distributed.SINGLE) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a split, in eval mode (no dropout). Distributed: each
-    rank evaluates its contiguous shard and the sums are all-reduced."""
+def evaluate(model: nn.Module, run: _Run) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the validation split (sums in fp32; sharded by rank)."""
     model.eval()
-    n = max(len(labels), 1)
-    shard = distributed.shard_range(len(labels), ctx)
-    images, labels = images[shard], labels[shard]
+    images, labels = run.val_set.images, run.val_set.labels
+    shard = run.dist.shard_range(len(labels))
     loss_sum, correct = 0.0, 0
-    for start in range(0, len(labels), batch_size):
-        x = prepare(images[start : start + batch_size])
-        y = labels[start : start + batch_size]
-        out = model(x)
+    for start in range(shard.start, shard.stop, run.config.eval_batch_size):
+        stop = min(start + run.config.eval_batch_size, shard.stop)
+        y = labels[start:stop].to(run.device)
+        with run.autocast():
+            out = model(run.prepare(images[start:stop])).float()
         loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
         correct += int((out.argmax(1) == y).sum())
     model.train()
-    loss_sum, correct = distributed.all_sum(ctx, loss_sum, correct)
-    return loss_sum / n, correct / n
+    loss_sum, correct = run.dist.all_sum(loss_sum, correct)
+    return loss_sum / len(labels), correct / len(labels)
 
 
-def train(
-    config: TrainConfig | None = None,
-    *,
-    out: str | os.PathLike | None = None,
-    resume: str | os.PathLike | None = None,
-    progress: bool = True,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    backend: str | None = None,
-    **overrides: Any,
-) -> TrainResult:
-    """Train one run; returns its metrics. `resume=RUN_DIR` continues an interrupted run from its
-    last checkpoint with its saved config, and ends with the metrics an uninterrupted run has.
+def _train_epoch(net: nn.Module, optimizer, constraint: SignConstraint | None, run: _Run, epoch: int, bar) -> dict[str, Any]:
+    """One pass over the training set; stops early at a non-finite loss (the row says so)."""
+    from .data import batch_indices
 
-    Either pass a `TrainConfig` or keyword options (`train(method="scratch", epochs=3)`).
-
-    Under torchrun (RANK/WORLD_SIZE set) or in an initialised process group the run is
-    distributed (DDP; `backend` overrides gloo/NCCL): see polarpack/distributed.py. Every rank
-    returns the same (reduced) metrics; only rank 0 writes files; a failure on any rank ends the
-    run with `DistributedError` and rank 0 records status "failed" in summary.json.
-    """
-    session: dict[str, Any] = {}
-    try:
-        return _train(config, out=out, resume=resume, progress=progress, on_epoch=on_epoch, backend=backend,
-                      session=session, **overrides)
-    except Exception as exc:
-        ctx = session.get("ctx")
-        if ctx is None or not ctx.distributed:
-            raise
-        raise _distributed_failure(session, exc) from exc
-    finally:
-        if "ctx" in session:
-            distributed.teardown(session["ctx"])
+    torch.manual_seed(derive_seed(run.config.seed, "dropout", str(run.dist.rank), str(epoch)))
+    loss_sum, correct, seen, started = 0.0, 0, 0, time.perf_counter()
+    for idx in batch_indices(len(run.train_set.labels), run.config.batch_size, epoch_generator(run.config.seed, "batches", epoch)):
+        mine = run.dist.shard(idx)
+        x, y = run.prepare(run.train_set.images[mine]), run.train_set.labels[mine].to(run.device, non_blocking=True)
+        with run.autocast():
+            out = net(x).float()
+        # summed over this rank's images, scaled so DDP's average is the global batch's mean loss
+        loss = F.cross_entropy(out, y, reduction="sum") * (run.dist.world_size / len(idx))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if constraint is not None:
+            constraint.project_()
+        batch_loss, batch_correct = run.dist.all_sum(float(loss.detach()) * len(idx) / run.dist.world_size, int((out.argmax(1) == y).sum()))
+        loss_sum, correct, seen = loss_sum + batch_loss, correct + int(batch_correct), seen + len(idx)
+        if bar is not None:
+            bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+            bar.update(1)
+        if not math.isfinite(batch_loss):
+            break
+    seconds = time.perf_counter() - started
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "train_seconds": seconds, "images_per_second": seen / seconds}
 
 
-def _distributed_failure(session: Mapping[str, Any], exc: BaseException) -> distributed.DistributedError:
-    """A clear one-line error for a distributed run that failed; rank 0 records status "failed"."""
-    ctx, run_dir = session["ctx"], session.get("run_dir")
-    message = distributed.failure_message(ctx, exc)
-    if ctx.is_main and run_dir is not None and (run_dir / "config.json").exists():
-        summary = summarize(session.get("rows", []), session["config"], "failed", {"error": message})
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return distributed.DistributedError(message)
-
-
-def _train(config: TrainConfig | None, *, out, resume, progress, on_epoch, backend, session: dict[str, Any],
-           **overrides: Any) -> TrainResult:
-    from . import data as datasets
-
-    if resume is not None:
-        run_dir = Path(resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.exists():
-            raise ConfigError(f"--resume {run_dir}: no config.json there; is it a polarpack run directory?")
-        config = TrainConfig.from_dict(json.loads(cfg_path.read_text())["config"])
-    else:
-        config = TrainConfig.from_dict({**(config.to_dict() if config else {}), **overrides})
-        run_dir = Path(out) if out is not None else _default_run_dir(config)
-    config.validate()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    ctx, device = distributed.setup(device, backend)  # SINGLE unless RANK/WORLD_SIZE or a process group
-    session.update(ctx=ctx, config=config, run_dir=run_dir)
-    if ctx.owns_group:
-        distributed.install_sigterm_handler(ctx)
-
-    train_set, val_set = datasets.load_splits(
-        config.dataset, data_dir=config.data_dir, train_size=config.train_size,
-        val_size=config.val_size, seed=config.seed, download=config.download,
-    )
-    size = input_size_for(config.model, config.geometry)
-    mean = torch.tensor(train_set.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(train_set.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-
-    def prepare(batch: torch.Tensor) -> torch.Tensor:
-        return datasets.prepare_batch(batch.to(device, non_blocking=True), mean, std, size=size, channels=3)
-
-    model = build_model(config.model, num_classes=len(train_set.classes), geometry=config.geometry, dropout=config.dropout)
-    targets, init_report = initialise(model, config)
-    materialized = init_report.pop("_materialized", None)
-    model.to(device)
+def train(config: TrainConfig | None = None, *, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+          overwrite: bool = False, progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          backend: str | None = None, **overrides: Any) -> TrainResult:
+    """Train one run. `resume=RUN_DIR` continues an interrupted run with its saved config and ends
+    with the metrics an uninterrupted run has. Pass a `TrainConfig` or keyword options
+    (`train(method="scratch", epochs=3)`). Under torchrun (RANK/WORLD_SIZE set) the run is
+    distributed (DDP); every rank returns the same metrics, only rank 0 writes files."""
+    config, run_dir, meta = _open_run(config, out, resume, overwrite, overrides)
+    run, model, targets, init_report = _build(config, backend)
     optimizer = make_optimizer(model, config)
     constraint = None
-    if targets and config.method != "fluid-in":
+    if config.method in CONSTRAINED_METHODS:
         constraint = SignConstraint(model, targets, eps=config.eps, zeros=config.zeros, seed=config.seed)
-    data_gen = torch.Generator().manual_seed(config.seed)
-
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    start_epoch = 0
-    ckpt = run_dir / CHECKPOINT
-    if resume is not None and ckpt.exists():
-        start_epoch, rng = load_checkpoint(ckpt, model=model, optimizer=optimizer, constraint=constraint)
-        data_gen.set_state(rng["data"])
-        torch.set_rng_state(rng.get(distributed.rank_rng_key(ctx), rng["torch"]))
-        rows = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
-        prior = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-        if prior.get("status") in ("completed", "diverged"):
-            return TrainResult(run_dir, prior["status"], rows, prior, config)
-    else:
-        torch.manual_seed(config.seed + ctx.rank)  # dropout masks (each rank its own, as in nanoGPT)
-        meta = {
-            "config": config.to_dict(),
-            "resolved": {"lr": config.resolved_lr, "device": str(device), "input_size": size or int(train_set.images.shape[-1]),
-                         "num_classes": len(train_set.classes), "train_images": len(train_set.labels), "val_images": len(val_set.labels),
-                         "constrained_layers": list(targets) if constraint else [], **init_report,
-                         **({"distributed": ctx.describe()} if ctx.distributed else {})},
-            "environment": {"polarpack": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                            "threads": torch.get_num_threads(), "machine": platform.machine()},
-        }
-        if ctx.is_main:
-            atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
-            if config.save_init and materialized is not None:
-                materialized.save(run_dir / "init.safetensors")
-    session["rows"] = rows
-    net = model
-    if ctx.distributed:  # same targets, same resume point on every rank, then DDP (shares model's parameters)
-        distributed.check_targets(ctx, constraint.targets() if constraint is not None else targets)
-        distributed.check_consistent(ctx, "resume epochs", start_epoch, "resume needs the run directory on every rank")
-        net = distributed.wrap_model(model, ctx, device)
-
-    n_train = len(train_set.labels)
-    steps = math.ceil(n_train / config.batch_size)
+    rows, token = [], meta.get("run_token") or uuid.uuid4().hex
+    if resume is not None and (run_dir / STATE_FILE).exists():
+        start = load_checkpoint(run_dir, token=token, model=model, optimizer=optimizer, constraint=constraint)
+        rows = read_metrics(run_dir)[:start]
+    elif resume is not None and meta.get("summary", {}).get("status") in FINISHED:
+        summary = meta["summary"]
+        return TrainResult(run_dir, summary["status"], read_metrics(run_dir), summary, config)
+    elif run.dist.is_main:
+        _write_config(run_dir, config, run, token, model, init_report)
+    run.dist.check_same("sign targets", distributed.checksum(constraint.targets() if constraint else {}),
+                        "every rank must materialize the same pattern: same --seed, --dist, --sampling, --map and version")
+    net = run.dist.wrap(model)
     status = "running"
-    bar = _progress(progress and ctx.is_main, total=config.epochs * steps, initial=start_epoch * steps, desc=f"{config.method} {config.model}")
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        t0 = time.perf_counter()
+    steps = math.ceil(len(run.train_set.labels) / config.batch_size)
+    bar = _progress(progress and run.dist.is_main, config.epochs * steps, len(rows) * steps, f"{config.method} {config.model}")
+    for epoch in range(len(rows) + 1, config.epochs + 1):
+        started = time.perf_counter()
         flips = 0
         if constraint is not None and config.method == "fluid-spin" and epoch > 1:
+            constraint.flip_generator = epoch_generator(config.seed, "fluid", epoch)
             flips = constraint.fluid_step_(config.fluid_fraction, config.fluid_mode)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for idx in datasets.batch_indices(n_train, config.batch_size, data_gen):
-            count = len(idx)  # the global batch; this rank trains on its strided shard
-            idx = distributed.shard_batch(idx, ctx)
-            x = prepare(train_set.images[idx])
-            y = train_set.labels[idx].to(device, non_blocking=True)
-            out = net(x)
-            loss = F.cross_entropy(out, y) if not ctx.distributed else distributed.shard_loss(out, y, ctx, count)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if constraint is not None:
-                constraint.project_()
-            batch_loss = float(loss.detach())  # one sync per step of 1000 images: cheap, and catches NaN at once
-            batch_correct = int((out.argmax(1) == y).sum())
-            if ctx.distributed:  # global mean loss and correct count, so all ranks take the same NaN decision
-                batch_loss, batch_correct = distributed.reduce_step(ctx, batch_loss, batch_correct, count)
-            loss_sum += batch_loss * count
-            correct += batch_correct
-            seen += count
-            if bar is not None:
-                bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-                bar.update(1)
-            if not math.isfinite(batch_loss):
-                status = "diverged"
-                break
-        train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val_set.images, val_set.labels, prepare, config.eval_batch_size, ctx)
-        distributed.check_weights(ctx, model, epoch)
-        row = {
-            "epoch": epoch,
-            "train_loss": _finite_or_none(loss_sum / seen),
-            "train_acc": correct / seen,
-            "val_loss": _finite_or_none(val_loss),
-            "val_acc": val_acc,
-            "epoch_seconds": time.perf_counter() - t0,
-            "train_seconds": train_seconds,
-            "images_per_second": seen / train_seconds,
-            "projection_resets": constraint.take_reset_count() if constraint else 0,
-            "fluid_flips": flips,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
+        if constraint is not None:
+            constraint.generator = epoch_generator(config.seed, "resets", epoch, run.device)
+        trained = _train_epoch(net, optimizer, constraint, run, epoch, bar)
+        val_loss, val_acc = evaluate(model, run)
+        row = {"epoch": epoch, "train_loss": trained["train_loss"], "train_acc": trained["train_acc"], "val_loss": val_loss,
+               "val_acc": val_acc, "epoch_seconds": time.perf_counter() - started, **trained,
+               "projection_resets": constraint.take_reset_count() if constraint else 0, "fluid_flips": flips,
+               "lr": optimizer.param_groups[0]["lr"]}
         if constraint is not None:
             row["held"] = constraint.held_proportions()
-        if row["val_loss"] is None:
-            status = "diverged"
+        if not math.isfinite(row["train_loss"] + row["val_loss"]):  # JSON holds no NaN: those become null
+            status, row = "diverged", {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
         rows.append(row)
-        if status != "diverged":
-            rng = {"data": data_gen.get_state(), "torch": torch.get_rng_state()}
-            rng |= distributed.gather_rng_states(ctx, rng["torch"])  # torch.rankN: the other ranks' dropout RNG
-        if ctx.is_main:
+        if run.dist.is_main:
             write_metrics(run_dir, rows)
             if status != "diverged":
-                save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, constraint=constraint, rng=rng)
-            atomic_write_text(run_dir / "summary.json", json.dumps(summarize(rows, config, status), indent=2) + "\n")
+                save_checkpoint(run_dir, epoch=epoch, token=token, model=model, optimizer=optimizer, constraint=constraint)
+            atomic_write_text(run_dir / "summary.json", json.dumps(summarize(rows, config, status, token), indent=2) + "\n")
         if on_epoch is not None:
             on_epoch(row)
         if status == "diverged":
             break
     if bar is not None:
         bar.close()
-    if status == "running":
-        status = "completed"
-    summary = summarize(rows, config, status)
-    if ctx.is_main:
+    status = "completed" if status == "running" else status
+    summary = summarize(rows, config, status, token)
+    if run.dist.is_main:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if ctx.distributed:
-        distributed.dump_rank_weights(ctx, model, constraint.targets() if constraint is not None else {})
-    return TrainResult(run_dir, status, rows, summary, config)
+        (run_dir / STATE_FILE).unlink(missing_ok=True)  # a finished run is never resumed
+    run.dist.teardown()
+    return TrainResult(run_dir, status, rows, summary, config, model)
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _open_run(config, out, resume, overwrite, overrides) -> tuple[TrainConfig, Path, dict[str, Any]]:
+    """The validated config and run directory; for a resume, what the directory already says."""
+    meta: dict[str, Any] = {}
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").exists():
+            raise ConfigError(f"--resume {run_dir}: no config.json there; is it a polarpack run directory?")
+        saved = read_json(run_dir / "config.json")
+        config = TrainConfig.from_dict(saved["config"])
+        meta["run_token"] = saved.get("run_token")
+        if (run_dir / "summary.json").exists():
+            meta["summary"] = read_json(run_dir / "summary.json")
+            if meta["summary"].get("run_token") != meta["run_token"]:
+                raise ConfigError(f"--resume {run_dir}: summary.json belongs to another run than config.json; "
+                                  "start over with --overwrite")
+    else:
+        config = TrainConfig.from_dict({**(config.to_dict() if config else {}), **overrides})
+        run_dir = Path(out) if out is not None else _default_run_dir(config)
+    config.validate()
+    config.precision = resolve_precision(config.precision, resolve_device(config.device))
+    if resume is None and os.environ.get("RANK", "0") == "0":
+        claim_run_dir(run_dir, config, overwrite)
+    return config, run_dir, meta
 
 
-def _progress(enabled: bool, **kwargs):
+def _build(config: TrainConfig, backend: str | None) -> tuple[_Run, nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """Data, model (initialised, on its device and memory format) and the sign targets."""
+    from .data import load_splits, prepare_batch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dist, device = distributed.setup(resolve_device(config.device), backend)
+    train_set, val_set = load_splits(config.dataset, data_dir=config.data_dir, train_size=config.train_size,
+                                     val_size=config.val_size, seed=config.seed, download=config.download)
+    model = build_model(config.model, num_classes=len(train_set.classes), geometry=config.geometry, dropout=config.dropout)
+    targets, report = initialise(model, config)
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    memory_format = torch.channels_last if conv else torch.contiguous_format  # faster convs in fp32 and bf16 alike
+    model.to(device, memory_format=memory_format)
+    size = config.image_size or input_size_for(config.model, config.geometry)
+    mean, std = train_set.mean, train_set.std
+
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        x = prepare_batch(batch.to(device, non_blocking=True), mean, std, size=size, channels=3)
+        return x.contiguous(memory_format=memory_format)
+
+    report |= {"input_size": size or int(train_set.images.shape[-1]), "num_classes": len(train_set.classes),
+               "train_images": len(train_set.labels), "val_images": len(val_set.labels), "memory_format": str(memory_format)}
+    return _Run(config, device, config.precision, prepare, train_set, val_set, dist), model, targets, report
+
+
+def _write_config(run_dir: Path, config: TrainConfig, run: _Run, token: str, model: nn.Module, report: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    materialized = report.pop("_materialized", None)
+    resolved = {"lr": config.resolved_lr, "device": str(run.device), "precision": run.precision, **report,
+                **({"distributed": run.dist.describe()} if run.dist.world_size > 1 else {})}
+    environment = {"polarpack": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+                   "python": platform.python_version(), "threads": torch.get_num_threads(), "machine": platform.machine(),
+                   "processor": platform.processor() or None}
+    text = json.dumps({"config": config.to_dict(), "resolved": resolved, "environment": environment, "run_token": token},
+                      indent=2, default=str)
+    atomic_write_text(run_dir / "config.json", text + "\n")
+    if config.save_init and materialized is not None:
+        materialized.save(run_dir / "init.safetensors")
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(unit="step", dynamic_ncols=True, leave=True, **kwargs)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
