@@ -92,7 +92,7 @@ ALIASES = {
 STATUSES = ("pending", "running", "completed", "diverged", "failed", "skipped")
 FINISHED = ("completed", "diverged")
 INDEX = "index.jsonl"
-NOT_HASHED = ("threads",)  # execution-only options: do not change a run's identity
+NOT_HASHED = ("threads", "data_dir", "download")  # where and how fast: not what the run computes
 
 SPIN = ("freeze-spin", "fluid-spin")
 IN = ("freeze-in", "fluid-in")
@@ -355,7 +355,10 @@ def _describe(options: Mapping[str, Any]) -> str:
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
-    ident = {k: v for k, v in sorted(cfg.items()) if k not in NOT_HASHED}
+    """sha256 of the options that differ from TrainConfig's defaults, so that a new option (with a
+    default that keeps today's behaviour) does not change the identity of existing runs."""
+    base = _defaults()
+    ident = {k: v for k, v in sorted(cfg.items()) if k not in NOT_HASHED and (k not in base or v != base[k])}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
