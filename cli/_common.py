@@ -12,16 +12,27 @@ from polarpack.errors import PolarpackError
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn library errors into click's one-line `Error: ...` with exit status 1."""
+    """Turn library errors, and the environment's (an unwritable folder, a full disk), into click's
+    one-line `Error: ...` with exit status 1; control characters are shown escaped."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except PolarpackError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(str(exc))) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(printable(f"{where}{exc.strerror or exc}; check the path, its permissions and the free "
+                                                 "disk space")) from None
 
     return wrapper
+
+
+def printable(text: str) -> str:
+    """Control characters (ESC, newlines and the other C0/C1 codes) shown as escapes, so text from a
+    file can neither drive the terminal nor fake a line of output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def emit_json(obj: Any) -> None:

@@ -36,7 +36,7 @@ map_option = click.option(
               help="exact: round(p*n) weights of each sign (largest remainder); iid: independent draws.")
 @click.option("--geometry", type=click.Choice(["small", "imagenet"]), default="small", show_default=True,
               help="Geometry of alexnet/zfnet (conv shapes are the same in both).")
-@click.option("--num-classes", type=int, default=10, show_default=True, help="Classifier outputs of the built model.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True, help="Classifier outputs of the built model.")
 @click.option("--constrain", type=click.Choice(["conv", "all"]), default="conv", show_default=True,
               help="Which layers get a pattern: conv kernels (the seed) or conv and FC except the head.")
 @map_option

@@ -103,7 +103,7 @@ def train(config_file, out, resume, overwrite, backend, quiet, as_json, **option
         if "layer_map" in given:
             given["layer_map"] = parse_layer_map(given["layer_map"])
         config = TrainConfig.from_dict({**base, **given})
-        if main:
+        if main and not quiet:
             precision = resolve_precision(config.precision, resolve_device(config.device))
             info(f"{config.method} {config.model} on {config.dataset}: {precision} on {resolve_device(config.device)}")
         result = run(config, out=out, overwrite=overwrite, progress=not quiet and main, backend=backend)

@@ -1,662 +1,299 @@
-"""Publish and pull `.polar` distributions on the Hugging Face Hub.
-
-A distribution is a few numbers per layer, so a Hub model repository is a natural place to share
-one next to (or instead of) the checkpoint it summarises. `push` uploads it in both encodings plus
-a generated model card in one commit; `pull` and `download` fetch `hf://owner/repo[@rev]/path`
-references through the regular Hugging Face cache, so offline use, `HF_ENDPOINT`, `HF_TOKEN` and
-`HF_HUB_OFFLINE` work as they do for every other Hub-aware tool.
-
-Everything goes through `huggingface_hub` (`hf_hub_download`, `HfApi.create_repo`,
-`HfApi.create_commit`); its exceptions are turned into one-line `HubError`s that say what to do.
-"""
+"""Publish and pull `.polar` distributions on the Hugging Face Hub through `huggingface_hub.HfApi`
+(its cache, login, HF_ENDPOINT / HF_TOKEN / HF_HUB_OFFLINE and typed errors), adding what a tool fed
+untrusted references needs: a time bound on an endpoint that never answers, a size bound on `.polar`
+downloads, no `..` in references, and one-line `HubError`s that name the reference and the fix."""
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, constants, get_hf_file_metadata
+from huggingface_hub import hf_hub_url
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, HfUriError
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RemoteEntryNotFoundError
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import parse_hf_uri, validate_repo_id
 
 from ._version import __version__
 from .errors import FormatError, HubError
-from .format import Distribution, decode, encode_json, encode_safetensors, size_report
+from .format import Distribution, decode, encode, encoding_for_path, size_limit, size_report
 from .format import load as load_file
+from .presets import get_preset, is_preset
 
-HF_PREFIX = "hf://"
-EXPECTED_FORM = "hf://owner/repo[@revision]/path/to/file.polar"
-CARD_TAGS = ("polarpack", "polarity-distribution")
-PAPER = (
-    "Igoe, Biswas and Basu, *A Study on Polarity Distributions for Network Learning*, "
-    "ICLR 2024 Tiny Papers"
-)
-
-
-# -- references ----------------------------------------------------------------------------
+FORM = "hf://owner/repo[@revision]/path/to/file.polar"
+LOGIN = "pass --token, set HF_TOKEN or run `hf auth login`"
+CLIENT = {"library_name": "polarpack", "library_version": __version__}  # sent in the user agent
 
 
 @dataclass(frozen=True)
 class HubReference:
-    """A parsed `hf://owner/repo[@revision]/path` reference.
-
-    `repo_type` is "model" unless the reference starts with `hf://datasets/` or `hf://spaces/`.
-    """
-
+    """A parsed `hf://[datasets/|spaces/]owner/repo[@revision]/path` reference."""
     repo_id: str
     revision: str | None
     path: str
     repo_type: str = "model"
 
-    @property
-    def uri(self) -> str:
-        prefix = "" if self.repo_type == "model" else f"{self.repo_type}s/"
-        rev = f"@{self.revision}" if self.revision is not None else ""
-        return f"{HF_PREFIX}{prefix}{self.repo_id}{rev}/{self.path}"
-
-    def __str__(self) -> str:
-        return self.uri
-
 
 def is_hub_reference(ref: Any) -> bool:
-    """True for strings that start with `hf://` (whether or not they are well formed)."""
-    return isinstance(ref, str) and ref.startswith(HF_PREFIX)
+    """True for strings that start with `hf://`, well formed or not (parse_reference says which)."""
+    return isinstance(ref, str) and ref.startswith("hf://")
+
+
+def _no_dots(ref: str, *parts: str | None) -> None:
+    """`..` would step out of the repository (and of the cache's snapshot folder): refuse it."""
+    if any(seg in (".", "..") for part in parts if part for seg in part.split("/")):
+        raise HubError(f"{ref}: '.' and '..' path segments are not allowed; expected {FORM}")
 
 
 def parse_reference(ref: str) -> HubReference:
-    """Parse `hf://owner/repo[@rev]/path` with huggingface_hub's own URI parser.
-
-    Raises HubError (showing the expected form) when the reference is malformed, names a bucket, or
-    has no file path.
-    """
+    """Parse a reference with huggingface_hub's own URI parser; HubError (with the form) when malformed."""
     if not is_hub_reference(ref):
-        raise HubError(f"{ref!r} is not a Hub reference; expected {EXPECTED_FORM}")
-    from huggingface_hub.errors import HfUriError
-    from huggingface_hub.utils import parse_hf_uri
-
+        raise HubError(f"{ref!r} is not a Hub reference; expected {FORM}")
     try:
         uri = parse_hf_uri(ref)
     except HfUriError as exc:
-        reason = _one_line(getattr(exc, "msg", None) or str(exc)).rstrip(". ")
-        raise HubError(f"malformed Hub reference {ref!r}: {reason}; expected {EXPECTED_FORM}") from None
-    if uri.type == "bucket":
-        raise HubError(f"{ref!r} names a storage bucket; polarpack reads repository files: {EXPECTED_FORM}")
-    if not uri.path_in_repo or uri.path_in_repo.endswith("/"):
-        raise HubError(
-            f"Hub reference {ref!r} names a repository but no file in it; expected {EXPECTED_FORM} "
-            f"(e.g. {HF_PREFIX}{uri.id}/dist.polar)"
-        )
-    return HubReference(repo_id=uri.id, revision=uri.revision, path=uri.path_in_repo, repo_type=uri.type)
+        raise HubError(f"{ref}: {str(exc).splitlines()[0]} Expected {FORM}") from None
+    if uri.type not in ("model", "dataset", "space") or not uri.path_in_repo or uri.path_in_repo.endswith("/"):
+        raise HubError(f"{ref}: not a file in a model, dataset or space repository; expected {FORM}")
+    _no_dots(ref, uri.path_in_repo, uri.revision)
+    return HubReference(uri.id, uri.revision, uri.path_in_repo, uri.type)
 
 
-# -- environment ---------------------------------------------------------------------------
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def is_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as the environment says now."""
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode() or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-
-
-def _resolve_endpoint(endpoint: str | None) -> str | None:
-    """Explicit argument, else $HF_ENDPOINT now, else None (huggingface_hub's default)."""
-    value = endpoint or os.environ.get("HF_ENDPOINT") or None
-    return value.rstrip("/") if value else None
-
-
-def _shown_endpoint(endpoint: str | None) -> str:
-    from huggingface_hub import constants
-
-    return endpoint or constants.ENDPOINT
-
-
-def _resolve_cache_dir(cache_dir: str | os.PathLike | None) -> str | None:
-    """Explicit argument, else $HF_HUB_CACHE / $HF_HOME/hub as set now, else the client's default."""
-    if cache_dir is not None:
-        return str(cache_dir)
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    return None
-
-
-def _shown_cache_dir(cache_dir: str | None) -> str:
-    from huggingface_hub import constants
-
-    return cache_dir or constants.HF_HUB_CACHE
-
-
-# -- errors --------------------------------------------------------------------------------
-
-_LOGIN_HINT = "pass --token, set HF_TOKEN or run `huggingface-cli login`"
-
-
-def _one_line(text: Any) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else str(text).strip()
-
-
-def _server_message(exc: Any, sep: str = " ") -> str:
-    message = getattr(exc, "server_message", None)
-    return f"{sep}{_one_line(message)}" if message else ""
-
-
-def _status(exc: Any) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _sent_token(exc: Any) -> bool:
-    request = getattr(getattr(exc, "response", None), "request", None)
-    try:
-        return request is not None and request.headers.get("authorization") is not None
-    except Exception:  # a response built without a request
-        return False
-
-
-def _translate(
-    exc: BaseException,
-    *,
-    action: str,
-    repo_id: str,
-    endpoint: str | None,
-    path: str | None = None,
-    revision: str | None = None,
-    cache_dir: str | None = None,
-    write: bool = False,
-) -> HubError | None:
-    """Map a huggingface_hub / httpx error to a one-line HubError; None if it is not one of ours."""
-    import httpx2
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    host = _shown_endpoint(endpoint)
-    rev = revision or "main"
-    status = _status(exc)
-    need = "a token with write access" if write else "a token"
-
+def _hub_error(exc: Exception, action: str, repo: str, api: HfApi, *, path: str | None = None,
+               revision: str | None = None, write: bool = False, cache_dir: Any = None) -> HubError:
+    """One line per huggingface_hub error type / HTTP status; anything else means no HTTP answer at all."""
+    if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ and not constants.is_offline_mode():
+        exc = exc.__cause__  # hf_hub_download's wrapper around what went wrong online
+    host, rev = api.endpoint, revision or "main"
+    status = exc.response.status_code if isinstance(exc, HfHubHTTPError) else None
+    sent_token = status is not None and "authorization" in exc.response.request.headers
     if isinstance(exc, GatedRepoError):
-        return HubError(
-            f"{action}: repository {repo_id} on {host} is gated: accept its conditions at {host}/{repo_id} "
-            f"and authenticate with {need} ({_LOGIN_HINT})"
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        if status == 401 and not _sent_token(exc):
-            return HubError(
-                f"{action}: repository {repo_id} not found on {host}, or it is private/gated and needs "
-                f"authentication: check the repo id (owner/name) and {_LOGIN_HINT}"
-            )
-        return HubError(
-            f"{action}: repository {repo_id} not found on {host} (or your token cannot access it); "
-            "check the repo id (owner/name) and the token"
-        )
-    if isinstance(exc, RevisionNotFoundError):
-        return HubError(
-            f"{action}: revision {rev!r} not found in {repo_id} on {host}; use an existing branch, tag or commit "
-            f"(see {host}/{repo_id}/tree/main)"
-        )
-    if isinstance(exc, RemoteEntryNotFoundError):
-        return HubError(
-            f"{action}: file {path!r} not found in {repo_id} at revision {rev!r}; "
-            f"see the repository's files at {host}/{repo_id}/tree/{rev}"
-        )
-    if isinstance(exc, HfHubHTTPError) and status is not None:
-        if status == 401:
-            rejected = ", token rejected" if _sent_token(exc) else ""
-            return HubError(
-                f"{action}: authentication required by {host} (HTTP 401{rejected}): {_LOGIN_HINT}"
-                f"{' (the token needs write access)' if write else ''}"
-            )
-        if status == 403:
-            return HubError(
-                f"{action}: access to {repo_id} denied by {host} (HTTP 403{_server_message(exc, ': ')}): use a token "
-                f"{'with write access to' if write else 'that can read'} it ({_LOGIN_HINT})"
-            )
-        if status >= 500:
-            after = "your local file is untouched; try again in a moment (pushing is safe to repeat)" if write else (
-                "try again in a moment"
-            )
-            return HubError(f"{action}: the Hub at {host} failed with HTTP {status}{_server_message(exc, ': ')}; {after}")
-        return HubError(f"{action}: the Hub at {host} answered HTTP {status}{_server_message(exc, ': ')}")
-    if isinstance(exc, LocalEntryNotFoundError):
-        where = _shown_cache_dir(cache_dir)
-        if is_offline():
-            return HubError(
-                f"{action}: offline mode is on (HF_HUB_OFFLINE) and {path!r} from {repo_id}@{rev} is not in the "
-                f"local cache {where}; unset HF_HUB_OFFLINE and run once online to cache it, or pass a local file"
-            )
-        return HubError(
-            f"{action}: cannot reach {host} and {path!r} from {repo_id}@{rev} is not in the local cache {where}; "
-            "check your connection, proxy and HF_ENDPOINT, then retry"
-        )
-    if isinstance(exc, OfflineModeIsEnabled):
-        return HubError(f"{action}: offline mode is on (HF_HUB_OFFLINE); unset HF_HUB_OFFLINE to reach {host}")
-    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
-        return HubError(
-            f"{action}: cannot connect to {host} ({_one_line(exc) or type(exc).__name__}); "
-            "check your connection, proxy and HF_ENDPOINT, then retry"
-        )
-    if isinstance(exc, HFValidationError):
-        return HubError(f"{action}: {_one_line(exc)}")
-    if isinstance(exc, OSError) and not write:  # incomplete download, unwritable or full cache, ...
-        return HubError(f"{action}: {_one_line(exc)} (cache: {_shown_cache_dir(cache_dir)}); fix that and retry")
-    return None
+        why = f"repository {repo} is gated: accept its conditions at {host}/{repo}, then authenticate ({LOGIN})"
+    elif isinstance(exc, RepositoryNotFoundError):
+        why = f"repository {repo} not found on {host}" + (
+            " (or your token cannot read it)" if sent_token else f"; if it is private or gated, authenticate ({LOGIN})")
+    elif isinstance(exc, RevisionNotFoundError):
+        why = f"revision {rev!r} not found in {repo}; use an existing branch, tag or commit"
+    elif isinstance(exc, RemoteEntryNotFoundError):
+        why = f"file {path!r} not found in {repo} at revision {rev!r}; see {host}/{repo}/tree/{rev}"
+    elif isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
+        why = "offline mode is on (HF_HUB_OFFLINE); unset HF_HUB_OFFLINE to push" if write else (
+            f"offline mode is on (HF_HUB_OFFLINE) and the file is not in the local cache "
+            f"{cache_dir or constants.HF_HUB_CACHE}; unset HF_HUB_OFFLINE and run once online, or use a local file")
+    elif status in (401, 403):
+        why = f"{'token rejected' if sent_token else 'authentication required'} (HTTP {status}): {LOGIN}" + (
+            " with a token that has write access" if write else "")
+    elif status is not None:
+        why = f"{host} answered HTTP {status} ({_cell(exc.server_message or 'no message')})" + (
+            "; try again in a moment" + (" (pushing is safe to repeat)" if write else "") if status >= 500 else "")
+    else:
+        why = (f"no usable answer from {host} ({type(exc).__name__}, time limit {constants.HF_HUB_ETAG_TIMEOUT} s)"
+               f"{'' if write else ' and no cached copy'}; check the connection, proxy and HF_ENDPOINT, then retry")
+    return HubError(f"{action}: {why}")
 
 
-# -- download / pull -----------------------------------------------------------------------
-
-
-def _merge_revision(ref: HubReference, revision: str | None, raw: str) -> str | None:
-    if revision is not None and ref.revision is not None and revision != ref.revision:
-        raise HubError(
-            f"{raw} pins revision {ref.revision!r} but revision {revision!r} was also given; drop one of them"
-        )
-    return ref.revision if ref.revision is not None else revision
-
-
-def download(
-    ref: str,
-    *,
-    endpoint: str | None = None,
-    token: str | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> Path:
-    """Download the file behind `hf://owner/repo[@rev]/path` into the Hugging Face cache.
-
-    Returns the local path (a file in the cache, to be treated as read-only). `endpoint`, `token`
-    and `cache_dir` default to $HF_ENDPOINT, $HF_TOKEN (or the cached login) and $HF_HUB_CACHE;
-    `revision` applies when the reference has no `@rev`. With HF_HUB_OFFLINE set, only the cache is
-    consulted. Failures are one-line HubErrors saying what to do.
-    """
-    parsed = parse_reference(ref)
-    rev = _merge_revision(parsed, revision, ref)
-    endpoint = _resolve_endpoint(endpoint)
-    cache = _resolve_cache_dir(cache_dir)
-    from huggingface_hub import hf_hub_download
-
+def _remote_size(api: HfApi, url: str) -> int | None:
+    """The file's size from one HEAD request bounded by HF_HUB_ETAG_TIMEOUT, not retried on timeouts (hf_hub_download
+    retries them for 6 x 60 s); a server that answers 429/5xx gets huggingface_hub's back-off (about 25 s)."""
+    timeout = constants.HF_HUB_ETAG_TIMEOUT
     try:
-        local = hf_hub_download(
-            parsed.repo_id,
-            parsed.path,
-            repo_type=parsed.repo_type,
-            revision=rev,
-            endpoint=endpoint,
-            token=token or None,
-            cache_dir=cache,
-            local_files_only=is_offline(),
-            library_name="polarpack",
-            library_version=__version__,
-        )
-    except Exception as exc:
-        error = _translate(
-            exc,
-            action=f"cannot download {ref}",
-            repo_id=parsed.repo_id,
-            endpoint=endpoint,
-            path=parsed.path,
-            revision=rev,
-            cache_dir=cache,
-        )
-        if error is None:
+        return api.get_hf_file_metadata(url=url, timeout=timeout).size
+    except HfHubHTTPError as exc:
+        if exc.response.status_code not in (429, 500, 502, 503, 504):
             raise
-        raise error from exc
-    return Path(local)
+    return get_hf_file_metadata(url, token=api.token, timeout=timeout, endpoint=api.endpoint, retry_on_errors=True,
+                                **CLIENT).size
 
 
-def read_downloaded(path: str | os.PathLike, ref: str) -> Distribution:
-    """Decode a downloaded file as a distribution; errors name the Hub reference, not the cache path."""
-    data = Path(path).read_bytes()
+def _check_size(ref: str, size: int | None, limit: int | None) -> None:
+    if limit is not None and (size is None or size > limit):
+        got = "no size, so it cannot be checked against" if size is None else f"{size:,} bytes, over"
+        raise HubError(f"{ref}: the Hub reports {got} the {limit:,}-byte limit for .polar files; "
+                       "if you trust the file, raise the limit with POLARPACK_MAX_POLAR_BYTES=<bytes>")
+
+
+def download(ref: str, *, endpoint: str | None = None, token: str | None = None, revision: str | None = None,
+             cache_dir: Any = None, max_bytes: int | None = None) -> Path:
+    """The cached path of an `hf://` reference's file. `revision` applies when the reference has no `@rev`; with
+    `max_bytes`, a file the Hub reports larger is refused before downloading (a cached copy is checked too).
+    With HF_HUB_OFFLINE, or when the Hub does not answer, a cached copy serves, as in huggingface_hub."""
+    parsed = parse_reference(ref)
+    if revision and parsed.revision and revision != parsed.revision:
+        raise HubError(f"{ref} names revision {parsed.revision!r} but --revision is {revision!r}; drop one")
+    rev = parsed.revision or revision
+    _no_dots(ref, rev)
+    api, action = HfApi(endpoint=endpoint, token=token or None, **CLIENT), f"cannot download {ref}"
+    where = dict(repo_id=parsed.repo_id, filename=parsed.path, repo_type=parsed.repo_type, revision=rev)
+    unreachable: Exception | None = None
+    if not constants.is_offline_mode():
+        try:
+            size = _remote_size(api, hf_hub_url(**where, endpoint=api.endpoint))
+        except HfHubHTTPError as exc:
+            raise _hub_error(exc, action, parsed.repo_id, api, path=parsed.path, revision=rev) from exc
+        except Exception as exc:  # no HTTP answer (refused, timed out): a cached copy may still serve
+            unreachable = exc
+        else:
+            _check_size(ref, size, max_bytes)
     try:
-        return decode(data, where=ref)
-    except FormatError as exc:
-        hint = ""
-        if not ref.endswith((".polar", ".polar.json", ".json", ".safetensors")):
-            hint = " (an hf:// distribution reference should point to a .polar or .polar.safetensors file)"
-        raise FormatError(f"{exc}; the file downloaded from the Hub is not a valid .polar distribution{hint}") from None
+        path = Path(api.hf_hub_download(**where, cache_dir=cache_dir, etag_timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                                        local_files_only=constants.is_offline_mode() or unreachable is not None))
+    except Exception as exc:
+        raise _hub_error(unreachable or exc, action, parsed.repo_id, api, path=parsed.path, revision=rev,
+                         cache_dir=cache_dir) from exc
+    _check_size(ref, path.stat().st_size, max_bytes)
+    return path
 
 
-def pull(
-    ref: str,
-    *,
-    endpoint: str | None = None,
-    token: str | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> Distribution:
+def pull_file(ref: str, *, endpoint: str | None = None, token: str | None = None, revision: str | None = None,
+              cache_dir: Any = None) -> tuple[Distribution, Path]:
+    """The distribution of an `hf://` .polar reference and its cached file. The download is bounded by
+    `format.size_limit` of the name's encoding; decode errors name `ref`, not the cache path."""
+    limit = size_limit(encoding_for_path(parse_reference(ref).path))
+    path = download(ref, endpoint=endpoint, token=token, revision=revision, cache_dir=cache_dir, max_bytes=limit)
+    return decode(path.read_bytes(), where=ref), path
+
+
+def pull(ref: str, *, endpoint: str | None = None, token: str | None = None, revision: str | None = None,
+         cache_dir: Any = None) -> Distribution:
     """Download `hf://owner/repo[@rev]/file.polar` (either encoding) and return the validated distribution."""
-    path = download(ref, endpoint=endpoint, token=token, revision=revision, cache_dir=cache_dir)
-    return read_downloaded(path, ref)
-
-
-# -- push ----------------------------------------------------------------------------------
+    return pull_file(ref, endpoint=endpoint, token=token, revision=revision, cache_dir=cache_dir)[0]
 
 
 @dataclass(frozen=True)
 class PushResult:
-    """What `push` did: `changed` is False when the repository already held exactly these files
-    (then no commit was made and `commit_url` points at the existing head commit)."""
-
+    """What `push` did. `changed` is False when the repository already held exactly these files:
+    then no commit was made and `commit_url` is the existing head commit."""
     repo_id: str
     commit_url: str | None
     changed: bool
     files: list[str] = field(default_factory=list)
     revision: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
-_STEM_SUFFIXES = (".polar.safetensors", ".polar.json", ".polar", ".safetensors", ".json")
-
-
-def _stem_of(name: str) -> str:
-    for suffix in _STEM_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem or "distribution"
-
-
-def _resolve_push_input(dist_or_path: Any, stem: str | None) -> tuple[Distribution, str, str]:
-    """(distribution, file stem, description of where it came from). Reads, never writes."""
+def _push_input(dist_or_path: Any, stem: str | None) -> tuple[Distribution, str, str]:
+    """(distribution, file stem, where it came from). Files are only read, never written."""
+    origin = str(dist_or_path)
     if isinstance(dist_or_path, Distribution):
-        return dist_or_path, stem or "distribution", "a Distribution object"
-    text = os.fspath(dist_or_path)
-    from .presets import get_preset, is_preset
-
-    if is_preset(text) and not Path(text).exists():
-        return get_preset(text).distribution, stem or text.split(":", 1)[1], text
-    if is_hub_reference(text):
-        raise HubError(f"{text} is already on the Hub; pull it to a file first (polarpack pull {text} --out FILE)")
-    path = Path(text)
-    return load_file(path), stem or _stem_of(path.name), str(path)
-
-
-def _check_stem(stem: str) -> str:
-    if not stem or "/" in stem or "\\" in stem or stem.startswith(".") or stem in {"README", "readme"}:
+        dist, default, origin = dist_or_path, "distribution", "a Distribution object"
+    elif is_hub_reference(origin):
+        raise HubError(f"{origin} is already on the Hub; pull it to a file first (polarpack pull REF --out FILE)")
+    elif is_preset(origin) and not Path(origin).exists():
+        dist, default = get_preset(origin).distribution, origin.split(":", 1)[1]
+    else:
+        dist, default = load_file(origin), re.sub(r"(\.polar)?(\.json|\.safetensors)?$", "", Path(origin).name)
+    stem = stem or default or "distribution"
+    if "/" in stem or "\\" in stem or stem.startswith(".") or stem.upper() == "README":
         raise HubError(f"cannot use {stem!r} as the file name on the Hub; pick a plain name such as 'mnv2'")
-    return stem
+    return dist, stem, origin
 
 
-def base_model_of(source: Mapping[str, Any]) -> str | None:
-    """The Hub model a distribution was extracted from, if its `source` records one.
-
-    Understands what `polarpack.sources` writes (`{"type": "hub", "id": "owner/repo/file",
-    "hub": "hf://owner/repo/file"}`), a plain `repo_id`, and any `hf://` reference to a model
-    repository under the usual keys. Dataset/space references give None.
-    """
-    if not isinstance(source, Mapping):
+def _base_model(source: Any) -> str | None:
+    """The Hub model a distribution was extracted from: polarpack.sources records source.hub = hf://..."""
+    try:
+        parsed = parse_reference(source["hub"]) if source.get("type") == "hub" else None
+    except (HubError, KeyError):
         return None
-    from huggingface_hub.errors import HfUriError
-    from huggingface_hub.utils import parse_hf_uri
-
-    is_hub = str(source.get("type", "")).lower() in {"hub", "hf", "huggingface"}
-    for key in ("hub", "ref", "uri", "repo_id", "repo", "model_id", "id", "path", "file", "model", "url", "weights"):
-        value = source.get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        if not is_hub_reference(value):
-            if not (is_hub and key in {"hub", "ref", "uri", "repo_id", "repo", "model_id", "id"} and "/" in value):
-                continue
-            value = HF_PREFIX + value  # the source type says it is a Hub path: owner/repo[/file]
-        try:
-            uri = parse_hf_uri(value)
-        except HfUriError:
-            continue
-        return uri.id if uri.type == "model" else None
-    return None
+    return parsed.repo_id if parsed and parsed.repo_type == "model" else None
 
 
-def _md(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+def _n(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
 
 
-def _fmt_bytes(n: int | None) -> str:
-    return "unknown" if n is None else f"{n:,}"
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _hf_uri(repo_id: str, revision: str | None, filename: str) -> str:
+CARD = """
+# {stem}: a polarity distribution
+
+The fractions of zero, negative and positive weights in each of the {n} layers of a network (polarpack `.polar`
+format), for polarity-distribution transfer learning (Igoe, Biswas and Basu, ICLR 2024 Tiny Papers).
+
+## Source
+{source}
+
+## Layers
+| layer | kind | shape | weights | p0 (zero) | p- (negative) | p+ (positive) |
+| --- | --- | --- | ---: | ---: | ---: | ---: |
+{layers}
+
+## Size
+| what | bytes |
+| --- | ---: |
+{files}
+| the sign pattern, 2 bits per weight | {signs} |
+| the float32 weights | {floats} |
+
+## Usage
+```bash
+polarpack inspect {uri}
+polarpack train --dist {uri}
+python -c 'from polarpack.hub import pull; print(pull("{uri}").names)'
+```
+"""
+
+
+def build_card(dist: Distribution, files: dict[str, bytes], *, repo_id: str, stem: str,
+               revision: str | None = None, license: str | None = "mit") -> ModelCard:
+    """The README.md model card: no dates or versions, so a re-push of the same distribution changes nothing."""
     rev = f"@{revision}" if revision not in (None, "main") else ""
-    return f"{HF_PREFIX}{repo_id}{rev}/{filename}"
+    source, sizes = dict(dist.source), size_report(dist)
+    facts = {"sha256": "not recorded", **source, "extraction": dict(dist.extraction), "producer": dict(dist.producer)}
+    facts = [f"- {key}: `{_cell(value)}`" for key, value in sorted(facts.items()) if value != {}]
+    layers = [f"| `{_cell(layer.name)}` | {layer.kind} | {'x'.join(map(str, layer.shape or ())) or 'unknown'} | "
+              f"{_n(layer.numel)} | {layer.p0:.6g} | {layer.p_neg:.6g} | {layer.p_pos:.6g} |" for layer in dist.layers]
+    body = CARD.format(stem=stem, n=len(dist.layers), uri=f"hf://{repo_id}{rev}/{next(iter(files))}",
+                       source="\n".join(facts), layers="\n".join(layers),
+                       files="\n".join(f"| `{name}` | {len(data):,} |" for name, data in files.items()),
+                       signs=_n(sizes.get("sign_pattern_bytes")), floats=_n(sizes.get("float32_bytes")))
+    meta = ModelCardData(library_name="polarpack", license=license or None, base_model=_base_model(source),
+                         tags=["polarpack", "polarity-distribution"])
+    return ModelCard(f"---\n{meta.to_yaml()}\n---\n{body}")
 
 
-def build_card(
-    dist: Distribution,
-    *,
-    repo_id: str,
-    stem: str,
-    revision: str | None = None,
-    license: str | None = "mit",
-    json_bytes: int | None = None,
-    safetensors_bytes: int | None = None,
-):
-    """The model card (`huggingface_hub.ModelCard`) uploaded as README.md next to the distribution.
-
-    Metadata: library_name polarpack, tags, license, base_model when the source is a Hub model.
-    Body: per-layer table, the source and its sha256, the size comparison, usage. Deterministic:
-    the same distribution and repository give the same bytes (so re-pushing changes nothing).
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    base_model = base_model_of(dist.source)
-    data = ModelCardData(
-        library_name="polarpack",
-        license=license or None,
-        tags=list(CARD_TAGS),
-        base_model=base_model,
-    )
-    polar_name, st_name = f"{stem}.polar", f"{stem}.polar.safetensors"
-    json_bytes = len(encode_json(dist)) if json_bytes is None else json_bytes
-    sizes = size_report(dist, polar_bytes=json_bytes)
-    uri = _hf_uri(repo_id, revision, polar_name)
-
-    lines = [
-        f"# {stem}: a polarity distribution",
-        "",
-        f"The per-layer fractions of zero, negative and positive weights of a network ({len(dist)} layers, "
-        f"{2 * len(dist)} free numbers), in the [polarpack](https://pypi.org/project/polarpack/) `.polar` "
-        f"format. {PAPER} report that a new network initialised with Glorot magnitudes and a random sign "
-        "pattern with these fractions, signs held fixed during training, reaches accuracy comparable to "
-        "transferring the full pretrained weights.",
-        "",
-        "## Files",
-        "",
-        "| file | encoding | bytes |",
-        "| --- | --- | ---: |",
-        f"| `{polar_name}` | JSON | {_fmt_bytes(json_bytes)} |",
-        f"| `{st_name}` | safetensors | {_fmt_bytes(safetensors_bytes)} |",
-        "",
-        "Both files hold the same distribution; polarpack reads either.",
-        "",
-        "## Source",
-        "",
-    ]
-    source = dict(dist.source)
-    if source:
-        for key in sorted(source):
-            if key == "sha256":
-                continue
-            value = source[key]
-            shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-            lines.append(f"- {key}: `{_md(shown)}`")
-    else:
-        lines.append("- not recorded")
-    sha = source.get("sha256")
-    lines.append(f"- sha256 of the source weights: `{sha}`" if sha else "- sha256 of the source weights: not recorded")
-    if base_model:
-        lines.append(f"- base model: [{base_model}](https://huggingface.co/{base_model})")
-    if dist.extraction:
-        lines.append(f"- extraction settings: `{_md(json.dumps(dict(dist.extraction), sort_keys=True))}`")
-    producer = dict(dist.producer)
-    if producer:
-        lines.append(f"- produced by: `{_md(' '.join(str(producer[k]) for k in sorted(producer)))}`")
-    lines += [
-        "",
-        "## Layers",
-        "",
-        "| # | layer | kind | shape | weights | p0 (zero) | p- (negative) | p+ (positive) |",
-        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for i, layer in enumerate(dist.layers):
-        shape = "x".join(str(s) for s in layer.shape) if layer.shape else "unknown"
-        lines.append(
-            f"| {i} | `{_md(layer.name)}` | {layer.kind} | {shape} | {_fmt_bytes(layer.numel)} | "
-            f"{layer.p0:.6g} | {layer.p_neg:.6g} | {layer.p_pos:.6g} |"
-        )
-    lines += [
-        "",
-        "## Size",
-        "",
-        "| what | bytes |",
-        "| --- | ---: |",
-        f"| this `.polar` file | {_fmt_bytes(sizes['polar_bytes'])} |",
-        f"| the full sign pattern (2 bits per weight) | {_fmt_bytes(sizes['sign_pattern_bytes'])} |",
-        f"| the float32 weights | {_fmt_bytes(sizes['float32_bytes'])} |",
-        "",
-    ]
-    if sizes["float32_bytes"] and sizes["polar_bytes"]:
-        ratio = sizes["float32_bytes"] / sizes["polar_bytes"]
-        lines += [f"The `.polar` file is {ratio:,.0f}x smaller than the float32 weights it summarises.", ""]
-    else:
-        lines += ["Layer shapes are not recorded, so the weight count is unknown.", ""]
-    if dist.metadata:
-        lines += [
-            "## Metadata",
-            "",
-            "```json",
-            json.dumps(dict(dist.metadata), indent=2, sort_keys=True, ensure_ascii=False),
-            "```",
-            "",
-        ]
-    lines += [
-        "## Usage",
-        "",
-        "```bash",
-        "pip install polarpack",
-        f"polarpack inspect {uri}",
-        f"polarpack train --dist {uri}",
-        f"polarpack pull {uri} --out {polar_name}",
-        "```",
-        "",
-        "```python",
-        "from polarpack.hub import pull",
-        "",
-        f'dist = pull("{uri}")',
-        "print(dist.names, dist.proportions())",
-        "```",
-        "",
-    ]
-    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
-    return ModelCard(content)
-
-
-def push(
-    dist_or_path: Distribution | str | os.PathLike,
-    repo_id: str,
-    *,
-    private: bool = False,
-    revision: str | None = None,
-    token: str | None = None,
-    endpoint: str | None = None,
-    message: str | None = None,
-    license: str | None = "mit",
-    stem: str | None = None,
-) -> PushResult:
-    """Publish a distribution to a Hub model repository in one commit.
-
-    Uploads `<stem>.polar` (JSON), `<stem>.polar.safetensors` and a generated `README.md` model
-    card; creates the repository (private if asked) and the branch `revision` when missing.
-    `dist_or_path` is a Distribution, a .polar/.polar.safetensors file (read only, never written)
-    or a `paper:` preset; `stem` defaults to the file name without its suffixes. Pushing content
-    the repository already has makes no commit and returns `changed=False`.
-    """
-    dist, stem, origin = _resolve_push_input(dist_or_path, stem)
-    stem = _check_stem(stem)
-    endpoint = _resolve_endpoint(endpoint)
+def push(dist_or_path: Any, repo_id: str, *, private: bool = False, revision: str | None = None,
+         token: str | None = None, endpoint: str | None = None, message: str | None = None,
+         license: str | None = "mit", stem: str | None = None) -> PushResult:
+    """Publish a Distribution, a .polar file (only read) or a `paper:` preset in one commit: `<stem>.polar` (JSON,
+    when the distribution has that encoding), `<stem>.polar.safetensors` and a README.md model card. Creates the
+    repository and the branch `revision` when missing; content the Hub already has gives `changed=False`."""
+    dist, stem, origin = _push_input(dist_or_path, stem)
     action = f"cannot push {origin} to {repo_id}"
-    from huggingface_hub.utils import validate_repo_id
-    from huggingface_hub.errors import HFValidationError
-
     try:
-        validate_repo_id(repo_id)
-        if repo_id.count("/") != 1:
-            raise HFValidationError(f"{repo_id!r} has no owner")
-    except HFValidationError as exc:
-        reason = _one_line(exc).rstrip(". ")
-        raise HubError(
-            f"{action}: invalid repo id ({reason}); use owner/name, your user or organization and a repository name"
-        ) from None
-    if is_offline():
-        raise HubError(f"{action}: offline mode is on (HF_HUB_OFFLINE); unset HF_HUB_OFFLINE to publish")
-
-    json_data, st_data = encode_json(dist), encode_safetensors(dist)
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    api = HfApi(endpoint=endpoint, token=token or None, library_name="polarpack", library_version=__version__)
-    branch = revision if revision not in (None, "main") else None
+        validate_repo_id(repo_id if repo_id.count("/") == 1 else "")
+    except HFValidationError:
+        raise HubError(f"{action}: {repo_id!r} is not a repository id; use owner/name") from None
+    files = {f"{stem}.polar.safetensors": encode(dist, "safetensors")}
     try:
-        # Look before creating: create_repo's fallback for tokens that may not create repos builds
-        # its RepoUrl without the custom endpoint and fails on one (huggingface_hub 2.4).
-        try:
-            head_before = api.repo_info(repo_id).sha
+        files = {f"{stem}.polar": encode(dist, "json"), **files}
+    except FormatError:  # pattern-granularity distributions only have the safetensors encoding
+        pass
+    files["README.md"] = str(build_card(dist, files, repo_id=repo_id, stem=stem, revision=revision,
+                                        license=license)).encode()
+    api = HfApi(endpoint=endpoint, token=token or None, **CLIENT)
+    branch, timeout = (revision if revision not in (None, "main") else None), constants.HF_HUB_ETAG_TIMEOUT
+    try:
+        try:  # the first request is timed, so a silent endpoint fails here
+            head = api.repo_info(repo_id, timeout=timeout).sha
         except RepositoryNotFoundError as exc:
             if isinstance(exc, GatedRepoError):
                 raise
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            head_before = api.repo_info(repo_id).sha
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            head = None
         if branch is not None:
             if not branch.startswith("refs/"):
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
-            head_before = api.repo_info(repo_id, revision=branch).sha
-        card = build_card(
-            dist,
-            repo_id=repo_id,
-            stem=stem,
-            revision=revision,
-            license=license,
-            json_bytes=len(json_data),
-            safetensors_bytes=len(st_data),
-        )
-        files = {
-            f"{stem}.polar": json_data,
-            f"{stem}.polar.safetensors": st_data,
-            "README.md": str(card).encode("utf-8"),
-        }
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()]
+            head = api.repo_info(repo_id, revision=branch, timeout=timeout).sha
         info = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=message or f"Upload {stem}.polar with polarpack {__version__}",
-            revision=revision,
-        )
-    except HubError:
-        raise
+            repo_id, [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()],
+            commit_message=message or f"Upload {stem}.polar with polarpack {__version__}", revision=revision)
     except Exception as exc:
-        error = _translate(exc, action=action, repo_id=repo_id, endpoint=endpoint, revision=revision, write=True)
-        if error is None:
-            raise
-        raise error from exc
-    # huggingface_hub drops files whose remote git oid equals the local one and, when nothing is
-    # left, makes no commit and returns the current head: so an unchanged head means no change.
-    changed = info.oid != head_before
-    return PushResult(
-        repo_id=repo_id,
-        commit_url=str(info.commit_url) if info.commit_url else None,
-        changed=changed,
-        files=list(files),
-        revision=revision,
-    )
+        raise _hub_error(exc, action, repo_id, api, revision=revision, write=True) from exc
+    # huggingface_hub drops files the Hub already has and makes no commit when none is left
+    return PushResult(repo_id, str(info.commit_url), info.oid != head, list(files), revision)

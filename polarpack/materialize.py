@@ -251,6 +251,28 @@ def resolve_model(
     return build_model(model, geometry=geometry, num_classes=num_classes, in_channels=in_channels)
 
 
+def sample_channel_signs(shape: Sequence[int], channel_counts: Sequence[Sequence[int]], generator: torch.Generator) -> torch.Tensor:
+    """An int8 pattern whose output channel c holds exactly channel_counts[c] = [n0, n_neg, n_pos],
+    uniformly over such arrangements: each row ranks its positions by uniform keys, and the ranks
+    below n0 become zero, the next n_neg negative, the rest positive."""
+    counts = torch.tensor(channel_counts, dtype=torch.int64)
+    rows, per_row = counts.shape[0], math.prod(shape[1:])
+    order = torch.rand(rows, per_row, generator=generator).argsort(dim=1)
+    rank = torch.arange(per_row).expand(rows, -1)
+    by_rank = torch.where(rank < counts[:, :1], 0, torch.where(rank < counts[:, :2].sum(1, keepdim=True), -1, 1))
+    return torch.empty(rows, per_row, dtype=torch.int8).scatter_(1, order, by_rank.to(torch.int8)).view(tuple(shape))
+
+
+def _check_fits(dist: Distribution, target: str, layer: LayerDistribution, shape: tuple[int, ...]) -> None:
+    """Channel and pattern distributions carry the shape they were extracted from; only that fits."""
+    fits = {"layer": True, "channel": layer.shape is not None and (layer.shape[0], math.prod(layer.shape[1:])) ==
+            (shape[0], math.prod(shape[1:])), "pattern": layer.shape == shape}[dist.granularity]
+    if not fits:
+        raise ModelError(f"layer {target!r}: the distribution's layer {layer.name!r} has shape {list(layer.shape or [])} but "
+                         f"the model's kernel is {list(shape)}; {dist.granularity} distributions fit only the architecture "
+                         "they were extracted from (use a layer-granularity .polar for another model)")
+
+
 def materialize(
     dist: Distribution,
     model: nn.Module | str,
@@ -263,9 +285,11 @@ def materialize(
     num_classes: int = 10,
     in_channels: int = 3,
 ) -> Materialized:
-    """Sign targets drawn from `dist` and signed Glorot kernels for `model`'s constrained layers.
+    """Sign targets from `dist` and signed Glorot kernels for `model`'s constrained layers.
 
-    `model` is a module or a model name (`alexnet`, `zfnet`, any torchvision classifier).
+    Layer granularity draws a random pattern with each layer's proportions (`sampling`); channel
+    granularity gives every output channel its exact counts; pattern granularity gives the exact
+    signs (Freeze IN-Polarity without the float checkpoint). `model` is a module or a model name.
     """
     if sampling not in SAMPLING_MODES:
         raise ModelError(f"unknown sampling {sampling!r}; use one of {list(SAMPLING_MODES)}")
@@ -273,28 +297,29 @@ def materialize(
     layers = _target_layers(module, scope)
     shapes = dict(layers)
     pairs = map_layers(dist, layers, mapping)
+    for target, layer in pairs:
+        _check_fits(dist, target, layer, shapes[target])
 
     def draw(pair: tuple[str, LayerDistribution]) -> tuple[torch.Tensor, torch.Tensor]:
         target, layer = pair
-        pattern = sample_signs(shapes[target], layer.proportions, generator_for(seed, "signs", target), sampling)
+        generator = generator_for(seed, "signs", target)
+        if dist.granularity == "pattern":
+            pattern = layer.signs()
+        elif dist.granularity == "channel":
+            pattern = sample_channel_signs(shapes[target], layer.channel_counts, generator)
+        else:
+            pattern = sample_signs(shapes[target], layer.proportions, generator, sampling)
         return pattern, signed_glorot(pattern, seed, target)
 
     # Layers draw from their own generators, so they can run in parallel threads (torch and
     # numpy release the GIL) and still give the same bits in any order.
-    workers = max(1, min(len(pairs), torch.get_num_threads()))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(pairs), torch.get_num_threads()))) as pool:
         drawn = list(pool.map(draw, pairs))
     targets = {target: pattern for (target, _), (pattern, _) in zip(pairs, drawn)}
     weights = {target: w for (target, _), (_, w) in zip(pairs, drawn)}
-    used = {target: layer.name for target, layer in pairs}
-    info = {
-        "seed": int(seed),
-        "sampling": sampling,
-        "model": model if isinstance(model, str) else type(model).__name__,
-        "distribution": dict(dist.source),
-        "torch": torch.__version__,
-    }
-    return Materialized(weights, targets, used, info)
+    info = {"seed": int(seed), "sampling": sampling, "granularity": dist.granularity, "distribution": dict(dist.source),
+            "model": model if isinstance(model, str) else type(model).__name__, "torch": torch.__version__}
+    return Materialized(weights, targets, {target: layer.name for target, layer in pairs}, info)
 
 
 def apply_distribution(module: nn.Module, dist: Distribution, *, seed: int, **kwargs) -> Materialized:
@@ -302,17 +327,6 @@ def apply_distribution(module: nn.Module, dist: Distribution, *, seed: int, **kw
     result = materialize(dist, module, seed=seed, **kwargs)
     result.apply_(module)
     return result
-
-
-def pattern_of(weights: Mapping[str, torch.Tensor], zero_tol: float = 0.0) -> dict[str, torch.Tensor]:
-    """The exact int8 sign pattern of transferred kernels (Freeze IN-Polarity's T)."""
-    out = {}
-    for name, w in weights.items():
-        t = torch.sign(w.detach().to("cpu", torch.float32)).to(torch.int8)
-        if zero_tol > 0:
-            t[w.detach().abs().cpu() <= zero_tol] = 0
-        out[name] = t
-    return out
 
 
 def materialize_pattern(targets: Mapping[str, torch.Tensor], *, seed: int) -> Materialized:

@@ -175,6 +175,8 @@ def build_model(
     (materialize) so a run's start is defined by the distribution and the seed alone.
     """
     _check_geometry(geometry)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(f"num_classes must be a positive integer (got {num_classes!r})")
     if not 0.0 <= dropout < 1.0:
         raise ModelError(f"dropout {dropout} must be in [0, 1)")
     if name in PAPER_NETS:

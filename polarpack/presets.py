@@ -14,6 +14,7 @@ from typing import Mapping
 
 from .errors import FormatError
 from .format import Distribution, LayerDistribution
+from .models import ALEXNET
 
 PAPER_CITATION = (
     "Igoe, Biswas and Basu, 'A Study on Polarity Distributions for Network Learning', "
@@ -22,14 +23,9 @@ PAPER_CITATION = (
 PREFIX = "paper:"
 
 # The conv kernel shapes of the BVLC/Caffe ImageNet AlexNet the paper counted, with the grouped
-# conv2/conv4/conv5 expanded to dense kernels (zero off-diagonal blocks: p0 = 0.5 there).
-ALEXNET_CONV_SHAPES: Mapping[str, tuple[int, int, int, int]] = {
-    "conv1": (96, 3, 11, 11),
-    "conv2": (256, 96, 5, 5),
-    "conv3": (384, 256, 3, 3),
-    "conv4": (384, 384, 3, 3),
-    "conv5": (256, 384, 3, 3),
-}
+# conv2/conv4/conv5 expanded to dense kernels (zero off-diagonal blocks: p0 = 0.5 there): the
+# shapes of polarpack's own alexnet.
+ALEXNET_CONV_SHAPES: Mapping[str, tuple[int, int, int, int]] = ALEXNET.conv_shapes()
 
 _PAPER_ALEXNET = {
     "conv1": (0.0, 0.5, 0.5),
@@ -49,10 +45,11 @@ class Preset:
     name: str
     description: str
     overrides: Mapping[str, tuple[float, float, float]]
-    paper_converged: bool
-    paper_accuracy: int  # % validation accuracy after 20 epochs, ZFNet on CIFAR-10
+    paper_converged: bool | None  # None: not a row of the seed's Table 1
+    paper_accuracy: int | None  # % validation accuracy after 20 epochs, ZFNet on CIFAR-10
     # The row's values exactly as Table 1 prints them, where they differ from `overrides`.
     paper_printed: Mapping[str, tuple[float, float, float]] | None = None
+    citation: str = PAPER_CITATION
 
     @property
     def distribution(self) -> Distribution:
@@ -63,17 +60,12 @@ class Preset:
         )
         return Distribution(
             layers=layers,
-            source={"type": "paper", "id": self.name, "citation": PAPER_CITATION, "description": self.description},
+            source={"type": "paper", "id": self.name, "citation": self.citation, "description": self.description},
             extraction={},
             metadata={
-                "paper_result": {
-                    "model": "zfnet",
-                    "dataset": "cifar10",
-                    "method": "freeze-spin",
-                    "epochs": 20,
-                    "converged": self.paper_converged,
-                    "val_accuracy": self.paper_accuracy,
-                },
+                **({"paper_result": {"model": "zfnet", "dataset": "cifar10", "method": "freeze-spin", "epochs": 20,
+                                     "converged": self.paper_converged, "val_accuracy": self.paper_accuracy}}
+                   if self.paper_converged is not None else {}),
                 "layers_set": sorted(self.overrides) if self.overrides else list(_ALL),
                 **({"paper_printed": {k: list(v) for k, v in self.paper_printed.items()}} if self.paper_printed else {}),
             },
@@ -124,6 +116,15 @@ PRESETS: dict[str, Preset] = {
             {"conv2": (0.8, 0.11, 0.09), "conv4": (0.8, 0.11, 0.09), "conv5": (0.8, 0.12, 0.08)},
             False,
             10,
+        ),
+        Preset(
+            "paper:rand",
+            "Freeze RAND-Polarity control of the prior work: p0 = 0, p- = p+ = 0.5 in every conv layer (no ImageNet knowledge)",
+            _same(_ALL, (0.0, 0.5, 0.5)),
+            None,
+            None,
+            citation="Wang, Powell, Geisa, Bridgeford and Vogelstein, 'Polarity is all you need to learn and transfer faster', "
+                     "ICML 2023 (RAND-Polarity)",
         ),
     ]
 }

@@ -108,6 +108,8 @@ class TrainConfig:
     device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
     threads: int | None = _opt(None, "Torch CPU threads (default: torch's choice).")
     eval_batch_size: int = _opt(1000, "Batch size of the validation pass.")
+    bn_batches: int = _opt(2, "BatchNorm models: training batches whose statistics replace the running averages before each "
+                           "validation (10 steps an epoch leave those far behind the weights); 0 keeps the running averages.")
     save_init: bool = _opt(False, "Also write init.safetensors (initial kernels and targets) to the run directory.")
     layout: str = _opt("auto", "Kernel layout of .npy/.npz --weights.", ("auto", "oihw", "hwio"))
     unsafe_allow_pickle: bool = _opt(False, "Let --weights unpickle .npy object arrays. UNSAFE: a pickle can run any code; only for files you trust.")
@@ -127,6 +129,7 @@ class TrainConfig:
         ranges = {  # option: (lowest, highest, what is allowed)
             "epochs": (1, None, "a positive integer"), "batch_size": (1, None, "a positive integer"),
             "eval_batch_size": (1, None, "a positive integer"), "train_size": (1, None, "a positive integer or all"),
+            "bn_batches": (0, None, "an integer >= 0"),
             "val_size": (1, None, "a positive integer or all"), "threads": (1, 1024, "a positive integer"),
             "seed": (0, 2**63 - 1, "an integer in [0, 2**63 - 1]"), "image_size": (8, 4096, "an integer in [8, 4096]"),
             "lr": (0, None, "a finite number > 0"), "momentum": (0, 1, "a number in [0, 1)"),
@@ -138,7 +141,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is None and key in ("lr", "threads", "train_size", "val_size", "image_size"):
                 continue
-            integral = key in ("epochs", "batch_size", "eval_batch_size", "train_size", "val_size", "threads", "seed", "image_size")
+            integral = key in ("epochs", "batch_size", "eval_batch_size", "train_size", "val_size", "threads", "seed", "image_size",
+                               "bn_batches")
             ok = isinstance(value, int) if integral else isinstance(value, (int, float)) and math.isfinite(value)
             ok = ok and not isinstance(value, bool) and value >= low and (high is None or value <= high)
             open_low, open_high = key in ("lr", "eps", "threshold"), key in ("momentum", "dropout")
@@ -320,8 +324,6 @@ def claim_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
         raise ConfigError(f"--out {run_dir}: holds {what} {run_dir}, or pass --overwrite to start it over")
     for name in RUN_FILES if overwrite else ():
         (run_dir / name).unlink(missing_ok=True)
-    for stale in run_dir.glob(".*.tmp") if run_dir.is_dir() else ():  # a writer killed mid-write
-        stale.unlink(missing_ok=True)
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
@@ -448,6 +450,27 @@ class _Run:
 
 
 @torch.no_grad()
+def refresh_batchnorm(model: nn.Module, run: _Run, epoch: int) -> None:
+    """Precise BN: the statistics of `bn_batches` whole training batches (the same on every rank)
+    replace the running averages, which lag far behind the weights after ten steps an epoch."""
+    from .data import batch_indices
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or not run.config.bn_batches:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    order = batch_indices(len(run.train_set.labels), run.config.batch_size, epoch_generator(run.config.seed, "bn", epoch))
+    for idx in order[: run.config.bn_batches]:
+        with run.autocast():
+            model(run.prepare(run.train_set.images[idx]))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, run: _Run) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over the validation split (sums in fp32; sharded by rank)."""
     model.eval()
@@ -532,6 +555,7 @@ def train(config: TrainConfig | None = None, *, out: str | os.PathLike | None = 
         if constraint is not None:
             constraint.generator = epoch_generator(config.seed, "resets", epoch, run.device)
         trained = _train_epoch(net, optimizer, constraint, run, epoch, bar)
+        refresh_batchnorm(model, run, epoch)
         val_loss, val_acc = evaluate(model, run)
         row = {"epoch": epoch, "train_loss": trained["train_loss"], "train_acc": trained["train_acc"], "val_loss": val_loss,
                "val_acc": val_acc, "epoch_seconds": time.perf_counter() - started, **trained,
@@ -582,8 +606,11 @@ def _open_run(config, out, resume, overwrite, overrides) -> tuple[TrainConfig, P
         run_dir = Path(out) if out is not None else _default_run_dir(config)
     config.validate()
     config.precision = resolve_precision(config.precision, resolve_device(config.device))
-    if resume is None and os.environ.get("RANK", "0") == "0":
-        claim_run_dir(run_dir, config, overwrite)
+    if os.environ.get("RANK", "0") == "0":
+        if resume is None:
+            claim_run_dir(run_dir, config, overwrite)
+        for stale in run_dir.glob(".*.tmp") if run_dir.is_dir() else ():  # a writer killed mid-write
+            stale.unlink(missing_ok=True)
     return config, run_dir, meta
 
 

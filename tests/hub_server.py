@@ -4,7 +4,6 @@ huggingface_hub (2.x, httpx2 client) uses to create a repo, commit small files a
 Routes (read from the installed client's source: `hf_api.py`, `_commit_api.py`, `file_download.py`):
 
     POST /api/repos/create                        HfApi.create_repo (409 + {"url"} when it exists)
-    GET  /api/whoami-v2                           HfApi.whoami
     POST /api/validate-yaml                       create_commit, when README.md is in the commit
     POST /api/{type}s/{repo}/preupload/{rev}      _fetch_upload_modes: "regular" mode + remote git oid
     POST /api/{type}s/{repo}/commit/{rev}         _send_commit: NDJSON header + base64 "file" lines
@@ -17,6 +16,7 @@ Errors carry the headers the client maps to its exceptions: `X-Error-Code: RepoN
 `GatedRepo` (401 without a token, 403 for a user who has not accepted the conditions).
 Writes need a known token (`Authorization: Bearer ...`); private repos need one to be read.
 `fail(pattern, status, times)` makes the next matching requests fail (fault injection).
+`SilentEndpoint` is the hostile opposite: it accepts TCP connections and never answers.
 
 State is in memory; commit ids are sha1 hex of the commit content (parent, message, file oids),
 file oids are git blob sha1s, as on the Hub. LFS / Xet uploads are not implemented: every file is
@@ -262,10 +262,6 @@ class FakeHub:
             return bad_token
         if method == "POST" and path == "/api/repos/create":
             return self._create_repo(json.loads(body or b"{}"), user)
-        if method == "GET" and path == "/api/whoami-v2":
-            if user is None:
-                return Reply.error(401, "Invalid credentials in Authorization header")
-            return Reply.json(200, {"type": "user", "name": user, "auth": {"type": "access_token"}})
         if method == "POST" and path == "/api/validate-yaml":
             return self._validate_yaml(json.loads(body or b"{}"))
         m = re.fullmatch(rf"/api/{_TYPE}/{_REPO}/(?P<op>preupload|commit|branch)/(?P<rev>[^/]+)", path)
@@ -293,7 +289,7 @@ class FakeHub:
             if err is not None:
                 return err
             if repo.gated and user not in repo.approved:
-                message = f"Access to model {repo.repo_id} is restricted. You must have access to it and be authenticated"
+                message = f"Access to model {repo.repo_id} is restricted. You must be authenticated and have access"
                 return Reply.error(401 if user is None else 403, message, "GatedRepo")
             return self._resolve(repo, unquote(m["rev"]), unquote(m["file"]))
         return Reply.error(404, f"fake hub: no route for {method} {path}")
@@ -399,7 +395,8 @@ class FakeHub:
                 "private": repo.private,
                 "lastModified": "2024-01-01T00:00:00.000Z",
                 "tags": [],
-                "siblings": [{"rfilename": p, "blobId": git_blob_sha1(d), "size": len(d)} for p, d in sorted(tree.items())],
+                "siblings": [{"rfilename": p, "blobId": git_blob_sha1(d), "size": len(d)}
+                             for p, d in sorted(tree.items())],
             },
         )
 
@@ -477,3 +474,36 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._serve("POST")
+
+
+class SilentEndpoint:
+    """Accepts TCP connections on 127.0.0.1 and never answers: a client without read timeouts hangs."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._held: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self._held.append(self._sock.accept()[0])
+            except OSError:  # closed
+                return
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def __enter__(self) -> "SilentEndpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self._sock.close()
+        for conn in self._held:
+            conn.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -13,6 +14,8 @@ from safetensors.torch import save_file
 from polarpack import format as fmt
 from polarpack.extract import extract as extract_distribution
 from polarpack_cli.main import cli
+
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\x9b"  # clear screen, set the window title, a C1 CSI
 
 
 @pytest.fixture()
@@ -24,9 +27,8 @@ def runner() -> CliRunner:
 def weights(tmp_path_factory) -> Path:
     """A small checkpoint: a dense conv, a 2-group conv (AlexNet conv2-like) and a linear head."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 16, 3, groups=2), torch.nn.Flatten(), torch.nn.Linear(16, 4)
-    )
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 16, 3, groups=2), torch.nn.Flatten(),
+                                torch.nn.Linear(16, 4))
     path = tmp_path_factory.mktemp("w") / "small.safetensors"
     save_file(model.state_dict(), str(path))
     return path
@@ -36,8 +38,7 @@ def one_line_error(result) -> str:
     """The command failed with exactly one non-empty line on stderr, click's 'Error: ...'."""
     assert result.exit_code != 0, result.output
     lines = [l for l in result.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     return lines[0]
 
 
@@ -49,22 +50,19 @@ def test_extract_writes_a_loadable_file(runner, weights, tmp_path, polar_schema_
     assert result.stdout == ""  # the summary goes to stderr
     assert "extracted 2 conv layers" in result.stderr and "float32 weights" in result.stderr
     dist = fmt.load(out)
-    assert dist.layers == extract_distribution(weights).layers
-    assert dist.names == ["0", "1"]
+    assert dist.layers == extract_distribution(weights).layers and dist.names == ["0", "1"]
 
 
 def test_extract_json_groups_and_safetensors_encoding(runner, weights, tmp_path, polar_schema_validator):
     out = tmp_path / "small.polar.safetensors"
-    result = runner.invoke(
-        cli, ["extract", str(weights), "-o", str(out), "--groups", "1=2", "--include-linear", "--json", "--no-hash"]
-    )
+    args = ["extract", str(weights), "-o", str(out), "--groups", "1=2", "--include-linear", "--json", "--no-hash"]
+    result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     obj = json.loads(result.stdout)
     computed = obj.pop("computed")
     polar_schema_validator.validate(obj)
     dist = fmt.Distribution.from_dict(obj)  # without "computed" it is a valid .polar object
-    assert dist == fmt.load(out)
-    assert fmt.detect_encoding(out.read_bytes()) == "safetensors"
+    assert dist == fmt.load(out) and fmt.detect_encoding(out.read_bytes()) == "safetensors"
     assert dist["1"].p0 == 0.5 and dist["1"].shape == (16, 8, 3, 3)
     assert dist.names == ["0", "1", "3"] and dist["3"].kind == "linear"
     assert dist.extraction["expand_groups"] is True and dist.extraction["groups"] == {"1": 2}
@@ -74,10 +72,9 @@ def test_extract_json_groups_and_safetensors_encoding(runner, weights, tmp_path,
 
 
 def test_extract_options_layers_zero_tol_layout(runner, weights, tmp_path):
-    out = tmp_path / "x.polar"
-    result = runner.invoke(
-        cli, ["extract", str(weights), "-o", str(out), "--layers", "1", "--zero-tol", "0.5", "--layout", "oihw", "--json"]
-    )
+    args = ["extract", str(weights), "-o", str(tmp_path / "x.polar"), "--layers", "1", "--zero-tol", "0.5",
+            "--layout", "oihw", "--json"]
+    result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     obj = json.loads(result.stdout)
     assert [l["name"] for l in obj["layers"]] == ["1"]
@@ -88,29 +85,27 @@ def test_extract_options_layers_zero_tol_layout(runner, weights, tmp_path):
 def test_extract_to_missing_directory_fails_before_work(runner, weights, tmp_path):
     out = tmp_path / "nodir" / "x.polar"
     line = one_line_error(runner.invoke(cli, ["extract", str(weights), "--out", str(out)]))
-    assert "does not exist" in line and "mkdir -p" in line
-    assert not out.parent.exists()
-    # checked before the source is even opened: a bad source still reports the directory
+    assert "does not exist" in line and "mkdir -p" in line and not out.parent.exists()
     line = one_line_error(runner.invoke(cli, ["extract", "no-such-model-file.pth", "--out", str(out)]))
-    assert "does not exist" in line
+    assert "does not exist" in line  # checked before the source is even opened
 
 
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["--out", "{tmp}/x.pth"], "must end with .polar"),
-        (["--out", "{tmp}/x.polar", "--layers", "nomatch*"], "matches no layer"),
-        (["--out", "{w}"], "is the source file itself"),  # never overwrite the weights
-    ],
-)
-def test_extract_bad_options(runner, weights, tmp_path, args, needle):
-    args = [a.format(tmp=tmp_path, w=weights) for a in args]
-    assert needle in one_line_error(runner.invoke(cli, ["extract", str(weights), *args]))
+@pytest.mark.parametrize("source, args, needle", [
+    ("{w}", ["--out", "{tmp}/x.pth"], "must end with .polar"),
+    ("{w}", ["--out", "{tmp}/x.polar", "--layers", "nomatch*"], "matches no layer"),
+    ("{w}", ["--out", "{w}"], "is the source file itself"),  # never overwrite the weights
+    ("{w}", ["--out", "{tmp}/x.polar", "--granularity", "pattern"], "only stored as safetensors"),
+    ("nothing.pth", ["--out", "{tmp}/x.polar.json", "--granularity", "pattern"], "only stored as safetensors"),
+])
+def test_extract_bad_options(runner, weights, tmp_path, source, args, needle):
+    args = [a.format(tmp=tmp_path, w=weights) for a in [source, *args]]
+    assert needle in one_line_error(runner.invoke(cli, ["extract", *args]))
     assert not list(tmp_path.iterdir())  # no output file
 
 
-def test_extract_bad_groups_is_a_usage_error(runner, weights, tmp_path):
-    result = runner.invoke(cli, ["extract", str(weights), "-o", str(tmp_path / "x.polar"), "--groups", "conv2"])
+@pytest.mark.parametrize("value", ["conv2", "conv2=x", "conv2=0", "=2"])
+def test_extract_bad_groups_is_a_usage_error(runner, weights, tmp_path, value):
+    result = runner.invoke(cli, ["extract", str(weights), "-o", str(tmp_path / "x.polar"), "--groups", value])
     assert result.exit_code == 2 and "is not NAME=G" in result.stderr
 
 
@@ -118,7 +113,8 @@ def test_extract_bad_inputs(runner, weights, tmp_path):
     out = tmp_path / "out.polar"
     trunc = tmp_path / "trunc.safetensors"
     trunc.write_bytes(weights.read_bytes()[:100])
-    assert "not a readable safetensors file" in one_line_error(runner.invoke(cli, ["extract", str(trunc), "-o", str(out)]))
+    line = one_line_error(runner.invoke(cli, ["extract", str(trunc), "-o", str(out)]))
+    assert "not a readable safetensors file" in line
     mlp = tmp_path / "mlp.pt"
     torch.save({"fc.weight": torch.randn(3, 2), "fc.bias": torch.randn(3)}, mlp)
     line = one_line_error(runner.invoke(cli, ["extract", str(mlp), "-o", str(out)]))
@@ -127,32 +123,70 @@ def test_extract_bad_inputs(runner, weights, tmp_path):
     assert not out.exists()
 
 
+def caffe_npy(path: Path) -> Path:
+    obj = np.empty((), dtype=object)
+    obj[()] = {"conv1": [np.ones((3, 3, 2, 4), np.float32), np.zeros(4, np.float32)]}
+    np.save(path, obj, allow_pickle=True)
+    return path
+
+
+def test_pickled_npy_needs_the_unsafe_flag(runner, tmp_path):
+    npy = caffe_npy(tmp_path / "caffe.npy")
+    out = tmp_path / "c.polar"
+    line = one_line_error(runner.invoke(cli, ["extract", str(npy), "-o", str(out)]))
+    assert "pickled object array" in line and "--unsafe-allow-pickle" in line and not out.exists()
+    renamed = tmp_path / "caffe.pth"
+    renamed.write_bytes(npy.read_bytes())
+    line = one_line_error(runner.invoke(cli, ["extract", str(renamed), "-o", str(out), "--unsafe-allow-pickle"]))
+    assert "caffe.pth: the name says PyTorch checkpoint (.pth) but the content is a .npy array file" in line
+    result = runner.invoke(cli, ["extract", str(npy), "-o", str(out), "--unsafe-allow-pickle"])
+    assert result.exit_code == 0, result.output
+    assert fmt.load(out)["conv1"].shape == (4, 2, 3, 3)  # HWIO read as OIHW
+
+
+@pytest.mark.parametrize("granularity", ["channel", "pattern"])
+def test_extract_and_inspect_granularity(runner, weights, tmp_path, granularity):
+    out = tmp_path / "s.polar.safetensors"
+    args = ["extract", str(weights), "-o", str(out), "--granularity", granularity, "--groups", "1=2"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    dist = fmt.load(out)
+    assert dist == extract_distribution(weights, granularity=granularity, groups={"1": 2}, expand_groups=True)
+    assert [l.counts for l in dist.layers] == [l.counts for l in extract_distribution(weights, groups={"1": 2},
+                                                                                      expand_groups=True).layers]
+    text = runner.invoke(cli, ["inspect", str(out)]).stdout
+    assert f"granularity {granularity}: 2 layers" in text and "float32 weights" in text
+    sizes = fmt.size_report(dist)
+    if granularity == "pattern":
+        assert f"{sizes['pattern_bits_per_weight']:.3f} bits per weight" in text
+        assert f"entropy bound {sizes['entropy_bits_per_weight']:.3f} bits per weight" in text
+        assert f"{sizes['float32_bytes']:,} B" in text
+    else:
+        assert "24 output channels" in text  # 8 + 16
+    obj = json.loads(runner.invoke(cli, ["inspect", str(out), "--json"]).stdout)
+    assert obj["granularity"] == granularity and obj["computed"]["sizes"]["polar_bytes"] == out.stat().st_size
+
+
 def test_inspect_preset_table_and_json(runner):
     result = runner.invoke(cli, ["inspect", "paper:alexnet"])
     assert result.exit_code == 0, result.output
     text = result.stdout
-    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
-        assert name in text
-    assert "256x96x5x5" in text and "0.5000" in text
+    assert all(name in text for name in ("conv1", "conv2", "conv3", "conv4", "conv5"))
+    assert "256x96x5x5" in text and "0.5000" in text and "granularity layer" in text
     assert "10 numbers" in text and "full sign pattern" in text and "float32 weights" in text
     assert "3,745,824" in text  # conv weights of the (dense-expanded) AlexNet shapes
-
     result = runner.invoke(cli, ["inspect", "paper:alexnet", "--json"])
     assert result.exit_code == 0, result.output
     obj = json.loads(result.stdout)
-    assert obj["format_version"] == 1
-    assert [l["name"] for l in obj["layers"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    assert {"p0", "p_neg", "p_pos"} <= set(obj["layers"][1])
+    assert obj["format_version"] == 1 and [l["name"] for l in obj["layers"]] == [f"conv{i}" for i in range(1, 6)]
     sizes = obj.pop("computed")["sizes"]
     assert sizes["weights"] == 3_745_824 and sizes["sign_pattern_bytes"] == 936_456
     assert sizes["float32_bytes"] == 4 * 3_745_824
-    dist = fmt.Distribution.from_dict(obj)
-    assert sizes["polar_bytes"] == len(fmt.encode_json(dist))
+    assert sizes["polar_bytes"] == len(fmt.encode_json(fmt.Distribution.from_dict(obj)))
 
 
 def test_inspect_file(runner, weights, tmp_path):
-    out = tmp_path / "s.polar"
-    fmt.save(extract_distribution(weights), out)
+    out = fmt.save(extract_distribution(weights), tmp_path / "s.polar")
     result = runner.invoke(cli, ["inspect", str(out)])
     assert result.exit_code == 0, result.output
     assert "16x4x3x3" in result.stdout and f"({out.name})" in result.stdout
@@ -165,18 +199,47 @@ def test_inspect_bad_files(runner, weights, tmp_path):
     bad = tmp_path / "bad.polar"
     bad.write_text('{"format_version": 1, "layers": [')
     assert "malformed JSON" in one_line_error(runner.invoke(cli, ["inspect", str(bad)]))
-    good = fmt.save(fmt.load(fmt.save(extract_distribution(weights), tmp_path / "g.polar")), tmp_path / "g.polar.safetensors")
+    good = fmt.save(extract_distribution(weights), tmp_path / "g.polar.safetensors")
     trunc = tmp_path / "t.polar.safetensors"
     trunc.write_bytes(good.read_bytes()[:50])
-    assert "t.polar.safetensors" in one_line_error(runner.invoke(cli, ["inspect", str(trunc)]))
+    line = one_line_error(runner.invoke(cli, ["inspect", str(trunc)]))
+    assert "t.polar.safetensors" in line and "weights checkpoint" not in line
     assert "paper:alexnet" in one_line_error(runner.invoke(cli, ["inspect", str(tmp_path / "missing.polar")]))
     assert "extract one first" in one_line_error(runner.invoke(cli, ["inspect", str(weights)]))
     assert "unknown preset" in one_line_error(runner.invoke(cli, ["inspect", "paper:nope"]))
 
 
-def test_help_texts_teach(runner):
-    text = runner.invoke(cli, ["extract", "--help"]).output
-    assert "Examples:" in text and "--groups" in text and "[default:" in text and "HWIO" in text
-    assert "polarpack extract ./mobilenet_v2-b0353104.pth" in text
-    text = runner.invoke(cli, ["inspect", "--help"]).output
-    assert "polarpack inspect paper:alexnet" in text
+# -- control characters from files never reach the terminal ---------------------------------
+
+
+def assert_no_controls(text: str) -> None:
+    assert not any(ord(c) < 32 and c != "\n" or 0x7f <= ord(c) <= 0x9f for c in text), repr(text)
+
+
+def test_extract_and_inspect_escape_control_characters(runner, tmp_path):
+    src = tmp_path / "evil.safetensors"
+    save_file({f"conv{ESCAPES}.weight": torch.randn(4, 2, 3, 3)}, str(src))
+    out = tmp_path / "evil.polar"
+    result = runner.invoke(cli, ["extract", str(src), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert_no_controls(result.stderr)
+    assert r"conv\x1b[2J\x1b]0;owned\x07\x9b" in result.stderr
+    dist = fmt.load(out)
+    meta = fmt.Distribution(dist.layers, source={"type": "manual", "id": f"title{ESCAPES}"},
+                            extraction={"zero_tol": 0.0, "include_linear": False, "expand_groups": False})
+    fmt.save(meta, out)
+    result = runner.invoke(cli, ["inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    assert_no_controls(result.stdout)
+    assert r"title\x1b[2J" in result.stdout and r"conv\x1b[2J" in result.stdout
+
+
+def test_error_lines_escape_control_characters(runner, tmp_path):
+    src = tmp_path / "evil.safetensors"
+    save_file({f"conv{ESCAPES}.weight": torch.randn(4, 2, 3, 3).to(torch.int8)}, str(src))
+    line = one_line_error(runner.invoke(cli, ["extract", str(src), "-o", str(tmp_path / "x.polar")]))
+    assert_no_controls(line)
+    assert "has dtype I8" in line
+    line = one_line_error(runner.invoke(cli, ["inspect", str(tmp_path / f"gone{ESCAPES}.polar")]))
+    assert_no_controls(line)
+    assert r"gone\x1b[2J" in line

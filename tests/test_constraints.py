@@ -1,4 +1,4 @@
-"""The sign projection and the fluid flips, checked against their definitions."""
+"""The sign projection and Algorithm 3's per-epoch change, checked against a plain reference."""
 
 from __future__ import annotations
 
@@ -12,85 +12,116 @@ from polarpack.constraints import SignConstraint
 from polarpack.errors import ConfigError
 
 
-def _model_with(weight: torch.Tensor) -> nn.Module:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+def reference_project(w: torch.Tensor, t: torch.Tensor, zeros: str, eps: float,
+                      generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """The rule, one weight at a time: sign(w) != T (pin) or w * T < 0 (free) resets w to T * U(0, eps),
+    the U drawn in memory order; pinned zero targets reset to 0 and draw nothing."""
+    w, t = w.reshape(-1).tolist(), t.reshape(-1).tolist()
+    violators = [i for i, (a, b) in enumerate(zip(w, t)) if (zeros == "pin" and b != 0 and (a > 0) - (a < 0) != b)
+                 or (zeros == "free" and a * b < 0)]
+    u = torch.rand(len(violators), generator=generator) * eps
+    for j, i in enumerate(violators):
+        w[i] = float(t[i] * u[j])
+    return torch.tensor(w, dtype=torch.float32), len(violators)
+
+
+def _model(weight: torch.Tensor, channels_last: bool = False) -> nn.Module:
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:], bias=False)
     with torch.no_grad():
-        layer.weight.copy_(weight)
-    return nn.Sequential(layer)
+        conv.weight.copy_(weight)
+    return conv.to(memory_format=torch.channels_last) if channels_last else conv
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.integers(0, 2**31), st.sampled_from(["pin", "free"]), st.floats(1e-6, 1.0))
-def test_projection_matches_the_rule(seed, zeros, eps):
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from(["pin", "free"]), st.floats(1e-6, 1.0), st.booleans())
+def test_projection_equals_the_reference(seed, zeros, eps, channels_last):
     g = torch.Generator().manual_seed(seed)
-    w0 = torch.randn(7, 9, generator=g)
-    w0[0, :3] = 0.0  # exact zeros take the pin branch
-    t = torch.randint(-1, 2, (7, 9), generator=g, dtype=torch.int64).to(torch.int8)
-    model = _model_with(w0)
-    c = SignConstraint(model, {"0": t}, eps=eps, zeros=zeros, seed=seed)
-    c.project_()
-    w = model[0].weight.detach()
-    tf = t.float()
+    t = torch.randint(-1, 2, (6, 5, 3, 3), generator=g).to(torch.int8)
+    w0 = torch.randn(6, 5, 3, 3, generator=g)
+    w0.view(-1)[:4] = 0.0  # exact zeros under non-zero targets violate in pin mode
+    model = _model(w0, channels_last)
+    c = SignConstraint(model, {"": t}, eps=eps, zeros=zeros, seed=seed)
+    start = model.weight.detach().clone()  # pin: zero targets were zeroed at construction
     if zeros == "pin":
-        bad = torch.sign(w0) != tf
-        assert torch.equal(torch.sign(w), tf)  # every weight now has its target's sign
-    else:
-        bad = (w0 * tf) < 0
-        assert not bool(((w * tf) < 0).any())
-        assert torch.equal(w[t == 0], w0[t == 0])  # zero targets untouched
-    assert torch.equal(w[~bad], w0[~bad])  # weights that obeyed are untouched
-    reset = w[bad].abs()
-    assert bool((reset <= eps).all())
-    assert c.take_reset_count() == int(bad.sum())
+        assert bool((start[t == 0] == 0).all())
+    c.project_()
+    memory_order = (0, 2, 3, 1) if channels_last else (0, 1, 2, 3)
+    want, resets = reference_project(start.permute(memory_order), t.permute(memory_order), zeros, eps,
+                                     torch.Generator().manual_seed(seed))
+    assert torch.equal(model.weight.detach().permute(memory_order).reshape(-1), want)
+    assert c.count_violations() == 0 and c.take_reset_count() == resets
 
 
-def test_pin_holds_zero_targets_at_zero():
-    w0 = torch.tensor([[0.5, -0.5, 0.2]])
-    t = torch.tensor([[0, 0, 1]], dtype=torch.int8)
-    model = _model_with(w0)
-    SignConstraint(model, {"0": t}, zeros="pin").project_()
-    assert model[0].weight.detach().tolist()[0][:2] == [0.0, 0.0]
-
-
-def test_fluid_flip_fraction_and_targets_follow():
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_pinned_zeros_never_move_under_an_optimizer(optimizer):
     g = torch.Generator().manual_seed(0)
-    t = torch.randint(-1, 2, (100, 100), generator=g).to(torch.int8)
-    w0 = torch.rand(100, 100, generator=g).add_(0.01) * t
-    model = _model_with(w0)
-    c = SignConstraint(model, {"0": t}, seed=1)
-    nonzero = int((t != 0).sum())
-    changed = c.fluid_step_(0.5, "flip")
-    assert changed == round(0.5 * nonzero)
-    new_t = c.targets()["0"]
-    assert int((new_t != t).sum()) == changed
-    assert torch.equal(new_t == 0, t == 0)  # zeros never move
-    w = model[0].weight.detach()
-    assert torch.equal(torch.sign(w).to(torch.int8), new_t)  # weights flipped with their targets
-    assert torch.allclose(w.abs(), w0.abs())
+    t = torch.randint(-1, 2, (8, 4, 3, 3), generator=g).to(torch.int8)
+    model = _model(torch.randn(8, 4, 3, 3, generator=g) * t)
+    c = SignConstraint(model, {"": t}, zeros="pin")
+    opt = torch.optim.Adam(model.parameters(), 0.1) if optimizer == "adam" else torch.optim.SGD(model.parameters(), 0.1, 0.9)
+    for _ in range(5):
+        opt.zero_grad()
+        model(torch.randn(2, 4, 6, 6, generator=g)).square().sum().backward()
+        opt.step()
+        c.project_()
+        assert bool((model.weight[t == 0] == 0).all())
+        assert torch.equal(torch.sign(model.weight.detach()), t.float())
+
+
+def _fluid(mode: str, fraction: float):
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(-1, 2, (40, 10, 3, 3), generator=g).to(torch.int8)
+    w0 = torch.rand(40, 10, 3, 3, generator=g).add_(0.01) * t
+    model = _model(w0)
+    c = SignConstraint(model, {"": t}, seed=1)
+    changed = c.fluid_step_(fraction, mode)
+    return t, w0, model.weight.detach(), c, changed
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.1, 0.02])
+def test_fluid_flip_changes_weights_and_targets(fraction):
+    t, w0, w, c, changed = _fluid("flip", fraction)
+    assert changed == round(fraction * int((t != 0).sum()))
+    new_t = c.targets()[""]
+    assert int((new_t != t).sum()) == changed and torch.equal(new_t == 0, t == 0)
+    assert torch.equal(torch.sign(w).to(torch.int8), new_t) and torch.allclose(w.abs(), w0.abs())
     assert c.count_violations() == 0
 
 
-def test_fluid_permute_keeps_proportions_exactly():
-    g = torch.Generator().manual_seed(0)
-    t = torch.where(torch.rand(200, 50, generator=g) < 0.7, 1, -1).to(torch.int8)
-    t[:20] = 0
-    model = _model_with(torch.rand(200, 50, generator=g).add_(0.01) * t)
-    c = SignConstraint(model, {"0": t}, seed=2)
-    before = [int((t == v).sum()) for v in (0, -1, 1)]
-    changed = c.fluid_step_(0.5, "permute")
-    new_t = c.targets()["0"]
-    assert [int((new_t == v).sum()) for v in (0, -1, 1)] == before
-    assert 0 < changed < int((t != 0).sum())
+def test_fluid_permute_keeps_each_layers_proportions():
+    t, _, w, c, changed = _fluid("permute", 0.5)
+    new_t = c.targets()[""]
+    assert [int((new_t == v).sum()) for v in (0, -1, 1)] == [int((t == v).sum()) for v in (0, -1, 1)]
+    assert 0 < changed < int((t != 0).sum()) and torch.equal(torch.sign(w).to(torch.int8), new_t)
 
 
-def test_bad_options():
-    model = _model_with(torch.ones(2, 2))
-    t = torch.ones(2, 2, dtype=torch.int8)
-    with pytest.raises(ConfigError, match="zeros mode"):
-        SignConstraint(model, {"0": t}, zeros="maybe")
-    with pytest.raises(ConfigError, match="eps"):
-        SignConstraint(model, {"0": t}, eps=0)
-    with pytest.raises(ConfigError, match="target shape"):
-        SignConstraint(model, {"0": torch.ones(3, 2, dtype=torch.int8)})
+def test_fluid_reset_flips_weights_only_and_the_projection_resets_them():
+    t, w0, w, c, changed = _fluid("reset", 0.1)
+    assert torch.equal(c.targets()[""], t)  # the pattern stays
+    flipped = torch.sign(w).to(torch.int8) != t
+    assert int(flipped.sum()) == changed == c.count_violations()
+    c.project_()
+    assert c.count_violations() == 0
+    w = c.layers[0].weight.detach()
+    assert bool((w[flipped].abs() <= 1e-3).all()) and torch.equal(w[~flipped], w0[~flipped])
+
+
+@pytest.mark.parametrize("kwargs, target, message", [
+    ({"zeros": "maybe"}, None, "zeros mode"),
+    ({"eps": 0}, None, "eps"),
+    ({}, torch.ones(3, 2, 1, 1, dtype=torch.int8), "target shape"),
+])
+def test_bad_options(kwargs, target, message):
+    model = _model(torch.ones(2, 2, 1, 1))
+    with pytest.raises(ConfigError, match=message):
+        SignConstraint(model, {"": torch.ones(2, 2, 1, 1, dtype=torch.int8) if target is None else target}, **kwargs)
+
+
+def test_unknown_fluid_mode_and_changed_memory_format_are_errors():
+    model = _model(torch.ones(2, 2, 3, 3))
+    c = SignConstraint(model, {"": torch.ones(2, 2, 3, 3, dtype=torch.int8)})
     with pytest.raises(ConfigError, match="fluid mode"):
-        SignConstraint(model, {"0": t}).fluid_step_(0.5, "swap")
+        c.fluid_step_(0.5, "swap")
+    model.to(memory_format=torch.channels_last)
+    with pytest.raises(ConfigError, match="memory format"):
+        c.project_()

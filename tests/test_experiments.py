@@ -1,11 +1,6 @@
-"""Experiment grids: expansion, the results store, resume, failures, skips, report and figure.
-
-One small grid on the embedded fashion-mnist-mini data (tiny sizes, 2 epochs, 1 thread) is run
-once per module, interrupted after its first run and resumed; the tests read what it left. It uses
-torchvision's squeezenet1_1 (0.7 M parameters) with a distribution extracted from a fresh instance:
-the paper's AlexNet (21 M parameters, 250 MB of checkpoint per epoch) would take most of the
-60-second budget on a loaded 2-core machine for the same coverage.
-"""
+"""Experiment grids: expansion and identity (grid), the results store (runner), statistics and
+comparisons (report). Real runs use torchvision's squeezenet1_1 (0.7 M parameters) on the embedded
+data, so a cell takes seconds; the report's arithmetic is checked on run directories written by hand."""
 
 from __future__ import annotations
 
@@ -16,18 +11,22 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from polarpack import experiments as ex
+from polarpack import format as fmt
 from polarpack.errors import ConfigError
+from polarpack.grid import config_hash, defaults, load_experiment
+from polarpack.models import build_model
+from polarpack.report import aggregate, compare, report, t_interval
+from polarpack.runner import ResultsStore, plan, run_experiment
+from polarpack_cli.main import cli
 
-TINY = """
+GRID = """
 [experiment]
 name = "tinytest"
 
 [defaults]
 model = "squeezenet1_1"
 dataset = "fashion-mnist-mini"
-epochs = 2
+epochs = 1
 batch_size = 50
 train_size = 100
 val_size = 50
@@ -41,194 +40,193 @@ seeds = [0, 1]
 [weights]
 squeezenet1_1 = ""
 
-[[include]]
-method = "freeze-spin"
-dist = "BAD"
-seed = 0
+[[compare]]
+name = "SPIN - scratch"
+a = { method = "freeze-spin" }
+b = { method = "scratch" }
 """
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
-    """Run the tiny grid: stop it (KeyboardInterrupt) after the first finished cell, then rerun."""
-    root = tmp_path_factory.mktemp("grid")
-    bad = root / "bad.polar"
-    bad.write_text("this is not a polar file")
-    path = root / "tiny.toml"
-    import torchvision
-
-    from polarpack import format as fmt
+def grid_file(tmp_path_factory) -> Path:
+    """A grid file with a distribution extracted from a fresh squeezenet1_1 (no download needed)."""
     from polarpack.extract import extract
 
-    dist = root / "squeeze.polar"
-    fmt.save(extract(torchvision.models.squeezenet1_1(num_classes=10)), dist)
-    path.write_text(TINY.replace("BAD", str(bad)).replace("DIST", str(dist)))
-    results = root / "results"
-    exp = ex.load_experiment(path)
-    seen = []
+    root = tmp_path_factory.mktemp("grid")
+    fmt.save(extract(build_model("squeezenet1_1")), root / "sq.polar")
+    path = root / "tiny.toml"
+    path.write_text(GRID.replace("DIST", str(root / "sq.polar")))
+    return path
 
-    def stop_after_first(cell, outcome):
-        seen.append((cell.run_id, outcome["status"]))
+
+@pytest.fixture(scope="module")
+def finished(grid_file, tmp_path_factory) -> tuple[Path, dict]:
+    """The grid run once to the end (4 cells run, 2 skipped: no weights for fluid-in)."""
+    results = tmp_path_factory.mktemp("results")
+    result = run_experiment(load_experiment(grid_file), results, progress=False)
+    return results, result.counts
+
+
+# -- grid ----------------------------------------------------------------------------------------
+
+
+def test_expansion_is_seed_major_drops_unused_options_and_skips_missing_weights(grid_file):
+    exp = load_experiment(grid_file)
+    assert [(c.config["method"], c.seed) for c in exp.cells] == [
+        ("freeze-spin", 0), ("scratch", 0), ("fluid-in", 0), ("freeze-spin", 1), ("scratch", 1), ("fluid-in", 1)]
+    assert exp.cells[1].config["dist"] is None  # scratch ignores dist: one cell, not one per dist
+    assert "needs transferred weights" in exp.cells[2].skip_reason and exp.cells[0].skip_reason is None
+    assert all(c.run_id.endswith(f"-{c.config['precision']}-s{c.seed}-{config_hash(c.config)[:8]}") for c in exp.cells)
+
+
+def test_identity_ignores_where_and_how_fast_and_new_neutral_options(grid_file):
+    cell = load_experiment(grid_file).cells[0]
+    moved = {**cell.config, "data_dir": "/elsewhere", "threads": 7, "download": True}
+    assert config_hash(moved) == config_hash(cell.config)
+    # a config written before an option existed (the option absent) has the id it has with the option at its default
+    assert config_hash({k: v for k, v in cell.config.items() if v != defaults()[k]}) == config_hash(cell.config)
+    assert config_hash({**cell.config, "seed": 5}) != config_hash(cell.config)
+
+
+@pytest.mark.parametrize("sets, check", [
+    (["epochs=3"], lambda cells: {c.config["epochs"] for c in cells} == {3}),
+    (["seeds=[4]"], lambda cells: {c.seed for c in cells} == {4}),
+    (["grid.zeros=['pin','free']"], lambda cells: {c.config["zeros"] for c in cells if c.config["method"] == "freeze-spin"} == {"pin", "free"}),
+    (["weights.squeezenet1_1=x.pth"], lambda cells: all("not found" in c.skip_reason for c in cells if c.config["method"] == "fluid-in")),
+])
+def test_set_overrides(grid_file, sets, check):
+    assert check(load_experiment(grid_file, sets).cells)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[defaults]\nepochz = 3\n", "unknown key 'epochz' in [defaults]"),
+    ("[grid]\nseeds = []\n", "empty list"),
+    ("[grid\n", "not a TOML experiment file"),
+    ("[results]\nx = 1\n", "unknown top-level key"),
+    ("[defaults]\nmethod = 'dance'\n", "unknown method"),
+    ("[defaults]\nmethod = 'scratch'\nlr = -1.0\n", "--lr must be"),
+])
+def test_bad_experiment_files_name_the_file_and_the_key(tmp_path, text, message):
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(tmp_path / "bad.toml")
+    assert "bad.toml" in str(info.value) and message in str(info.value)
+
+
+# -- runner --------------------------------------------------------------------------------------
+
+
+def test_a_finished_grid_is_done_and_its_committed_files_alone_count(finished, grid_file, tmp_path):
+    results, counts = finished
+    assert counts == {"completed": 4, "skipped": 2}
+    exp = load_experiment(grid_file)
+    assert [r["action"] for r in plan(exp, ResultsStore(results))] == ["done", "done", "skip"] * 2
+    for run in (results / "runs").iterdir():  # what git keeps: config, metrics, summary; no weights
+        target = tmp_path / "clone" / "runs" / run.name
+        target.mkdir(parents=True)
+        for name in ("config.json", "metrics.jsonl", "metrics.csv", "summary.json"):
+            (target / name).write_bytes((run / name).read_bytes())
+    assert [r["action"] for r in plan(exp, ResultsStore(tmp_path / "clone"))] == ["done", "done", "skip"] * 2
+
+
+def test_interrupted_and_failed_cells_resume_and_retry(grid_file, tmp_path):
+    exp = load_experiment(grid_file, ["epochs=2", "seeds=[0]"])
+    spin, scratch = exp.cells[0], exp.cells[1]
+
+    def stop(cell, outcome):
         raise KeyboardInterrupt
 
-    first = ex.run_experiment(exp, results, jobs=1, progress=False, on_cell=stop_after_first)
-    first_id = seen[0][0]
-    metrics = results / "runs" / first_id / "metrics.jsonl"
-    before = (metrics.stat().st_mtime_ns, metrics.read_bytes())
-    order = []
-    second = ex.run_experiment(ex.load_experiment(path), results, jobs=1, progress=False,
-                               on_cell=lambda c, o: order.append(c.run_id))
-    return {"path": path, "results": results, "exp": exp, "first": first, "second": second,
-            "first_id": first_id, "before": before, "rerun": order}
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, tmp_path, progress=False, on_cell=stop)
+    store = ResultsStore(tmp_path)
+    store.record_failure(scratch, "it broke")  # as a crashed worker leaves it
+    (store.run_dir(spin) / ".model.safetensors.x.tmp").write_bytes(b"left by a killed writer")
+    assert [r["action"] for r in plan(exp, store)][:2] == ["done", "retry"]
+    result = run_experiment(exp, tmp_path, progress=False)
+    assert result.counts == {"completed": 2, "skipped": 1}
+    assert not list(tmp_path.glob("runs/*/.*.tmp"))
 
 
-def test_expansion_is_seed_major_dedupes_and_skips(grid):
-    exp = grid["exp"]
-    seeds = [c.seed for c in exp.cells]
-    assert seeds == sorted(seeds)  # seed-major
-    methods = [c.config["method"] for c in exp.cells]
-    # scratch / fluid-in do not take a dist: one cell each per seed, dist dropped
-    assert methods.count("scratch") == 2 and methods.count("fluid-in") == 2
-    assert all(c.config["dist"] is None for c in exp.cells if c.config["method"] != "freeze-spin")
-    skipped = [c for c in exp.cells if c.skip_reason]
-    assert [c.config["method"] for c in skipped] == ["fluid-in", "fluid-in"]
-    assert "weights" in skipped[0].skip_reason and "squeezenet1_1" in skipped[0].skip_reason
-    assert len(exp.cells) == 7  # 3 methods x 2 seeds + the include
-    # run ids: readable and stable
-    again = ex.load_experiment(grid["path"])
-    assert [c.run_id for c in again.cells] == [c.run_id for c in exp.cells]
-    assert exp.cells[0].run_id.startswith("squeezenet1_1-fashion_mnist_mini-freeze_spin-squeeze-epochs_2-zeros_pin-s0-")
+def test_a_failed_cell_is_recorded_and_the_cli_exits_1(grid_file, tmp_path):
+    text = grid_file.read_text().replace('dists = ["', 'dists = ["paper:alexnet", "')  # 5 conv layers: no fit
+    (tmp_path / "g.toml").write_text(text)
+    result = CliRunner().invoke(cli, ["experiment", str(tmp_path / "g.toml"), "--results", str(tmp_path / "r"),
+                                      "--set", "seeds=[0]", "--set", "methods=['freeze-spin']", "--json"])
+    assert result.exit_code == 1, result.output
+    runs = json.loads(result.stdout)["runs"]
+    failed = [r for r in runs if r["status"] == "failed"]
+    assert len(failed) == 1 and "layers" in failed[0]["error"]
 
 
-def test_resume_does_not_repeat_finished_runs(grid):
-    assert grid["first"].interrupted
-    metrics = grid["results"] / "runs" / grid["first_id"] / "metrics.jsonl"
-    assert (metrics.stat().st_mtime_ns, metrics.read_bytes()) == grid["before"]
-    assert grid["first_id"] not in grid["rerun"]
-    counts = grid["second"].counts
-    assert counts == {"completed": 4, "skipped": 2, "failed": 1}
-    assert not grid["second"].interrupted
+def test_one_writer_per_results_folder(grid_file, tmp_path):
+    store = ResultsStore(tmp_path)
+    with store.lock():
+        with pytest.raises(ConfigError, match="another polarpack experiment .* is writing"):
+            run_experiment(load_experiment(grid_file), tmp_path, progress=False)
 
 
-def test_failed_cell_recorded_and_grid_continues(grid):
-    records = ex.ResultsStore(grid["results"]).records()
-    failed = [r for r in records.values() if r["status"] == "failed"]
-    assert len(failed) == 1 and "bad.polar" in failed[0]["error"]
-    # the failing include is the last seed-0 cell; the seed-1 cells after it completed
-    skipped = [r for r in records.values() if r["status"] == "skipped"]
-    assert all("needs transferred weights" in r["reason"] for r in skipped)
-    statuses = {r["status"] for r in records.values()}
-    assert statuses == {"completed", "failed", "skipped"}
-    # the index holds the config of every cell
-    assert all("config" in r and r["config"]["epochs"] == 2 for r in records.values())
+def test_dry_run_through_the_cli(grid_file, finished):
+    results, _ = finished
+    result = CliRunner().invoke(cli, ["experiment", str(grid_file), "--results", str(results), "--dry-run"])
+    assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("done ")
 
 
-def _stats(values):
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return mean, std
+# -- report --------------------------------------------------------------------------------------
 
 
-def test_aggregation_matches_hand_computation(grid):
-    results = grid["results"]
-    name, cells, store, _ = ex.load_cells(results)
-    groups = {g["config"]["method"] + Path(str(g["config"]["dist"])).name: g for g in ex.aggregate(cells, store)}
-    g = groups["freeze-spinsqueeze.polar"]
-    runs = [c for c in cells if c["config"]["method"] == "freeze-spin" and str(c["config"]["dist"]).endswith("squeeze.polar")]
-    assert len(runs) == 2 and g["finished"] == 2 and g["seeds"] == [0, 1]
-    rows = [[json.loads(l) for l in (results / "runs" / c["run_id"] / "metrics.jsonl").read_text().splitlines()] for c in runs]
-    for e in range(2):
-        vm, vs = _stats([r[e]["val_acc"] for r in rows])
-        tm, ts = _stats([r[e]["train_acc"] for r in rows])
-        point = g["curve"][e]
-        assert point["epoch"] == e + 1 and point["n"] == 2
-        assert point["val_mean"] == pytest.approx(vm) and point["val_std"] == pytest.approx(vs)
-        assert point["train_mean"] == pytest.approx(tm) and point["train_std"] == pytest.approx(ts)
-    finals = [r[-1]["val_acc"] for r in rows]
-    fm, fs = _stats(finals)
-    assert g["final_val_mean"] == pytest.approx(fm) and g["final_val_std"] == pytest.approx(fs)
-    assert g["converged"] == sum(f >= ex.CONVERGED_ACC for f in finals)
-    crossing = next((e + 1 for e in range(2) if _stats([r[e]["val_acc"] for r in rows])[0] >= ex.THRESHOLD), None)
-    assert g["epochs_to_40"] == crossing
-    assert ex.CONVERGED_ACC == pytest.approx(0.15)
-    assert groups["fluid-inNone"]["finished"] == 0 and len(groups["fluid-inNone"]["skipped"]) == 2
+def test_t_interval_by_hand():
+    paired = t_interval([0.5, 0.6, 0.7], [0.4, 0.4, 0.5], paired=True)  # differences 0.1, 0.2, 0.2
+    half = 4.303 * (math.sqrt(((0.1 - 0.5 / 3) ** 2 + 2 * (0.2 - 0.5 / 3) ** 2) / 2) / math.sqrt(3))
+    assert paired["diff"] == pytest.approx(0.5 / 3) and paired["high"] - paired["diff"] == pytest.approx(half)
+    welch = t_interval([1.0, 2.0, 3.0], [1.0, 1.0, 1.5], paired=False)
+    assert welch["test"] == "Welch t" and welch["df"] == 2 and welch["low"] < welch["diff"] < welch["high"]
+    assert t_interval([0.5], [0.4], paired=True) is None  # one seed: no spread, no interval
 
 
-def test_report_cli_writes_markdown_json_and_png(grid, tmp_path):
-    out = tmp_path / "report"
-    res = CliRunner().invoke(cli, ["report", str(grid["results"]), "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    assert "| freeze-spin" in res.output and "## Per-epoch" in res.output
-    assert (out / "report.md").read_text().startswith("# tinytest")
-    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    lines = (out / "runs.jsonl").read_text().splitlines()
-    assert len(lines) == 7 and {json.loads(l)["status"] for l in lines} == {"completed", "failed", "skipped"}
-    res = CliRunner().invoke(cli, ["report", str(grid["path"]), "--results", str(grid["results"]), "--json"])
-    assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
-    assert data["converged_acc"] == pytest.approx(0.15) and len(data["groups"]) == 4
+def _write_run(root: Path, name: str, config: dict, accs: list[float], status: str = "completed") -> None:
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": {**defaults(), "precision": "fp32", **config}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "train_acc": a, "val_acc": a}) + "\n"
+                                               for i, a in enumerate(accs)))
+    (run / "summary.json").write_text(json.dumps({"status": status, "final_val_acc": accs[-1]}))
 
 
-def test_table1_markdown_sets_paper_next_to_ours():
-    def group(dist, zeros, finals):
-        mean, std = _stats(finals)
-        return {"config": {"method": "freeze-spin", "dist": dist, "zeros": zeros, "model": "zfnet", "dataset": "cifar10",
-                           "geometry": "small"}, "finished": len(finals), "planned": 3, "final_val_mean": mean,
-                "final_val_std": std, "converged": sum(f >= ex.CONVERGED_ACC for f in finals)}
-
-    md = ex.table1_markdown([group("paper:alexnet", "pin", [0.5, 0.6]), group("paper:table1-exp1", "free", [0.1, 0.1])])
-    row = next(l for l in md.splitlines() if l.startswith("| paper:alexnet "))
-    assert "| yes | 57 | 55.0 ± 7.1 | 2/2 | not run | - |" in row
-    row = next(l for l in md.splitlines() if l.startswith("| paper:table1-exp1 "))
-    assert "| no | 10 | not run | - | 10.0 ± 0.0 | 0/2 |" in row
-    assert ex.table1_markdown([{"config": {"method": "scratch", "dist": None}}]) is None
-
-
-def test_dry_run_reports_done_and_skipped(grid):
-    res = CliRunner().invoke(cli, ["experiment", str(grid["path"]), "--results", str(grid["results"]), "--dry-run", "--json"])
-    assert res.exit_code == 0, res.output
-    actions = [c["action"] for c in json.loads(res.output)["cells"]]
-    assert actions.count("done") == 4 and actions.count("skip") == 2 and actions.count("run") == 1
+def test_aggregation_and_comparison_by_hand(tmp_path):
+    runs = {("freeze-spin", 0): [0.3, 0.45, 0.5], ("freeze-spin", 1): [0.35, 0.41, 0.6], ("freeze-spin", 2): [0.1, 0.2, 0.3],
+            ("scratch", 0): [0.2, 0.3, 0.4], ("scratch", 1): [0.25, 0.35, 0.5], ("scratch", 2): [0.1, 0.1, 0.12]}
+    for (method, seed), accs in runs.items():
+        config = {"method": method, "seed": seed, "dist": "paper:alexnet" if method != "scratch" else None}
+        _write_run(tmp_path, f"{method}-s{seed}-{seed}", config, accs)
+    text = report(tmp_path)["markdown"]
+    groups = aggregate(*_cells(tmp_path))
+    spin = next(g for g in groups if g["config"]["method"] == "freeze-spin")
+    assert spin["final_val_mean"] == pytest.approx(0.4667, abs=1e-4) and spin["final_val_std"] == pytest.approx(0.1528, abs=1e-4)
+    assert spin["epochs_to_40"] == 3 and spin["epochs_to_40_per_seed"] == [2, 2, None]  # mean 0.353 at epoch 2
+    assert spin["converged"] == 3 and spin["dips_mean"] == 0
+    scratch = next(g for g in groups if g["config"]["method"] == "scratch")
+    assert scratch["converged"] == 2  # 0.12 < 0.15: hovering at chance does not count
+    (c,) = compare(groups, [{"name": "d", "a": {"method": "freeze-spin"}, "b": {"method": "scratch"}}])
+    assert c["final_val_acc"]["test"] == "paired t" and c["final_val_acc"]["diff"] == pytest.approx((0.1 + 0.1 + 0.18) / 3)
+    assert c["censored"] and c["epochs_to_40"] is None
+    assert "freeze-spin" in text and "| fp32 | 3/3 |" in text
 
 
-def test_malformed_file_names_the_bad_key(tmp_path):
-    path = tmp_path / "bad.toml"
-    path.write_text("[defaults]\nepochs = 2\nlearning_rate = 0.1\n[grid]\nmethods = ['scratch']\n")
-    with pytest.raises(ConfigError) as err:
-        ex.load_experiment(path)
-    msg = str(err.value)
-    assert "learning_rate" in msg and str(path) in msg and "batch_size" in msg
-    res = CliRunner().invoke(cli, ["experiment", str(path), "--dry-run"])
-    assert res.exit_code == 1
-    assert res.output.startswith("Error:") and "learning_rate" in res.output and len(res.output.strip().splitlines()) == 1
-    path.write_text("[grid]\nmethods = ['frozen']\n")
-    with pytest.raises(ConfigError, match="frozen"):
-        ex.load_experiment(path)
-    path.write_text("[gird]\nmethods = ['scratch']\n")
-    with pytest.raises(ConfigError, match="gird"):
-        ex.load_experiment(path)
+def _cells(root: Path):
+    from polarpack.report import load_cells
+
+    _, cells, store, _ = load_cells(root)
+    return cells, store
 
 
-def test_set_overrides_and_yaml(tmp_path):
-    path = tmp_path / "e.yaml"
-    path.write_text("defaults: {dataset: fashion-mnist-mini, epochs: 1}\ngrid: {methods: [freeze-spin, fluid-in], dists: ['paper:alexnet'], seeds: [0, 1, 2]}\n")
-    exp = ex.load_experiment(path, ["seed=[5]", "zeros=free", "weights.alexnet=w.safetensors", "epochs=3"])
-    assert [c.seed for c in exp.cells] == [5, 5]
-    spin = exp.cells[0].config
-    assert spin["zeros"] == "free" and spin["epochs"] == 3
-    fluid = exp.cells[1]
-    assert fluid.config["weights"] == "w.safetensors" and "not found" in fluid.skip_reason
-    # threads is not part of a run's identity
-    a = ex.load_experiment(path, ["threads=1"]).cells[0].run_id
-    b = ex.load_experiment(path, ["threads=2"]).cells[0].run_id
-    assert a == b
-
-
-def test_example_files_expand():
-    repo = Path(__file__).resolve().parents[1]
-    sizes = {}
-    for name in ("tiny", "table1", "figure1", "figure2", "mobilenet"):
-        exp = ex.load_experiment(repo / "examples" / f"{name}.toml")
-        sizes[name] = len(exp.cells)
-        assert [c.seed for c in exp.cells] == sorted(c.seed for c in exp.cells)
-    assert sizes["table1"] == 48 and sizes["figure1"] == 40 and sizes["figure2"] == 40
+def test_report_files_and_a_torn_metrics_line(finished, grid_file, tmp_path):
+    results, _ = finished
+    out = report(grid_file, results=results, out=tmp_path / "rep")
+    assert sorted(Path(f).name for f in out["files"]) == ["figure.png", "report.json", "report.md", "runs.jsonl"]
+    assert out["comparisons"] and out["comparisons"][0]["name"] == "SPIN - scratch"
+    assert (tmp_path / "rep" / "figure.png").read_bytes()[:4] == b"\x89PNG"
+    _write_run(tmp_path / "torn", "x-1", {"method": "scratch"}, [0.2])
+    with open(tmp_path / "torn" / "runs" / "x-1" / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "val_')
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "torn")])
+    assert result.exit_code == 1 and "line 2 is not valid JSON" in result.output and "Traceback" not in result.output

@@ -1,14 +1,14 @@
-"""polarpack.extract / polarpack.sources: counts checked against independent numpy counts.
+"""polarpack.extract / polarpack.sources: counts, signs and refusals checked against independent numpy.
 
-Real weights: torchvision's ImageNet MobileNetV2 checkpoint from the shared data folder
-(see tests/conftest.py: shared_data_dir). Everything else is built in tmp_path.
+Real weights: torchvision's ImageNet MobileNetV2 checkpoint from the shared data folder (see
+tests/conftest.py: shared_data_dir). Everything else is built in tmp_path.
 """
 
 from __future__ import annotations
 
-import json
+import pickle
+import shutil
 import socket
-import sys
 import types
 import warnings
 from pathlib import Path
@@ -16,18 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from safetensors.torch import save_file
 
 from polarpack import format as fmt
+from polarpack import sources
 from polarpack._io import sha256_file
 from polarpack.errors import ConfigError, FormatError, SourceError
 from polarpack.extract import count_signs, extract
-from polarpack.sources import load_distribution, load_state_dict, looks_hwio, open_weights
+from polarpack.sources import TensorInfo, load_distribution, load_state_dict, looks_hwio, open_weights
 
 MNV2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
-
-
-# -- fixtures --------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +43,13 @@ def mnv2_sd(mnv2_path: Path) -> dict[str, torch.Tensor]:
 
 
 def numpy_counts(sd, *, tol: float = 0.0, linear: bool = False) -> dict[str, tuple[tuple[int, int, int], tuple]]:
-    """The reference: layer -> ((n0, n_neg, n_pos), shape), computed independently with numpy
-    (float64 comparisons, so the tolerance is applied exactly)."""
+    """The reference: layer -> ((n0, n_neg, n_pos), shape), in float64 numpy (the tolerance exactly)."""
     out = {}
     for key, t in sd.items():
-        if not key.endswith(".weight") or t.dim() not in ((2, 3, 4, 5) if linear else (3, 4, 5)):
-            continue
-        a = t.double().numpy()
-        out[key[: -len(".weight")]] = (
-            (int((np.abs(a) <= tol).sum()), int((a < -tol).sum()), int((a > tol).sum())),
-            tuple(a.shape),
-        )
+        if key.endswith(".weight") and t.dim() in ((2, 3, 4, 5) if linear else (3, 4, 5)):
+            a = t.double().numpy()
+            out[key.removesuffix(".weight")] = ((int((np.abs(a) <= tol).sum()), int((a < -tol).sum()),
+                                                 int((a > tol).sum())), a.shape)
     return out
 
 
@@ -62,30 +57,59 @@ def as_table(dist: fmt.Distribution) -> dict[str, tuple[tuple[int, int, int], tu
     return {l.name: (l.counts, l.shape) for l in dist.layers}
 
 
-def assert_valid(dist: fmt.Distribution) -> None:
-    """Round-trips through both encodings and validates."""
-    fmt.validate(dist)
-    assert fmt.decode(fmt.encode_json(dist)) == dist
-    assert fmt.decode(fmt.encode_safetensors(dist)) == dist
+def round_trip(dist: fmt.Distribution) -> fmt.Distribution:
+    """Validated, encoded and decoded again (safetensors: the one encoding of every granularity)."""
+    back = fmt.decode(fmt.encode_safetensors(dist))
+    assert back == dist
+    return back
 
 
-# -- real checkpoint -------------------------------------------------------------------------
+def grouped_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 12, 3, groups=2),  # like AlexNet conv2: stored (12, 4, 3, 3)
+                               torch.nn.Conv2d(12, 12, 3, groups=3, bias=False))
+
+
+def dense_signs(weight: torch.Tensor, groups: int) -> np.ndarray:
+    """Independent reference: np.sign of the dense block-diagonal kernel of a grouped conv."""
+    w = weight.detach().numpy()
+    o, i = w.shape[:2]
+    dense = np.zeros((o, i * groups, *w.shape[2:]), dtype=np.int8)
+    for j in range(groups):
+        rows = slice(j * o // groups, (j + 1) * o // groups)
+        dense[rows, j * i:(j + 1) * i] = np.sign(w[rows])
+    return dense
+
+
+# -- the real checkpoint ---------------------------------------------------------------------
 
 
 def test_mobilenet_pth_matches_numpy(mnv2_path, mnv2_sd):
     dist = extract(mnv2_path)
     ref = numpy_counts(mnv2_sd)
-    assert len(ref) == 52
-    assert dist.names == list(ref)  # model order
-    assert as_table(dist) == ref
-    assert all(l.kind == "conv" for l in dist.layers)
-    assert dist.source["type"] == "file"
-    assert dist.source["file"] == mnv2_path.name
-    assert dist.source["sha256"] == MNV2_SHA256
-    ex = dist.extraction
-    assert ex["zero_tol"] == 0.0 and ex["expand_groups"] is False and ex["include_linear"] is False
-    assert ex["layers"] is None and ex["layout"] == "OIHW" and ex["source_layout"] == "auto"
-    assert_valid(dist)
+    assert len(ref) == 52 and dist.names == list(ref)  # model order
+    assert as_table(dist) == ref and all(l.kind == "conv" for l in dist.layers)
+    assert dist.source == {"type": "file", "id": mnv2_path.name, "file": mnv2_path.name, "format": "pytorch",
+                           "sha256": MNV2_SHA256}
+    assert dist.extraction == {"zero_tol": 0.0, "expand_groups": False, "groups": {}, "include_linear": False,
+                               "layers": None, "layout": "OIHW", "source_layout": "auto",
+                               "source_layout_detected": "OIHW"}
+    assert dist.granularity == "layer" and fmt.decode(fmt.encode_json(dist)) == dist
+
+
+def test_mobilenet_is_a_legacy_pickle_and_a_flipped_byte_is_refused(tmp_path, mnv2_path):
+    """The real file is torch's pre-1.6 pickle (no zip CRCs): a flipped byte would load silently."""
+    assert mnv2_path.read_bytes()[:2] == b"\x80\x02"
+    data = bytearray(mnv2_path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside a tensor's storage
+    copy = tmp_path / mnv2_path.name
+    copy.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=r"mobilenet_v2-b0353104\.pth: the file is corrupt: its name carries "
+                                          r"sha256 prefix b0353104"):
+        extract(copy)
+    (tmp_path / "renamed.pth").write_bytes(bytes(data))  # without the hash in the name nothing can tell
+    assert len(extract(tmp_path / "renamed.pth", hash_file=False)) == 52
 
 
 def test_safetensors_copy_and_checkpoint_dicts_are_identical(tmp_path, mnv2_path, mnv2_sd):
@@ -93,24 +117,19 @@ def test_safetensors_copy_and_checkpoint_dicts_are_identical(tmp_path, mnv2_path
     st = tmp_path / "mnv2.safetensors"
     save_file(mnv2_sd, str(st))
     d_st = extract(st)
-    assert d_st.layers == base.layers  # same names, order, shapes and counts
+    assert d_st.layers == base.layers
     assert d_st.source["format"] == "safetensors" and d_st.source["sha256"] == sha256_file(st)
-
-    ck = tmp_path / "ckpt.pth"
-    torch.save({"state_dict": mnv2_sd, "epoch": 3, "optimizer": {}}, ck)
-    assert extract(ck).layers == base.layers
-    ck2 = tmp_path / "ckpt2.pt"  # DataParallel-style 'module.' keys under 'model'
-    torch.save({"model": {f"module.{k}": v for k, v in mnv2_sd.items()}}, ck2)
-    assert extract(ck2).layers == base.layers
-    assert "sha256" not in extract(ck2, hash_file=False).source
+    torch.save({"state_dict": mnv2_sd, "epoch": 3, "optimizer": {}}, tmp_path / "ckpt.pth")
+    assert extract(tmp_path / "ckpt.pth").layers == base.layers
+    torch.save({"model": {f"module.{k}": v for k, v in mnv2_sd.items()}}, tmp_path / "ckpt2.pt")  # DataParallel
+    assert extract(tmp_path / "ckpt2.pt").layers == base.layers
+    assert "sha256" not in extract(tmp_path / "ckpt2.pt", hash_file=False).source
 
 
 def test_include_linear_and_globs(mnv2_path, mnv2_sd):
-    ref = numpy_counts(mnv2_sd, linear=True)
     dist = extract(mnv2_path, include_linear=True, hash_file=False)
-    assert as_table(dist) == ref and dist.names[-1] == "classifier.1"
+    assert as_table(dist) == numpy_counts(mnv2_sd, linear=True) and dist.names[-1] == "classifier.1"
     assert dist["classifier.1"].kind == "linear" and dist["classifier.1"].shape == (1000, 1280)
-
     sub = extract(mnv2_path, layers=["features.1?.conv.1.0", "features.0.*"], hash_file=False)
     assert sub.names == ["features.0.0"] + [f"features.{i}.conv.1.0" for i in range(10, 18)]
     assert sub.extraction["layers"] == ["features.1?.conv.1.0", "features.0.*"]
@@ -121,74 +140,101 @@ def test_include_linear_and_globs(mnv2_path, mnv2_sd):
 
 
 def test_zero_tol_matches_numpy(mnv2_path, mnv2_sd):
-    tol = 1e-3
-    dist = extract(mnv2_path, zero_tol=tol, hash_file=False)
-    assert as_table(dist) == numpy_counts(mnv2_sd, tol=tol)
-    assert dist.extraction["zero_tol"] == tol
+    dist = extract(mnv2_path, zero_tol=1e-3, hash_file=False)
+    assert as_table(dist) == numpy_counts(mnv2_sd, tol=1e-3) and dist.extraction["zero_tol"] == 1e-3
     assert sum(l.counts[0] for l in dist.layers) > 0
     with pytest.raises(ConfigError, match="zero_tol"):
         extract(mnv2_path, zero_tol=-1.0)
 
 
+@pytest.mark.parametrize("granularity", ["channel", "pattern"])
+def test_mobilenet_granularity_round_trips(mnv2_path, mnv2_sd, granularity):
+    layer = extract(mnv2_path, zero_tol=1e-3, hash_file=False)
+    dist = round_trip(extract(mnv2_path, zero_tol=1e-3, hash_file=False, granularity=granularity))
+    assert [l.counts for l in dist.layers] == [l.counts for l in layer.layers]
+    for l in dist.layers:
+        w = mnv2_sd[f"{l.name}.weight"].numpy()
+        expected = np.where(np.abs(w) <= 1e-3, 0, np.sign(w)).astype(np.int8)
+        if granularity == "pattern":
+            assert np.array_equal(l.signs().numpy(), expected), l.name
+        else:
+            rows = expected.reshape(len(w), -1)
+            assert l.channel_counts == tuple(zip((rows == 0).sum(1), (rows < 0).sum(1), (rows > 0).sum(1))), l.name
+
+
 def test_depthwise_expansion_from_torchvision_model(mnv2_sd):
-    torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.mobilenet_v2()
     model.load_state_dict(mnv2_sd)
-    plain = extract(model)
-    dense = extract(model, expand_groups=True)
+    plain, dense = extract(model), extract(model, expand_groups=True)
     assert dense.source == {"type": "manual", "id": "MobileNetV2"}
     dw = "features.1.conv.0.0"  # depthwise 3x3, 32 groups
     assert dense.extraction["groups"][dw] == 32
     assert plain[dw].shape == (32, 1, 3, 3) and dense[dw].shape == (32, 32, 3, 3)
-    n0, nn, np_ = plain[dw].counts
-    assert dense[dw].counts == (n0 + 31 * 288, nn, np_)
-    assert dense[dw].p0 == pytest.approx(31 / 32 + n0 / (32 * 288))
+    n0, n_neg, n_pos = plain[dw].counts
+    assert dense[dw].counts == (n0 + 31 * 288, n_neg, n_pos)
     assert dense["features.0.0"] == plain["features.0.0"]  # dense convs unchanged
+    pattern = round_trip(extract(model, expand_groups=True, granularity="pattern", layers=[dw]))
+    assert np.array_equal(pattern[dw].signs().numpy(), dense_signs(model.features[1].conv[0][0].weight, 32))
 
 
-# -- grouped convs ---------------------------------------------------------------------------
-
-
-def _grouped_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 12, 3, groups=2),  # like AlexNet conv2: stored (12, 4, 3, 3)
-        torch.nn.Conv2d(12, 12, 3, groups=3, bias=False),
-    )
+# -- grouped convs and granularity on a small model ------------------------------------------
 
 
 def test_grouped_conv_expansion_gives_p0_one_half(tmp_path):
-    model = _grouped_model()
+    model = grouped_model()
     dist = extract(model, expand_groups=True)
-    assert dist.names == ["0", "2", "3"]
-    assert dist["2"].shape == (12, 8, 3, 3) and dist["2"].p0 == 0.5  # exactly: no zeros in weights
-    assert dist["2"].counts[0] == 12 * 4 * 9
+    assert dist.names == ["0", "2", "3"] and dist["0"].p0 == 0.0
+    assert dist["2"].shape == (12, 8, 3, 3) and dist["2"].p0 == 0.5 and dist["2"].counts[0] == 12 * 4 * 9
     assert dist["3"].shape == (12, 12, 3, 3) and dist["3"].p0 == pytest.approx(2 / 3)
-    assert dist["0"].p0 == 0.0
     assert dist.extraction["expand_groups"] is True and dist.extraction["groups"] == {"2": 2, "3": 3}
-    assert_valid(dist)
-
-    # a checkpoint file does not know its groups: pass them
-    path = tmp_path / "grouped.pt"
+    path = tmp_path / "grouped.pt"  # a checkpoint file does not know its groups: pass them
     torch.save(model.state_dict(), path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert extract(path, expand_groups=True)["2"].p0 == 0.0
     assert any("groups=" in str(w.message) for w in caught)
-    from_file = extract(path, expand_groups=True, groups={"2": 2, "3": 3}, hash_file=False)
-    assert from_file.layers == dist.layers
-    with pytest.raises(ConfigError, match=r"\['conv9'\] not among"):
-        extract(path, expand_groups=True, groups={"conv9": 2})
-    with pytest.raises(ConfigError, match="not divisible by groups=5"):
-        extract(path, expand_groups=True, groups={"2": 5})
+    assert extract(path, expand_groups=True, groups={"2": 2, "3": 3}, hash_file=False).layers == dist.layers
+
+
+@pytest.mark.parametrize("groups, message", [({"conv9": 2}, r"\['conv9'\] not among"),
+                                             ({"2": 5}, "not divisible by groups=5")])
+def test_bad_groups(tmp_path, groups, message):
+    path = tmp_path / "grouped.pt"
+    torch.save(grouped_model().state_dict(), path)
+    with pytest.raises(ConfigError, match=message):
+        extract(path, expand_groups=True, groups=groups)
+
+
+@pytest.mark.parametrize("expand", [False, True])
+@pytest.mark.parametrize("granularity", ["channel", "pattern"])
+def test_small_model_granularity_matches_layer_counts_and_signs(granularity, expand):
+    model = grouped_model()
+    layer = extract(model, expand_groups=expand)
+    dist = round_trip(extract(model, expand_groups=expand, granularity=granularity))
+    assert dist.granularity == granularity and [l.shape for l in dist.layers] == [l.shape for l in layer.layers]
+    assert [l.counts for l in dist.layers] == [l.counts for l in layer.layers]
+    for l, module in zip(dist.layers, (model[0], model[2], model[3])):
+        expected = dense_signs(module.weight, module.groups if expand else 1)
+        if granularity == "pattern":
+            assert np.array_equal(l.signs().numpy(), expected)
+        else:
+            rows = expected.reshape(len(expected), -1)
+            assert l.channel_counts == tuple(zip((rows == 0).sum(1), (rows < 0).sum(1), (rows > 0).sum(1)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_pattern_uses_the_counting_rule_in_native_dtype(dtype):
+    w = torch.tensor([[0.1, -0.1, 0.05, 0.0], [-0.0, 2.0, -3.0, 1e-3]], dtype=dtype)
+    dist = extract({"c.weight": w.reshape(2, 2, 2, 1)}, zero_tol=0.1, granularity="pattern")
+    assert dist["c"].counts == count_signs(w, 0.1)
+    above = float(torch.tensor(0.1, dtype=dtype)) > 0.1  # then the stored 0.1 is not <= 0.1
+    assert dist["c"].signs().flatten().tolist() == [int(above), -int(above), 0, 0, 0, 1, -1, 0]
 
 
 # -- numpy files and layouts -----------------------------------------------------------------
 
 
-def _caffe_like() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def caffe_like() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A tiny Caffe-converted AlexNet: HWIO kernels, [kernel, bias] per layer, an exact zero."""
     rng = np.random.default_rng(0)
     layers = {
@@ -202,43 +248,40 @@ def _caffe_like() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {k: (v, rng.standard_normal(v.shape[-1]).astype(np.float32)) for k, v in layers.items()}
 
 
+def save_caffe_npy(path: Path) -> Path:
+    obj = np.empty((), dtype=object)
+    obj[()] = {k: [w, b] for k, (w, b) in reversed(list(caffe_like().items()))}  # Python-2-like jumbled order
+    np.save(path, obj, allow_pickle=True)
+    return path
+
+
 def test_npz_and_npy_hwio_equal_the_oihw_result(tmp_path):
-    caffe = _caffe_like()
+    caffe = caffe_like()
     oihw = {}
     for name, (w, b) in caffe.items():
         oihw[f"{name}.weight"] = torch.from_numpy(w.transpose(3, 2, 0, 1).copy() if w.ndim == 4 else w.T.copy())
         oihw[f"{name}.bias"] = torch.from_numpy(b)
-    pth = tmp_path / "oihw.pth"
-    torch.save(oihw, pth)
-    expected = extract(pth, include_linear=True)
+    torch.save(oihw, tmp_path / "oihw.pth")
+    expected = extract(tmp_path / "oihw.pth", include_linear=True)
     assert expected.names == ["conv1", "conv2", "conv3", "conv10", "fc6"] and expected["conv1"].counts[0] == 3
     assert expected["fc6"].shape == (10, 54)
-
     npz = tmp_path / "caffe.npz"
-    np.savez(npz, **{f"{k}/weights": w for k, (w, _) in caffe.items()}, **{f"{k}/biases": b for k, (_, b) in caffe.items()})
-    npy = tmp_path / "bvlc_like.npy"
-    obj = np.empty((), dtype=object)
-    obj[()] = {k: [w, b] for k, (w, b) in reversed(list(caffe.items()))}  # Python-2-like jumbled order
-    np.save(npy, obj, allow_pickle=True)
+    np.savez(npz, **{f"{k}/weights": w for k, (w, _) in caffe.items()},
+             **{f"{k}/biases": b for k, (_, b) in caffe.items()})
+    npy = save_caffe_npy(tmp_path / "bvlc_like.npy")
     for path in (npz, npy):
-        dist = extract(path, include_linear=True)
+        dist = extract(path, include_linear=True, unsafe_allow_pickle=True)
         assert dist.layers == expected.layers, path.name
-        assert dist.extraction["source_layout_detected"] == "HWIO"
-        assert dist.source["format"] == path.suffix[1:]
-    # forced layouts
+        assert dist.extraction["source_layout_detected"] == "HWIO" and dist.source["format"] == path.suffix[1:]
     assert extract(npz, layout="oihw")["conv1"].shape == (11, 11, 3, 8)
     assert extract(npz, layout="hwio", include_linear=True).layers == expected.layers
-    # a file with only ambiguous kernels stays OIHW unless told
-    np.savez(tmp_path / "square.npz", **{"c.weight": caffe["conv3"][0]})
+    np.savez(tmp_path / "square.npz", **{"c.weight": caffe["conv3"][0]})  # only ambiguous kernels: OIHW unless told
     assert extract(tmp_path / "square.npz")["c"].shape == (3, 3, 16, 16)
     assert extract(tmp_path / "square.npz", layout="hwio")["c"].shape == (16, 16, 3, 3)
-    # grouped like the paper's AlexNet conv2
-    g = extract(npy, groups={"conv2": 2}, expand_groups=True)
+    g = extract(npy, groups={"conv2": 2}, expand_groups=True, unsafe_allow_pickle=True)
     assert g["conv2"].shape == (16, 8, 5, 5) and g["conv2"].p0 == 0.5
-    # load_state_dict: materialised, contiguous OIHW
     sd = load_state_dict(npz)
-    assert sorted(sd) == sorted(oihw)
-    assert all(sd[k].is_contiguous() and torch.equal(sd[k], oihw[k]) for k in sd)
+    assert sorted(sd) == sorted(oihw) and all(sd[k].is_contiguous() and torch.equal(sd[k], oihw[k]) for k in sd)
 
 
 def test_layout_rule():
@@ -258,8 +301,7 @@ def test_count_signs_exact_tolerance_in_native_dtype(dtype):
     # is false for it; a naive comparison against the rounded tolerance would call it zero
     w = torch.tensor([0.1, -0.1, 0.05, 0.0, -0.0, 2.0, -3.0], dtype=dtype)
     above = float(torch.tensor(0.1, dtype=dtype)) > 0.1
-    expected = (3, 2, 2) if above else (5, 1, 1)
-    assert count_signs(w, 0.1) == expected
+    assert count_signs(w, 0.1) == ((3, 2, 2) if above else (5, 1, 1))
     assert count_signs(w) == (2, 2, 3)
     big = torch.randn(1_000_003).to(dtype)  # several counting blocks
     a = big.double().numpy()
@@ -267,63 +309,198 @@ def test_count_signs_exact_tolerance_in_native_dtype(dtype):
     assert count_signs(big[::3]) == count_signs(big[::3].contiguous())
 
 
-def test_bfloat16_safetensors_and_nan(tmp_path):
+def test_bfloat16_safetensors(tmp_path):
     torch.manual_seed(0)
     w = torch.randn(16, 8, 3, 3)
     w[0, 0] = 0.0
     save_file({"c.weight": w.to(torch.bfloat16), "c.bias": torch.zeros(16)}, str(tmp_path / "bf.safetensors"))
-    d = extract(tmp_path / "bf.safetensors")
     a = w.to(torch.bfloat16).double().numpy()
-    assert d["c"].counts == (int((a == 0).sum()), int((a < 0).sum()), int((a > 0).sum()))
-    w[1, 1, 1, 1] = float("nan")
-    save_file({"c.weight": w}, str(tmp_path / "nan.safetensors"))
-    with pytest.raises(SourceError, match="layer 'c': 1 of 1152 weights are NaN"):
-        extract(tmp_path / "nan.safetensors")
+    assert extract(tmp_path / "bf.safetensors")["c"].counts == (int((a == 0).sum()), int((a < 0).sum()),
+                                                                 int((a > 0).sum()))
 
 
-# -- errors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("granularity", ["layer", "pattern"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad, message", [([float("nan")], "1 of 1152 weights are NaN"),
+                                          ([float("inf"), -float("inf")], "2 of 1152 weights are infinite"),
+                                          ([float("nan"), float("inf")], "1 of 1152 weights are NaN and 1 of 1152")])
+def test_nan_and_inf_are_refused_with_layer_and_count(tmp_path, bad, message, dtype, granularity):
+    w = torch.randn(16, 8, 3, 3)
+    w.view(-1)[[5, 700][: len(bad)]] = torch.tensor(bad)
+    save_file({"c.weight": w.to(dtype)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(SourceError, match=f"bad.safetensors: layer 'c': {message}"):
+        extract(tmp_path / "bad.safetensors", granularity=granularity)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+@pytest.mark.parametrize("dtype, names", [(torch.int8, ("I8", "int8")),
+                                          (torch.float8_e4m3fn, ("F8_E4M3", "float8_e4m3fn")),
+                                          (torch.complex64, ("C64", "complex64"))])
+def test_non_float_kernels_are_refused_naming_the_dtype(tmp_path, dtype, names, suffix):
+    path = tmp_path / f"q{suffix}"
+    sd = {"a.weight": torch.randn(4, 2, 3, 3), "c.weight": torch.ones(4, 2, 3, 3).to(dtype)}
+    save_file(sd, str(path)) if suffix == ".safetensors" else torch.save(sd, path)
+    name = names[0] if suffix == ".safetensors" else names[1]
+    with pytest.raises(SourceError, match=f"q{suffix}: layer 'c' has dtype {name}; polarpack counts floating-point"):
+        extract(path)
+    assert extract(path, layers=["a"]).names == ["a"]
+
+
+# -- refusals: pickles, suffixes, corrupt files ----------------------------------------------
+
+
+class Payload:
+    """Unpickling it writes the marker file: the test fails if any code path unpickles it."""
+
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def plant(path: Path, kind: str, marker: Path) -> Path:
+    """A payload of `kind` in `path` (whatever the suffix): an .npy or .npz object array, a bare
+    pickle, or a torch zip checkpoint holding the object."""
+    payload = Payload()
+    payload.marker = marker
+    array = np.array([payload, None], dtype=object)
+    with open(path, "wb") as fh:
+        if kind == "npy":
+            np.save(fh, array, allow_pickle=True)
+        elif kind == "npz":
+            np.savez(fh, **{"conv.weight": array})
+        elif kind == "pickle":
+            pickle.dump({"conv.weight": payload}, fh, protocol=2)
+        else:
+            torch.save({"conv.weight": payload}, fh)
+    assert not marker.exists()
+    return path
+
+
+PLANTED = [
+    ("npy", ".npy", r"holds a pickled object array, and unpickling can run arbitrary code.*unsafe_allow_pickle=True"),
+    ("npy", ".pth", r"the name says PyTorch checkpoint \(\.pth\) but the content is a \.npy array file"),
+    ("npy", ".pt", r"the name says PyTorch checkpoint \(\.pt\) but the content is a \.npy array file"),
+    ("npy", ".bin", r"\(\.bin\) but the content is a \.npy array file"),
+    ("npy", ".ckpt", r"\(\.ckpt\) but the content is a \.npy array file"),
+    ("npy", ".safetensors", r"the name says safetensors file \(\.safetensors\) but the content is a \.npy array file"),
+    ("npy", ".npz", r"the name says \.npz archive \(\.npz\) but the content is a \.npy array file"),
+    ("npy", ".polar", "holds a pickled object array"),  # no weights suffix: the content decides, still refused
+    ("npz", ".npz", "holds a pickled object array"),
+    ("npz", ".pth", r"\(\.pth\) but the content is a \.npz archive"),
+    ("npz", ".safetensors", r"\(\.safetensors\) but the content is a \.npz archive"),
+    ("npz", ".npy", r"\(\.npy\) but the content is a \.npz archive"),
+    ("pickle", ".pth", "holds pickled Python objects.*weights_only=True"),
+    ("pickle", ".ckpt", "holds pickled Python objects.*weights_only=True"),
+    ("pickle", ".npy", r"\(\.npy\) but the content is a PyTorch checkpoint"),
+    ("pickle", ".safetensors", r"\(\.safetensors\) but the content is a PyTorch checkpoint"),
+    ("torchzip", ".pt", "holds pickled Python objects.*weights_only=True"),
+    ("torchzip", ".npz", r"\(\.npz\) but the content is a PyTorch checkpoint"),
+    ("torchzip", ".safetensors", r"\(\.safetensors\) but the content is a PyTorch checkpoint"),
+]
+
+
+@pytest.mark.parametrize("kind, suffix, message", PLANTED)
+def test_planted_payload_never_runs(tmp_path, kind, suffix, message):
+    marker = tmp_path / "marker"
+    path = plant(tmp_path / f"model{suffix}", kind, marker)
+    with pytest.raises(SourceError, match=f"^{path}: .*{message}") as exc:
+        extract(path)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(SourceError):
+        load_state_dict(path, layout="auto")  # the way `train --weights` reads it
+    with pytest.raises(FormatError):
+        load_distribution(path)  # the way inspect, materialize and train --dist read it
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_allowing_pickle_does_not_excuse_a_wrong_suffix(tmp_path, suffix):
+    marker = tmp_path / "marker"
+    path = plant(tmp_path / f"model{suffix}", "npy", marker)
+    with pytest.raises(SourceError, match=r"but the content is a \.npy array file"):
+        extract(path, unsafe_allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_allowing_pickle_reads_a_trusted_npy(tmp_path):
+    marker = tmp_path / "marker"
+    plant(tmp_path / "model.npy", "npy", marker)
+    with pytest.raises(SourceError, match="not a dict of layers"):
+        extract(tmp_path / "model.npy", unsafe_allow_pickle=True)
+    assert marker.exists()  # the caller asked for it: that is what the name of the option warns about
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_a_name_carrying_a_hash_prefix_must_match_the_file(tmp_path, legacy):
+    sd = {"c.weight": torch.randn(8, 4, 3, 3)}
+    draft = tmp_path / "draft.pth"
+    torch.save(sd, draft, _use_new_zipfile_serialization=not legacy)
+    good = tmp_path / f"tiny-{sha256_file(draft)[:8]}.pth"
+    shutil.copy(draft, good)
+    assert extract(good).source["sha256"] == sha256_file(good)
+    bad = tmp_path / "tiny-00000000.pth"
+    shutil.copy(draft, bad)
+    with pytest.raises(SourceError, match=r"tiny-00000000\.pth: the file is corrupt: its name carries sha256 prefix "
+                                          r"00000000 but its sha256 is"):
+        extract(bad, hash_file=False)
+
+
+@pytest.mark.parametrize("name", ["resnet-50.pth", "model-abc.pth", "model.pth"])
+def test_names_without_a_hash_prefix_are_not_checked(tmp_path, name):
+    torch.save({"c.weight": torch.randn(8, 4, 3, 3)}, tmp_path / name)
+    assert extract(tmp_path / name).names == ["c"]
 
 
 def test_no_conv_weights(tmp_path):
     path = tmp_path / "mlp.pth"
-    torch.save({"fc1.weight": torch.randn(4, 3), "fc1.bias": torch.randn(4), "fc2.weight": torch.randn(2, 4), "fc2.bias": torch.randn(2)}, path)
-    with pytest.raises(SourceError) as exc:
+    torch.save({"fc1.weight": torch.randn(4, 3), "fc1.bias": torch.randn(4), "fc2.weight": torch.randn(2, 4),
+                "fc2.bias": torch.randn(2)}, path)
+    with pytest.raises(SourceError, match=r"mlp\.pth: no conv kernels .* among 4 tensors \(found 2-D x2, 1-D x2\); "
+                                          "pass --include-linear"):
         extract(path)
-    msg = str(exc.value)
-    assert "mlp.pth" in msg and "no conv kernels" in msg and "among 4 tensors" in msg
-    assert "2-D x2, 1-D x2" in msg and "--include-linear" in msg
     assert extract(path, include_linear=True).names == ["fc1", "fc2"]
 
 
-def test_bad_files(tmp_path):
-    missing = tmp_path / "nope.safetensors"
-    with pytest.raises(SourceError, match="nope.safetensors: no such file"):
-        extract(missing)
-    with pytest.raises(FormatError, match="no such file.*paper:alexnet"):
-        load_distribution(tmp_path / "nope.polar")
-    st = tmp_path / "w.safetensors"
-    save_file({"c.weight": torch.randn(8, 3, 3, 3)}, str(st))
-    trunc = tmp_path / "trunc.safetensors"
-    trunc.write_bytes(st.read_bytes()[:200])
-    with pytest.raises(SourceError, match="trunc.safetensors: not a readable safetensors file"):
-        extract(trunc)
-    pth = tmp_path / "w.pth"
-    torch.save({"c.weight": torch.randn(8, 3, 3, 3)}, pth)
-    (tmp_path / "trunc.pth").write_bytes(pth.read_bytes()[:300])
-    with pytest.raises(SourceError, match="trunc.pth: not a readable PyTorch checkpoint"):
-        extract(tmp_path / "trunc.pth")
-    (tmp_path / "junk.bin").write_bytes(b"hello world, not weights")
-    with pytest.raises(SourceError, match="junk.bin"):
-        extract(tmp_path / "junk.bin")
-    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # a pickled module
-    with pytest.raises(SourceError, match="weights_only=True"):
-        extract(tmp_path / "pickled.pt")
-    np.save(tmp_path / "single.npy", np.zeros((3, 3)))
-    with pytest.raises(SourceError, match="not a dict of layers"):
-        extract(tmp_path / "single.npy")
-    # a weights file where a distribution is expected
-    with pytest.raises(FormatError, match="extract one first"):
-        load_distribution(st)
+def saved(path: Path, obj: object, *, cut: int | None = None) -> Path:
+    """`obj` written to `path` the way its suffix says (bytes as they are), then cut to `cut` bytes."""
+    if isinstance(obj, bytes):
+        path.write_bytes(obj)
+    elif path.suffix == ".safetensors":
+        save_file(obj, str(path), metadata={"polar": "{"} if "counts" in obj else None)
+    elif path.suffix == ".npy":
+        np.save(path, obj)
+    elif path.suffix == ".npz":
+        np.savez(path, **obj)
+    else:
+        torch.save(obj, path)
+    path.write_bytes(path.read_bytes()[:cut])
+    return path
+
+
+CONV = {"c.weight": torch.ones(8, 3, 3, 3)}
+
+
+@pytest.mark.parametrize("name, obj, cut, message", [
+    ("trunc.safetensors", CONV, 200, r"trunc\.safetensors: not a readable safetensors file"),
+    ("trunc.pth", CONV, 200, r"trunc\.pth: not a readable PyTorch checkpoint"),
+    ("junk.bin", b"hello world, not weights", None, r"junk\.bin: not a readable PyTorch checkpoint \(it is none of"),
+    ("empty.pt", b"", None, r"empty\.pt: .*it is empty"),
+    ("pickled.pt", {"model": torch.nn.Linear(2, 2)}, None, "weights_only=True"),
+    ("single.npy", np.zeros((3, 3)), None, r"single\.npy: holds a single float64 array of shape \(3, 3\), not a dict"),
+    ("noweights.pt", {"epoch": 3}, None, "not a state_dict"),
+])
+def test_bad_files(tmp_path, name, obj, cut, message):
+    with pytest.raises(SourceError, match=message) as exc:
+        extract(saved(tmp_path / name, obj, cut=cut))
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("name, message", [("nope.safetensors", r"nope\.safetensors: no such file"),
+                                           (".", "is a directory")])
+def test_missing_files_and_directories(tmp_path, name, message):
+    with pytest.raises(SourceError, match=message):
+        extract(tmp_path / name)
 
 
 def test_unknown_torchvision_name():
@@ -334,7 +511,6 @@ def test_unknown_torchvision_name():
 def test_torchvision_offline_names_a_local_file(tmp_path, monkeypatch):
     """No network: the download must fail fast (a proxy on a closed local port refuses at once)
     and the error must say how to pass a local file instead."""
-    pytest.importorskip("torchvision")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing cached
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
@@ -347,27 +523,33 @@ def test_torchvision_offline_names_a_local_file(tmp_path, monkeypatch):
             extract("mobilenet_v2")
     finally:
         socket.setdefaulttimeout(old)
-    msg = str(exc.value)
-    assert "needs network" in msg and "local file" in msg
-    assert "polarpack extract ./mobilenet_v2-7ebf99e0.pth" in msg
+    assert "needs network" in str(exc.value) and "polarpack extract ./mobilenet_v2-7ebf99e0.pth" in str(exc.value)
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / "mobilenet_v2-7ebf99e0.pth").exists()
 
 
-def test_torchvision_from_cache_reports_groups(tmp_path, monkeypatch, mnv2_path):
-    """A torchvision name reads torch's hub cache: place the real file under the name torchvision
-    expects (the bytes of V1 under the V2 file name: only the lookup is tested here)."""
-    pytest.importorskip("torchvision")
+def test_torchvision_name_reads_torch_cache(tmp_path, monkeypatch, mnv2_path):
+    """The DEFAULT weights pointed at V1 (the shared file), found in torch's hub cache: no network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    v1 = types.SimpleNamespace(DEFAULT=torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1)
+    monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: v1)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / mnv2_path.name).symlink_to(mnv2_path)
+    with open_weights("mobilenet_v2") as ws:
+        assert ws.source["type"] == "torchvision" and ws.source["id"] == "mobilenet_v2"
+        assert ws.groups["features.1.conv.0.0"] == 32 and next(iter(ws.infos)) == "features.0.0.weight"
+    dist = extract("mobilenet_v2", expand_groups=True)
+    assert dist["features.1.conv.0.0"].shape == (32, 32, 3, 3) and dist.source["sha256"] == MNV2_SHA256
+    assert dist.source["weights"] == "MobileNet_V2_Weights.IMAGENET1K_V1"
+
+
+def test_torchvision_cache_with_wrong_bytes_is_corrupt(tmp_path, monkeypatch, mnv2_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    (cache / "mobilenet_v2-7ebf99e0.pth").symlink_to(mnv2_path)
-    with open_weights("mobilenet_v2") as ws:
-        assert ws.source_info["type"] == "torchvision" and ws.source_info["id"] == "mobilenet_v2"
-        assert ws.groups["features.1.conv.0.0"] == 32
-        assert ws.keys()[0] == "features.0.0.weight"
-    dist = extract("mobilenet_v2", expand_groups=True, hash_file=False)
-    assert dist["features.1.conv.0.0"].shape == (32, 32, 3, 3)
-    assert dist.source["weights"] == "MobileNet_V2_Weights.IMAGENET1K_V2"
+    (cache / "mobilenet_v2-7ebf99e0.pth").symlink_to(mnv2_path)  # V1's bytes under V2's name
+    with pytest.raises(SourceError, match="mobilenet_v2-7ebf99e0.pth: the file is corrupt"):
+        extract("mobilenet_v2")
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -376,50 +558,51 @@ def test_torchvision_from_cache_reports_groups(tmp_path, monkeypatch, mnv2_path)
 def test_open_weights_is_lazy_and_ordered(tmp_path, mnv2_sd):
     st = tmp_path / "m.safetensors"
     save_file(mnv2_sd, str(st))
-    layers = [k for k, v in mnv2_sd.items() if v.dim() >= 2]  # conv kernels and the classifier
     with open_weights(st) as ws:
-        assert sorted(ws.keys()) == sorted(mnv2_sd)
+        assert sorted(ws.infos) == sorted(mnv2_sd)
         # safetensors keeps no order: natural name order with the classifier head last
-        assert [k for k in ws.keys() if ws.info(k).numel > 1 and len(ws.info(k).shape) >= 2] == layers
-        info = ws.info("features.18.0.weight")
-        assert info.shape == (1280, 320, 1, 1) and info.dtype == "float32"
-        assert [name for name, _ in ws] == ws.keys()
-        assert "sha256" not in ws.describe(sha256=False)
-        assert ws.source_info["sha256"] == sha256_file(st)
+        assert [k for k, i in ws.infos.items() if len(i.shape) >= 2] == [k for k, v in mnv2_sd.items() if v.dim() >= 2]
+        assert ws.infos["features.18.0.weight"] == TensorInfo((1280, 320, 1, 1), "float32")
+        assert [name for name, _ in ws] == list(ws.infos)
+        assert "sha256" not in ws.describe(sha256=False) and ws.describe()["sha256"] == sha256_file(st)
     sd = load_state_dict(st)
     assert sorted(sd) == sorted(mnv2_sd) and all(torch.equal(sd[k], mnv2_sd[k]) for k in sd)
-    assert extract(st, include_linear=True).names[-1] == "classifier.1"
 
 
 def test_load_distribution_kinds(tmp_path):
     preset = load_distribution("paper:alexnet")
-    assert preset.names == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    assert load_distribution(preset) is preset
-    path = fmt.save(preset, tmp_path / "a.polar.safetensors")
-    assert load_distribution(path) == preset
+    assert preset.names == ["conv1", "conv2", "conv3", "conv4", "conv5"] and load_distribution(preset) is preset
+    assert load_distribution(fmt.save(preset, tmp_path / "a.polar.safetensors")) == preset
     with pytest.raises(FormatError, match="unknown preset"):
         load_distribution("paper:nope")
+    with pytest.raises(FormatError, match="no such file.*paper:alexnet"):
+        load_distribution(tmp_path / "nope.polar")
 
 
-def test_hub_reference_is_downloaded_then_read(tmp_path, monkeypatch):
+ALEXNET = load_distribution("paper:alexnet")
+
+
+@pytest.mark.parametrize("name, obj, cut, hint", [
+    ("t.polar.safetensors", fmt.encode(ALEXNET, "safetensors"), 300, False),  # a damaged .polar is no checkpoint
+    ("t.polar", fmt.encode(ALEXNET, "json"), 300, False),
+    ("p.polar.safetensors", {"counts": torch.zeros(1, 3)}, None, False),  # intact safetensors, broken .polar
+    ("w.safetensors", CONV, None, True),
+    ("w.pth", CONV, None, True),
+    ("w.npz", {"a": np.ones(3)}, None, True),
+])
+def test_checkpoint_hint_only_for_real_weights(tmp_path, name, obj, cut, hint):
+    with pytest.raises(FormatError) as exc:
+        load_distribution(saved(tmp_path / name, obj, cut=cut))
+    assert ("looks like a weights checkpoint" in str(exc.value)) is hint
+    assert ("extract one first" in str(exc.value)) is hint
+
+
+def test_hub_references_are_downloaded_then_read(tmp_path, hub):
     st = tmp_path / "blob.safetensors"
     save_file({"c.weight": torch.randn(4, 2, 3, 3)}, str(st))
-    polar = fmt.save(load_distribution("paper:alexnet"), tmp_path / "a.polar")
-    calls = []
-
-    def download(ref, *, endpoint=None, token=None, revision=None):
-        calls.append((ref, endpoint, token, revision))
-        return polar if ref.endswith(".polar") else st
-
-    fake = types.ModuleType("polarpack.hub")
-    fake.is_hub_reference = lambda ref: isinstance(ref, str) and ref.startswith("hf://")
-    fake.download = download
-    monkeypatch.setitem(sys.modules, "polarpack.hub", fake)
-    dist = extract("hf://me/weights@v1/model.safetensors", token="secret", endpoint="http://hub.test")
-    assert calls[-1] == ("hf://me/weights@v1/model.safetensors", "http://hub.test", "secret", None)
-    src = dist.source
-    assert src["type"] == "hub" and src["hub"] == "hf://me/weights@v1/model.safetensors"
-    assert src["sha256"] == sha256_file(st) and src["format"] == "safetensors"
-    assert "secret" not in json.dumps(src)
-    assert load_distribution("hf://me/dists/a.polar", revision="main") == load_distribution("paper:alexnet")
-    assert calls[-1][3] == "main"
+    hub.add_repo("me/weights", {"model.safetensors": st.read_bytes()})
+    hub.add_repo("me/dists", {"a.polar": fmt.encode(load_distribution("paper:alexnet"), "json")})
+    dist = extract("hf://me/weights/model.safetensors", endpoint=hub.url)
+    assert dist.source["hub"] == "hf://me/weights/model.safetensors" and dist.source["sha256"] == sha256_file(st)
+    assert dist.names == ["c"] and dist[0].counts is not None
+    assert load_distribution("hf://me/dists/a.polar", endpoint=hub.url) == load_distribution("paper:alexnet")

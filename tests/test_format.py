@@ -26,20 +26,19 @@ from polarpack.format import (
     Distribution,
     LayerDistribution,
     decode,
-    decode_json,
     decode_safetensors,
     encode,
     encode_json,
     encode_safetensors,
     load,
+    pack_signs,
     save,
+    unpack_signs,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "spec" / "polar-format.md"
-SCHEMA_FILE = ROOT / "spec" / "polar.schema.json"
-PACKAGE_SCHEMA_FILE = ROOT / "polarpack" / "spec" / "polar.schema.json"
-VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text("utf-8")))
+VALIDATOR = jsonschema.Draft202012Validator(fmt.json_schema())
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -119,6 +118,25 @@ def distributions(draw):
     )
 
 
+# ternary tensors with the edge cases the pattern encoding special-cases: all zero, one sign only
+ternary = st.tuples(st.lists(st.integers(1, 5), min_size=2, max_size=4), st.sampled_from(["mixed", "zero", "neg", "pos", "nonzero"]),
+                    st.integers(0, 2**31)).map(lambda args: _ternary(*args))
+
+
+def _ternary(shape, kind, seed):
+    values = np.random.default_rng(seed).integers(-1, 2, size=shape).astype(np.int8)
+    return {"mixed": values, "zero": np.zeros(shape, np.int8), "neg": -np.ones(shape, np.int8), "pos": np.ones(shape, np.int8),
+            "nonzero": np.where(values == 0, 1, values).astype(np.int8)}[kind]
+
+
+@st.composite
+def granular_distributions(draw):
+    granularity = draw(st.sampled_from(["channel", "pattern"]))
+    tensors = draw(st.lists(ternary, min_size=1, max_size=4))
+    layers = [LayerDistribution.from_signs(f"l{i}", t, granularity=granularity) for i, t in enumerate(tensors)]
+    return Distribution(layers, metadata=draw(json_objects), granularity=granularity), tensors
+
+
 def schema_ok(data: bytes) -> None:
     VALIDATOR.validate(json.loads(data))
 
@@ -148,7 +166,7 @@ def test_round_trips_are_lossless_and_bytes_reproducible(dist):
     assert encode_json(dist) == j and encode_safetensors(dist) == s
     from_j, from_s = decode(j), decode(s)
     assert from_j == dist and from_s == dist
-    assert decode_json(j) == dist and decode_safetensors(s) == dist
+    assert decode_safetensors(s) == dist
     # JSON -> object -> safetensors -> object -> JSON gives the same bytes, and vice versa
     assert encode_safetensors(from_j) == s and encode_json(from_s) == j
     assert j.endswith(b"}\n")
@@ -156,20 +174,85 @@ def test_round_trips_are_lossless_and_bytes_reproducible(dist):
     schema_ok(j)
 
 
-@settings(max_examples=15, deadline=None)
-@given(distributions())
-def test_safetensors_bytes_equal_the_reference_library(dist):
-    from safetensors.numpy import load, save
+@SETTINGS
+@given(granular_distributions())
+def test_channel_and_pattern_round_trip_exactly(drawn):
+    dist, tensors = drawn
+    s = encode_safetensors(dist)
+    assert encode_safetensors(dist) == s and decode(s) == dist
+    if dist.granularity == "pattern":
+        for layer, t in zip(decode(s).layers, tensors):
+            assert np.array_equal(layer.signs().numpy(), t)
+        with pytest.raises(FormatError, match="safetensors"):
+            encode_json(dist)
+    else:
+        j = encode_json(dist)
+        assert decode(j) == dist and encode_json(decode(j)) == j
+        schema_ok(j)
+        for layer, t in zip(dist.layers, tensors):
+            rows = t.reshape(t.shape[0], -1)
+            assert [list(c) for c in layer.channel_counts] == [[int((r == 0).sum()), int((r < 0).sum()), int((r > 0).sum())] for r in rows]
 
-    props = np.array([l.proportions for l in dist.layers], dtype=np.float64)
-    counts = np.array([l.counts or (-1, -1, -1) for l in dist.layers], dtype=np.int64)
-    meta = dist.to_dict()
-    meta["layers"] = [{"name": l.name, "kind": l.kind, "shape": list(l.shape) if l.shape else None} for l in dist.layers]
-    polar = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    reference = save({"proportions": props, "counts": counts}, metadata={"polar": polar})
-    assert encode_safetensors(dist) == reference
-    loaded = load(encode_safetensors(dist))
-    assert np.array_equal(loaded["proportions"], props) and np.array_equal(loaded["counts"], counts)
+
+@SETTINGS
+@given(st.lists(st.integers(0, 2), max_size=40).map(lambda v: np.array(v, np.int8) - 1))
+def test_pack_signs_stays_within_its_bits_and_inverts(signs):
+    counts = [int((signs == 0).sum()), int((signs < 0).sum()), int((signs > 0).sum())]
+    data = pack_signs(signs)
+    n, n0 = len(signs), counts[0]
+    assert len(data) == (0 < n0 < n) * -(-n // 8) + (0 < counts[1] < n - n0) * -(-(n - n0) // 8)
+    assert np.array_equal(unpack_signs(data, (n,), counts), signs)
+
+
+@pytest.mark.parametrize("data, counts, message", [
+    (b"\x00", (0, 2, 0), "needs 0"),  # a single sign needs no bits, so extra bytes are refused
+    (b"\xff", (4, 0, 4), "do not match"),  # 8 zero bits but counts say 4 zeros
+    (b"\xc1", (2, 0, 2), "padding"),  # 2 zeros in the first 4 bits, but a padding bit is set
+])
+def test_unpack_rejects_patterns_that_disagree_with_their_counts(data, counts, message):
+    with pytest.raises(FormatError, match=message):
+        unpack_signs(data, (sum(counts),), counts)
+
+
+def test_granularity_rules_are_enforced():
+    signs = np.array([[1, -1], [0, 1]], np.int8)
+    pattern = LayerDistribution.from_signs("a", signs)
+    channel = LayerDistribution.from_signs("a", signs, granularity="channel")
+    with pytest.raises(FormatError, match="'pattern' is not allowed at granularity 'layer'"):
+        Distribution([pattern])
+    with pytest.raises(FormatError, match="'channel_counts' is missing"):
+        Distribution([LayerDistribution.from_counts("a", [1, 2, 1], shape=[2, 2])], granularity="channel")
+    with pytest.raises(FormatError, match="one per output channel"):
+        Distribution([LayerDistribution.from_counts("a", [1, 2, 1], shape=[2, 2], channel_counts=[[1, 2, 1]])], granularity="channel")
+    with pytest.raises(FormatError, match="add up"):
+        Distribution([LayerDistribution.from_counts("a", [1, 2, 1], shape=[2, 2], channel_counts=[[0, 1, 1], [0, 1, 1]])],
+                     granularity="channel")
+    with pytest.raises(FormatError, match="granularity"):
+        Distribution([channel], granularity="voxel")
+    with pytest.raises(FormatError, match="no weights"):
+        LayerDistribution.from_signs("a", np.zeros((0, 3), np.int8))
+    assert Distribution([channel], granularity="channel")[0].channel_counts == ((0, 1, 1), (1, 0, 1))
+
+
+def test_layer_files_keep_the_layout_older_readers_know():
+    """granularity is written only when it is not 'layer', so layer files read in readers that
+    predate it."""
+    text = encode_json(example()).decode()
+    assert '"granularity"' not in text and "granularity" not in decode_safetensors(encode_safetensors(example())).to_dict()
+
+
+def test_size_limits(tmp_path, monkeypatch):
+    path = save(example(), tmp_path / "a.polar")
+    monkeypatch.setenv("POLARPACK_MAX_POLAR_BYTES", "100")
+    with pytest.raises(FormatError, match="limit.*POLARPACK_MAX_POLAR_BYTES"):
+        load(path)
+    with pytest.raises(FormatError, match="limit"):
+        decode(encode_safetensors(example()))
+    monkeypatch.setenv("POLARPACK_MAX_POLAR_BYTES", "lots")
+    with pytest.raises(FormatError, match="number of bytes"):
+        load(path)
+    monkeypatch.delenv("POLARPACK_MAX_POLAR_BYTES")
+    assert fmt.size_limit("json") < fmt.size_limit("safetensors") and load(path) == example()
 
 
 @settings(max_examples=10, deadline=None)
@@ -195,13 +278,15 @@ def test_equal_distributions_encode_identically_regardless_of_key_order():
 
 
 def test_json_layout_is_exact():
-    text = encode_json(example()).decode()
-    assert text.startswith('{\n  "format_version": 1,\n  "layers": [\n    {\n      "name": "conv1",\n')
-    assert '      "shape": [16, 3, 3, 3],\n' in text and '      "counts": [0, 219, 213]\n    },\n' in text
-    # strings that look like number lists are not touched; nested number lists go on one line
-    assert '"note": "[1,2] and [3,  4] stay as written"' in text
-    assert '"nested": [\n      [1, 2],\n      [],\n      {\n        "a": [0.5],\n        "b": 1\n      }\n    ]' in text
-    assert decode(text.encode()) == example()
+    """json.dumps does the writing: one top-level member per line, one layer per line."""
+    dist = example()
+    lines = encode_json(dist).decode().splitlines()
+    assert lines[:3] == ["{", '  "format_version": 1,', '  "layers": [']
+    assert lines[3:6] == ["    " + json.dumps(layer.to_dict(), ensure_ascii=False) + ("," if i < 2 else "")
+                          for i, layer in enumerate(dist.layers)]
+    assert lines[6] == "  ],"
+    assert lines[7] == '  "source": ' + json.dumps(dict(dist.source), sort_keys=True, ensure_ascii=False) + ","
+    assert lines[-1] == "}" and len(lines) == 12 and decode(encode_json(dist)) == dist
     tiny = LayerDistribution("x", 1e-05, 0.5, 0.49999)
     assert '"p0": 1e-05,' in encode_json(Distribution([tiny])).decode()
 
@@ -238,6 +323,7 @@ def test_constructor_normalises_numbers_and_containers():
 def test_minimal_hand_written_file_gets_defaults():
     d = decode(b' \n{"format_version": 1, "layers": [{"name": "conv1", "p0": 0, "p_neg": 0.5, "p_pos": 0.5}]}')
     assert d[0] == LayerDistribution("conv1", 0.0, 0.5, 0.5, kind="conv", shape=None, counts=None)
+    assert d.granularity == "layer"
     assert d.source == d.extraction == d.producer == d.metadata == {}
 
 
@@ -302,12 +388,12 @@ def test_doc_helper_is_valid():
         ({"p0": -0.25, "p_neg": 0.75, "counts": ...}, ["'conv1'", "'p0'", "[0, 1]"]),
         ({"p0": 0.01, "p_neg": 0.45, "p_pos": 0.45, "counts": ...}, ["'conv1'", "sum to 1"]),
         ({"p0": 1.5, "counts": ...}, ["'conv1'", "'p0'"]),
-        ({"p0": "0.25"}, ["'conv1'", "'p0'", "must be a number"]),
+        ({"p0": "0.25"}, ["'conv1'", "'p0'", "finite numbers"]),
         ({"p0": 0.5, "p_neg": 0.0}, ["'conv1'", "'p0'", "give 1/4"]),
         ({"counts": [1, 1, 3]}, ["'conv1'", "'counts'", "shape [2, 2]"]),
         ({"counts": [1, 1]}, ["'conv1'", "'counts'"]),
         ({"counts": [-1, 2, 3], "shape": None}, ["'conv1'", "'counts'", "non-negative"]),
-        ({"counts": [0, 0, 0], "shape": None, "p0": 0.0, "p_neg": 0.5}, ["'conv1'", "sum to 0"]),
+        ({"counts": [0, 0, 0], "shape": None, "p0": 0.0, "p_neg": 0.5}, ["'conv1'", "positive sum"]),
         ({"shape": [2.0, 2]}, ["'conv1'", "'shape'"]),
         ({"shape": [], "counts": ...}, ["'conv1'", "'shape'"]),
         ({"kind": "pool"}, ["'conv1'", "'kind'", "conv"]),
@@ -341,8 +427,10 @@ def test_nan_in_a_json_file_is_rejected(tmp_path):
         (json.dumps({**doc(), "metadata": []}), ["'metadata'", "object"]),
         (json.dumps({**doc(), "source": {"sha256": "0" * 63}}), ["source.sha256"]),
         (json.dumps({**doc(), "layers": doc()["layers"] * 2}), ["'conv1'", "twice"]),
-        ('{"format_version": 1, "format_version": 1, "layers": []}', ["duplicate key 'format_version'"]),
+        ('{"format_version": 1, "format_version": 1, "layers": []}', ["duplicate key"]),
+        (json.dumps({**doc(), "granularity": "pattern"}), ["'pattern' is missing"]),
         ("[1, 2]", ["top level must be a JSON object"]),
+        (json.dumps(doc(p0=10**400, counts=...)), ["'p0'"]),
         ("   ", ["empty"]),
         ("\ufeff" + json.dumps(doc()), ["byte-order mark"]),
         (b'{"format_version": 1, "layers": [{"name": "\xff"}]}', ["not UTF-8"]),
@@ -371,15 +459,15 @@ def test_truncated_and_foreign_safetensors_are_rejected(tmp_path):
     props = np.array([[0.0, 0.5, 0.5]])
     counts = np.array([[-1, -1, -1]], dtype=np.int64)
     polar = json.dumps({"format_version": 1, "layers": [{"name": "a", "kind": "conv", "shape": None}]})
-    expect_error(tmp_path, "nometa.safetensors", np_save({"proportions": props, "counts": counts}), "no 'polar' metadata")
-    expect_error(tmp_path, "other.safetensors", np_save({"w": props}, metadata={"format": "pt"}), "no 'polar' metadata")
+    expect_error(tmp_path, "nometa.safetensors", np_save({"proportions": props, "counts": counts}), "metadata key 'polar'")
+    expect_error(tmp_path, "other.safetensors", np_save({"w": props}, metadata={"format": "pt"}), "metadata key 'polar'")
     assert decode(np_save({"proportions": props, "counts": counts}, metadata={"polar": polar}))[0].name == "a"
     expect_error(tmp_path, "extrakey.safetensors", np_save({"proportions": props, "counts": counts}, metadata={"polar": polar, "format": "pt"}), "'format'")
     expect_error(tmp_path, "extratensor.safetensors", np_save({"proportions": props, "counts": counts, "x": props}, metadata={"polar": polar}), "'x'")
     expect_error(tmp_path, "f32.safetensors", np_save({"proportions": props.astype(np.float32), "counts": counts}, metadata={"polar": polar}), "'proportions'", "F64")
     expect_error(tmp_path, "shape.safetensors", np_save({"proportions": props, "counts": np.zeros((2, 3), np.int64) - 1}, metadata={"polar": polar}), "'counts'")
     layered = json.dumps({"format_version": 1, "layers": [{"name": "a", "p0": 0.0}]})
-    expect_error(tmp_path, "layerkeys.safetensors", np_save({"proportions": props, "counts": counts}, metadata={"polar": layered}), "layers[0]", "'p0'")
+    expect_error(tmp_path, "layerkeys.safetensors", np_save({"proportions": props, "counts": counts}, metadata={"polar": layered}), "layers[0]", "'shape'")
     bad_props = np.array([[0.0, 0.5, 0.6]])
     expect_error(tmp_path, "sum.safetensors", np_save({"proportions": bad_props, "counts": counts}, metadata={"polar": polar}), "layer 'a'", "sum to 1")
     nan_props = np.array([[np.nan, 0.5, 0.5]])
@@ -477,19 +565,16 @@ def test_failing_writes_leave_the_target_untouched_and_no_temp_files(tmp_path, m
 # -- schema and spec -------------------------------------------------------------------------
 
 
-def test_packaged_schema_is_byte_identical_and_loadable():
-    assert PACKAGE_SCHEMA_FILE.read_bytes() == SCHEMA_FILE.read_bytes()
+def test_shipped_schema_is_a_valid_schema_that_matches_the_code():
     schema = fmt.json_schema()
-    assert schema == json.loads(SCHEMA_FILE.read_text("utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["additionalProperties"] is False and schema["$defs"]["layer"]["additionalProperties"] is False
-    assert "sum" in schema["description"] and "counts" in schema["description"]
     assert schema["properties"]["format_version"]["const"] == fmt.FORMAT_VERSION
+    assert schema["properties"]["granularity"]["enum"] == ["layer", "channel"]  # pattern: safetensors only
     assert schema["$defs"]["layer"]["properties"]["kind"]["enum"] == list(fmt.LAYER_KINDS)
     assert schema["$defs"]["source"]["properties"]["type"]["enum"][:-1] == list(fmt.SOURCE_TYPES)
-    assert sorted(schema["properties"]) == sorted(fmt._TOP_KEYS)
-    assert sorted(schema["$defs"]["layer"]["properties"]) == sorted(fmt._LAYER_KEYS)
+    assert sorted(schema["properties"]) == sorted(fmt.TOP_KEYS)
+    assert sorted(schema["$defs"]["layer"]["properties"]) == sorted(fmt.LAYER_KEYS)
 
 
 def _spec_block(lang: str, after: str) -> str:
@@ -508,8 +593,7 @@ def test_spec_example_is_exactly_what_the_code_writes(tmp_path):
     (n,) = struct.unpack("<Q", st_bytes[:8])
     header = _spec_block("text", "## Example").rstrip("\n")
     assert st_bytes[8 : 8 + n].decode("utf-8").rstrip(" ") == header.rstrip(" ")
-    assert (n, len(st_bytes)) == (800, 952) and n % 8 == 0
-    assert "N` = 800" in SPEC.read_text("utf-8") and "952 bytes" in SPEC.read_text("utf-8")
+    assert f"N` = {n}" in SPEC.read_text("utf-8") and f"{len(st_bytes)} bytes" in SPEC.read_text("utf-8")
     path = save(dist, tmp_path / "tiny.polar")
     assert path.read_bytes() == example_json
     assert {k: v for k, v in dist.extraction.items()} == {"expand_groups": True, "groups": {"features.3": 2}, "include_linear": True, "layers": ["*"], "layout": "OIHW", "zero_tol": 0.0}
@@ -517,14 +601,17 @@ def test_spec_example_is_exactly_what_the_code_writes(tmp_path):
 
 def test_size_report():
     report = fmt.size_report(example())
-    assert report == {
-        "layers": 3, "numbers": 6, "weights": 432 + 4608 + 5120, "polar_bytes": len(encode_json(example())),
-        "sign_pattern_bytes": (2 * 10160 + 7) // 8, "float32_bytes": 4 * 10160,
-    }
+    n = 432 + 4608 + 5120
+    assert {k: report[k] for k in ("granularity", "layers", "numbers", "weights", "polar_bytes", "sign_pattern_bytes",
+                                   "float32_bytes", "pattern_bits_per_weight")} == {
+        "granularity": "layer", "layers": 3, "numbers": 6, "weights": n, "polar_bytes": len(encode_json(example())),
+        "sign_pattern_bytes": (2 * n + 7) // 8, "float32_bytes": 4 * n, "pattern_bits_per_weight": None}
+    assert 0 < report["entropy_bits_per_weight"] < math.log2(3)
     unknown = Distribution([LayerDistribution("a", 0.0, 0.5, 0.5)])
-    assert fmt.size_report(unknown, polar_bytes=7)["weights"] is None
-    assert fmt.size_report(unknown, polar_bytes=7)["polar_bytes"] == 7
-    assert fmt.size_report(Distribution([LayerDistribution.from_counts("a", [1, 2, 3])]))["weights"] == 6
+    assert fmt.size_report(unknown, polar_bytes=7)["weights"] is None and fmt.size_report(unknown, polar_bytes=7)["polar_bytes"] == 7
+    half = LayerDistribution.from_signs("h", np.array([[0, 0, 1, -1]] * 64, np.int8))  # p0 = 0.5, p- = p+ = 0.25
+    report = fmt.size_report(Distribution([half], granularity="pattern"))
+    assert report["entropy_bits_per_weight"] == report["pattern_bits_per_weight"] == 1.5  # the encoding meets the bound here
 
 
 def test_every_polar_file_the_project_ships_validates(polar_schema_validator):
@@ -532,8 +619,10 @@ def test_every_polar_file_the_project_ships_validates(polar_schema_validator):
     pass the schema and load."""
     import pathlib
 
-    files = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples").glob("*.polar"))
+    files = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples").glob("*.polar*"))
     assert files
     for path in files:
-        polar_schema_validator.validate(json.loads(path.read_text()))
-        fmt.load(path)
+        dist = fmt.load(path)
+        if path.suffix == ".polar":
+            polar_schema_validator.validate(json.loads(path.read_text()))
+            assert path.read_bytes() == encode_json(dist)  # written by this version

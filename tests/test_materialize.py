@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from polarpack.errors import ModelError
 from polarpack.format import Distribution, LayerDistribution
 from polarpack.materialize import (
+    sample_channel_signs,
     TRUNCATION_CORRECTION,
     apply_distribution,
     fans,
@@ -132,3 +133,48 @@ def test_torchvision_model_with_explicit_partial_mapping():
     m = materialize(dist, "mobilenet_v2", seed=0, mapping={"features.0.0": "conv1"})
     assert list(m.targets) == ["features.0.0"]
     assert tuple(m.targets["features.0.0"].shape) == (32, 3, 3, 3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.lists(st.integers(1, 4), min_size=2, max_size=4))
+def test_channel_sampling_gives_every_channel_its_exact_counts(seed, shape):
+    g = torch.Generator().manual_seed(seed)
+    per_channel = math.prod(shape[1:])
+    counts = []
+    for _ in range(shape[0]):
+        n0 = int(torch.randint(0, per_channel + 1, (), generator=g))
+        n_neg = int(torch.randint(0, per_channel - n0 + 1, (), generator=g))
+        counts.append([n0, n_neg, per_channel - n0 - n_neg])
+    signs = sample_channel_signs(shape, counts, torch.Generator().manual_seed(seed))
+    rows = signs.view(shape[0], -1)
+    assert [[int((r == 0).sum()), int((r < 0).sum()), int((r > 0).sum())] for r in rows] == counts
+    assert torch.equal(signs, sample_channel_signs(shape, counts, torch.Generator().manual_seed(seed)))
+
+
+def _ternary(shape, seed):
+    return torch.randint(-1, 2, shape, generator=torch.Generator().manual_seed(seed)).to(torch.int8)
+
+
+def test_pattern_and_channel_distributions_materialize_what_they_hold():
+    model = build_model("alexnet")
+    layers = {name: _ternary(tuple(m.weight.shape), i) for i, (name, m) in enumerate(conv_layers(model))}
+    pattern = Distribution([LayerDistribution.from_signs(n, t.numpy()) for n, t in layers.items()], granularity="pattern")
+    mat = materialize(pattern, "alexnet", seed=3)
+    assert all(torch.equal(mat.targets[n], t) for n, t in layers.items())  # the exact signs: Freeze IN-Polarity
+    assert all(torch.equal(torch.sign(mat.weights[n]).to(torch.int8), t) for n, t in layers.items())
+    channel = Distribution([LayerDistribution.from_signs(n, t.numpy(), granularity="channel") for n, t in layers.items()],
+                           granularity="channel")
+    drawn = materialize(channel, "alexnet", seed=3).targets
+    for name, t in layers.items():
+        assert not torch.equal(drawn[name], t)  # a new arrangement, with each channel's counts
+        for a, b in zip(drawn[name].view(t.shape[0], -1), t.view(t.shape[0], -1)):
+            assert [int((a == v).sum()) for v in (0, -1, 1)] == [int((b == v).sum()) for v in (0, -1, 1)]
+
+
+@pytest.mark.parametrize("granularity", ["channel", "pattern"])
+def test_a_pattern_or_channel_file_on_another_architecture_names_the_layer(granularity):
+    zfnet = build_model("zfnet")
+    layers = [LayerDistribution.from_signs(n, _ternary(tuple(m.weight.shape), 0).numpy(), granularity=granularity)
+              for n, m in conv_layers(zfnet)]
+    with pytest.raises(ModelError, match=r"layer 'conv1'.*\[96, 3, 7, 7\].*\[96, 3, 11, 11\].*architecture"):
+        materialize(Distribution(layers, granularity=granularity), "alexnet", seed=0)

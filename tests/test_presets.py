@@ -11,12 +11,12 @@ import jsonschema
 import pytest
 
 from polarpack.errors import FormatError
-from polarpack.format import decode, encode_json, encode_safetensors, size_report, validate
+from polarpack.format import decode, encode_json, encode_safetensors, size_report, validate, json_schema
 from polarpack.presets import ALEXNET_CONV_SHAPES, PRESETS, get_preset, is_preset, list_presets
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = Path("/work/shared/seed/000_a6039f395b9f8faf.txt")
-SCHEMA = jsonschema.Draft202012Validator(json.loads((ROOT / "spec" / "polar.schema.json").read_text("utf-8")))
+SCHEMA = jsonschema.Draft202012Validator(json_schema())
 NAMES = ["paper:alexnet"] + [f"paper:table1-exp{i}" for i in range(1, 8)]
 
 # Table 1 of the seed paper (ZFNet, CIFAR-10, Freeze SPIN-Polarity, 20 epochs), as printed.
@@ -48,7 +48,7 @@ CAFFE_ALEXNET = {
 
 
 def test_preset_names():
-    assert list_presets() == NAMES == list(PRESETS)
+    assert list_presets() == [*NAMES, "paper:rand"] == list(PRESETS)
     assert all(is_preset(n) for n in NAMES) and not is_preset("alexnet.polar")
 
 
@@ -126,6 +126,12 @@ def test_unknown_preset_lists_the_presets():
     assert "paper:table1-exp9" in message
     for name in NAMES:
         assert name in message
+
+
+def test_rand_control_is_fifty_fifty_everywhere_and_cites_the_prior_work():
+    dist = get_preset("paper:rand").distribution
+    assert [layer.proportions for layer in dist] == [(0.0, 0.5, 0.5)] * 5 and dist.names == list(ALEXNET)
+    assert "Wang" in dist.source["citation"] and "paper_result" not in dist.metadata
 
 
 def test_alexnet_size_figures_match_the_spec():
