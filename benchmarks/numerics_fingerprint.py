@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from polarpack.data import load_splits
 from polarpack.models import build_model
@@ -54,7 +54,8 @@ def main() -> None:
             extra = {"weights": str(weights)} if options["method"].endswith("-in") else {}
             result = train(**TINY, **options, **extra, out=Path(tmp) / name.replace(" ", "_"), progress=False)
             metrics = [{k: v for k, v in r.items() if "seconds" not in k and k != "images_per_second"} for r in result.metrics]
-            model = (result.run_dir / "model.safetensors").read_bytes()
+            state = load_file(str(result.run_dir / "model.safetensors"))  # tensors: the file's header order may vary
+            model = b"".join(k.encode() + state[k].contiguous().view(torch.uint8).numpy().tobytes() for k in sorted(state))
             print(f"{name:<26} model {digest(model)}  metrics {digest(json.dumps(metrics).encode())}", flush=True)
     if args.data_dir:
         for dataset in ("cifar10", "fashion-mnist"):

@@ -23,8 +23,8 @@ def handle_errors(fn: Callable) -> Callable:
             raise click.ClickException(printable(str(exc))) from None
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(printable(f"{where}{exc.strerror or exc}; check the path, its permissions and the free "
-                                                 "disk space")) from None
+            raise click.ClickException(printable(f"{where}{exc.strerror or exc}; check the path, its permissions and "
+                                                 "the free disk space")) from None
 
     return wrapper
 
@@ -50,7 +50,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print a mach
 
 def hub_options(fn: Callable) -> Callable:
     """--endpoint / --revision / --token for anything that may read an hf:// reference."""
-    fn = click.option("--token", envvar="HF_TOKEN", default=None, show_envvar=True, help="Hugging Face token (default: $HF_TOKEN or the cached login).")(fn)
-    fn = click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for hf:// references without @rev.")(fn)
-    fn = click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True, help="Hub endpoint URL (default: $HF_ENDPOINT or https://huggingface.co).")(fn)
+    fn = click.option("--token", envvar="HF_TOKEN", default=None, show_envvar=True,
+                      help="Hugging Face token (default: $HF_TOKEN or the cached login).")(fn)
+    fn = click.option("--revision", help="Hub revision (branch, tag or commit) for hf:// references without @rev.")(fn)
+    fn = click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True,
+                      help="Hub endpoint URL (default: $HF_ENDPOINT or https://huggingface.co).")(fn)
     return fn

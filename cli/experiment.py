@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import click
 
+from polarpack.grid import load_experiment
+from polarpack.report import report as make_report
+from polarpack.runner import ResultsStore, plan, run_experiment
+
 from ._common import emit_json, handle_errors, info, json_option
 
 _sets = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override an option: a TrainConfig field (geometry=imagenet, device=cuda, seed=[0,1]), "
                      "weights.MODEL=SOURCE, or grid.KEY=[...]. Repeatable.")
 _results = click.option("--results", type=click.Path(file_okay=False), default="results", show_default=True,
-                        help="Results store: runs/<run_id>/ with config, metrics and summary (committable; weights git-ignored).")
+                        help="Results store: runs/<run_id>/ with config, metrics and summary (committable; weights "
+                             "git-ignored).")
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @_results
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Cells run in parallel processes; each gets threads = max(1, cores // jobs) unless the file sets threads.")
-@click.option("--nproc-per-run", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes per run: >1 trains each cell with DistributedDataParallel under torchrun; see docs/distributed.md.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Cells run in parallel "
+              "processes; each gets threads = max(1, cores // jobs) unless the file sets threads.")
+@click.option("--nproc-per-run", type=click.IntRange(min=1), default=1, show_default=True, help="Processes per run: "
+              ">1 trains each cell with DistributedDataParallel under torchrun; see docs/distributed.md.")
 @_sets
-@click.option("--dry-run", is_flag=True, help="List the cells and what would happen to each (run, resume, retry, done, skip).")
+@click.option("--dry-run", is_flag=True,
+              help="List the cells and what would happen to each (run, resume, retry, done, skip).")
 @json_option
 @handle_errors
 def experiment(file, results, jobs, nproc_per_run, sets, dry_run, as_json):
@@ -39,9 +45,6 @@ def experiment(file, results, jobs, nproc_per_run, sets, dry_run, as_json):
       polarpack experiment examples/table1.toml --jobs 2
       polarpack experiment examples/figure1.toml --set geometry=imagenet --set device=cuda
     """
-    from polarpack.grid import load_experiment
-    from polarpack.runner import ResultsStore, plan, run_experiment
-
     exp = load_experiment(file, sets)
     if dry_run:
         rows = plan(exp, ResultsStore(results))
@@ -69,7 +72,8 @@ def experiment(file, results, jobs, nproc_per_run, sets, dry_run, as_json):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Also write report.md, report.json, runs.jsonl and figure.png here.")
 @_sets
-@click.option("--partial", is_flag=True, help="Also count unfinished runs at their last finished epoch (marked PARTIAL).")
+@click.option("--partial", is_flag=True,
+              help="Also count unfinished runs at their last finished epoch (marked PARTIAL).")
 @click.option("--title", default="", help="Title of the figure.")
 @json_option
 @handle_errors
@@ -80,8 +84,6 @@ def report(target, results, out, sets, partial, title, as_json):
     val accuracy, epochs until the mean reaches 40%, converged k/n (final >= 15%), dips; the
     file's [[compare]] pairs with 95% t intervals; the seed's Table 1 next to its presets' rows.
     """
-    from polarpack.report import report as make_report
-
     result = make_report(target, results=results, out=out, sets=sets, partial=partial, title=title)
     if as_json:
         emit_json({k: v for k, v in result.items() if k != "markdown"})

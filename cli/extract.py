@@ -9,12 +9,13 @@ from typing import Any
 
 import click
 
+from polarpack._io import check_output_path
 from polarpack.errors import ConfigError, PolarpackError
+from polarpack.extract import extract as extract_distribution
+from polarpack.format import save, size_report
+from polarpack.sources import resolve_distribution
 
 from ._common import emit_json, handle_errors, hub_options, json_option, printable
-
-_OUT_SUFFIXES = (".polar", ".polar.json", ".json", ".polar.safetensors", ".safetensors")
-_TABLE_HEAD = 10  # rows shown before and after the ellipsis in extract's stderr summary
 
 
 def _say(lines: list[str], *, err: bool) -> None:
@@ -74,11 +75,6 @@ def _summary(dist: Any, sizes: dict[str, Any], polar_what: str) -> list[str]:
             f"  float32 weights      {_int(f32):>15} B  (4 bytes per weight: what the file replaces){ratio(f32)}"]
 
 
-def _json_object(dist: Any, computed: dict[str, Any]) -> dict[str, Any]:
-    """The .polar JSON object (patterns excepted: they are binary) plus what was computed."""
-    return dist.to_dict() | {"computed": computed}
-
-
 @click.command("extract")
 @click.argument("source")
 @click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
@@ -102,9 +98,8 @@ def _json_object(dist: Any, computed: dict[str, Any]) -> dict[str, Any]:
               help="layer: p0/p-/p+ per layer; channel: counts per output channel; pattern: the exact sign "
               "pattern, packed bits (needs --out NAME.polar.safetensors).")
 @click.option("--no-hash", is_flag=True, help="Do not record the weights file's sha256 (hashing reads the file once).")
-@click.option("--unsafe-allow-pickle", is_flag=True,
-              help="Read pickled object arrays in .npy/.npz files (e.g. Caffe-converted bvlc_alexnet.npy). "
-              "Unpickling can run arbitrary code: only for files you trust.")
+@click.option("--unsafe-allow-pickle", is_flag=True, help="Read pickled object arrays in .npy/.npz files "
+              "(e.g. Caffe-converted bvlc_alexnet.npy). Unpickling can run arbitrary code: only for files you trust.")
 @json_option
 @hub_options
 @handle_errors
@@ -123,12 +118,8 @@ def extract(source: str, out: str, as_json: bool, no_hash: bool, granularity: st
       polarpack extract bvlc_alexnet.npy --out alexnet.polar --groups conv2=2,conv4=2,conv5=2 --unsafe-allow-pickle
       polarpack extract model.safetensors --out signs.polar.safetensors --granularity pattern
     """
-    from polarpack._io import check_output_path
-    from polarpack.extract import extract as extract_distribution
-    from polarpack.format import save, size_report
-
     out_path = Path(out)
-    if not out_path.name.endswith(_OUT_SUFFIXES):
+    if not out_path.name.endswith((".polar", ".json", ".safetensors")):
         raise ConfigError(f"{out}: the output name must end with .polar, .polar.json or .polar.safetensors "
                           "(the suffix picks the encoding)")
     if granularity == "pattern" and not out_path.name.endswith(".safetensors"):
@@ -148,9 +139,9 @@ def extract(source: str, out: str, as_json: bool, no_hash: bool, granularity: st
     sizes = size_report(dist, polar_bytes=written.stat().st_size)
     kinds = ", ".join(f"{n} {k}" for k in ("conv", "linear") if (n := sum(l.kind == k for l in dist.layers)))
     _say([*(f"warning: {w.message}" for w in caught), f"extracted {kinds} layers from {source} -> {written}",
-          *_table(dist, _TABLE_HEAD), *_summary(dist, sizes, f"({written.name})")], err=True)
+          *_table(dist, limit=10), *_summary(dist, sizes, f"({written.name})")], err=True)
     if as_json:
-        emit_json(_json_object(dist, {"sizes": sizes, "out": str(written)}))
+        emit_json(dist.to_dict() | {"computed": {"sizes": sizes, "out": str(written)}})
 
 
 @click.command("inspect")
@@ -171,13 +162,10 @@ def inspect(ref: str, as_json: bool, endpoint: str | None, revision: str | None,
       polarpack inspect paper:alexnet
       polarpack inspect mnv2.polar --json | jq '.computed.sizes'
     """
-    from polarpack.format import size_report
-    from polarpack.sources import resolve_distribution
-
     dist, path = resolve_distribution(ref, endpoint=endpoint, token=token, revision=revision)
     sizes = size_report(dist, polar_bytes=path.stat().st_size if path else None)
     if as_json:
-        emit_json(_json_object(dist, {"sizes": sizes, "ref": ref}))
+        emit_json(dist.to_dict() | {"computed": {"sizes": sizes, "ref": ref}})
         return
     desc = dist.source.get("description") or dist.source.get("id") or dist.source.get("file") or ""
     ex = dist.extraction
@@ -186,5 +174,3 @@ def inspect(ref: str, as_json: bool, endpoint: str | None, revision: str | None,
           *_summary(dist, sizes, f"({path.name})" if path else "(as a .polar file)"),
           *([f"extracted with {settings}"] if settings else [])], err=False)
 
-
-__all__ = ["extract", "inspect"]

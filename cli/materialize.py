@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import click
 
+from polarpack._io import check_output_path
+from polarpack.materialize import materialize as run
+from polarpack.sources import load_distribution
+
 from ._common import emit_json, handle_errors, hub_options, info, json_option
 
 
@@ -15,16 +19,10 @@ def parse_layer_map(value: str | None) -> dict[str, str] | None:
     for item in value.split(","):
         target, sep, source = item.partition("=")
         if not sep or not target.strip() or not source.strip():
-            raise click.BadParameter(f"{item!r} is not TARGET=LAYER; write e.g. --map conv1=conv1,conv2=conv2", param_hint="--map")
+            raise click.BadParameter(f"{item!r} is not TARGET=LAYER; write e.g. --map conv1=conv1,conv2=conv2",
+                                     param_hint="--map")
         pairs[target.strip()] = source.strip()
     return pairs
-
-
-map_option = click.option(
-    "--map", "layer_map", default=None, metavar="TARGET=LAYER,...",
-    help="Explicit mapping from model layers to distribution layers. Default: by name when every "
-    "model layer has a same-named distribution layer, else by order when the counts agree.",
-)
 
 
 @click.command()
@@ -36,14 +34,17 @@ map_option = click.option(
               help="exact: round(p*n) weights of each sign (largest remainder); iid: independent draws.")
 @click.option("--geometry", type=click.Choice(["small", "imagenet"]), default="small", show_default=True,
               help="Geometry of alexnet/zfnet (conv shapes are the same in both).")
-@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True, help="Classifier outputs of the built model.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Classifier outputs of the built model.")
 @click.option("--constrain", type=click.Choice(["conv", "all"]), default="conv", show_default=True,
               help="Which layers get a pattern: conv kernels (the seed) or conv and FC except the head.")
-@map_option
+@click.option("--map", "layer_map", default=None, metavar="TARGET=LAYER,...",
+              help="Explicit mapping from model layers to distribution layers. Default: by name when every "
+              "model layer has a same-named distribution layer, else by order when the counts agree.")
 @hub_options
 @json_option
 @handle_errors
-def materialize(ref, model, seed, out, sampling, geometry, num_classes, constrain, layer_map, endpoint, revision, token, as_json):
+def materialize(ref, model, seed, out, sampling, geometry, num_classes, constrain, layer_map, as_json, **hub):
     """Draw initial weights for MODEL from the distribution REF.
 
     Each constrained kernel gets GlorotNormal magnitudes (Keras' truncated normal) and a random
@@ -55,20 +56,14 @@ def materialize(ref, model, seed, out, sampling, geometry, num_classes, constrai
     Example:
       polarpack materialize paper:alexnet --model zfnet --seed 0 --out init.safetensors
     """
-    from polarpack._io import check_output_path
-    from polarpack.materialize import materialize as run
-    from polarpack.sources import load_distribution
-
     check_output_path(out)
-    dist = load_distribution(ref, endpoint=endpoint, token=token, revision=revision)
+    dist = load_distribution(ref, **hub)
     result = run(dist, model, seed=seed, sampling=sampling, mapping=parse_layer_map(layer_map), scope=constrain,
                  geometry=geometry, num_classes=num_classes)
     result.save(out)
-    rows = []
-    for name, t in result.targets.items():
-        n = t.numel()
-        rows.append({"layer": name, "from": result.mapping[name], "shape": list(t.shape), "weights": n,
-                     "p0": int((t == 0).sum()) / n, "p_neg": int((t < 0).sum()) / n, "p_pos": int((t > 0).sum()) / n})
+    rows = [{"layer": name, "from": result.mapping[name], "shape": list(t.shape), "weights": t.numel(),
+             "p0": int((t == 0).sum()) / t.numel(), "p_neg": int((t < 0).sum()) / t.numel(),
+             "p_pos": int((t > 0).sum()) / t.numel()} for name, t in result.targets.items()]
     if as_json:
         emit_json({"out": out, "model": model, "seed": seed, "sampling": sampling, "layers": rows})
         return

@@ -1,16 +1,16 @@
-"""`polarpack train`: one training run of any method, with metrics, checkpoints and progress.
-
-Its options are generated from `polarpack.train.TrainConfig`: names, help, choices and defaults
-live there once.
-"""
+"""`polarpack train`: one training run of any method, with metrics, checkpoints and progress."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 from dataclasses import fields
 
 import click
+
+from polarpack.errors import ConfigError
+from polarpack.train import TrainConfig, resolve_device, resolve_precision, train as run
 
 from ._common import emit_json, handle_errors, info, json_option
 from .materialize import parse_layer_map
@@ -30,13 +30,9 @@ class SizeType(click.ParamType):
             self.fail(f"{value!r} is not a positive integer or 'all'", param, ctx)
 
 
-_TYPES = {"int": int, "float": float, "str": str}
-
-
 def config_options(fn):
-    """One option per TrainConfig field; every default is None, so only what is given overrides --config."""
-    from polarpack.train import TrainConfig
-
+    """One option per TrainConfig field, so names, help, choices and defaults live there once; every default is
+    None, so only what is given overrides --config."""
     for f in reversed(fields(TrainConfig)):
         kind = f.type.split(" | ")[0]
         default = "" if f.default in (None, False) else f" [default: {f.default}]"
@@ -47,8 +43,8 @@ def config_options(fn):
             kwargs["is_flag"] = True
         elif f.name in ("train_size", "val_size"):
             kwargs["type"] = SizeType()
-        elif kind in _TYPES:
-            kwargs["type"] = _TYPES[kind]
+        else:  # str and layer_map's dict: click's default, a string
+            kwargs["type"] = {"int": int, "float": float}.get(kind)
         name = "--map" if f.name == "layer_map" else "--" + f.name.replace("_", "-")
         fn = click.option(name, f.name, metavar="TARGET=LAYER,..." if f.name == "layer_map" else None, **kwargs)(fn)
     return fn
@@ -57,12 +53,17 @@ def config_options(fn):
 @click.command()
 @config_options
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Start from the options in this JSON file (TrainConfig fields, or a run's config.json); options given override them.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default: runs/<time>-<model>-<dataset>-<method>-s<seed>).")
-@click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None, help="Continue the interrupted run in this directory with its saved config.")
-@click.option("--overwrite", is_flag=True, help="Start over in an --out directory that holds a run (its files are deleted first).")
+              help="Start from the options in this JSON file (TrainConfig fields, or a run's config.json); options "
+                   "given override them.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default: runs/<time>-<model>-<dataset>-<method>-s<seed>).")
+@click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Continue the interrupted run in this directory with its saved config.")
+@click.option("--overwrite", is_flag=True,
+              help="Start over in an --out directory that holds a run (its files are deleted first).")
 @click.option("--backend", type=click.Choice(["auto", "gloo", "nccl", "mpi"]), default="auto", show_default=True,
-              help="torch.distributed backend under torchrun (RANK/WORLD_SIZE set): auto = nccl on CUDA, gloo on CPU. See docs/distributed.md.")
+              help="torch.distributed backend under torchrun (RANK/WORLD_SIZE set): auto = nccl on CUDA, gloo on CPU. "
+                   "See docs/distributed.md.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
 @handle_errors
@@ -81,10 +82,6 @@ def train(config_file, out, resume, overwrite, backend, quiet, as_json, **option
       polarpack train --resume runs/20261128-101500-zfnet-cifar10-freeze-spin-s0
       torchrun --standalone --nproc_per_node 4 -m polarpack train --dist paper:alexnet --dataset cifar10
     """
-    from polarpack.errors import ConfigError
-    from polarpack.train import TrainConfig, resolve_device, resolve_precision
-    from polarpack.train import train as run
-
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if resume:
         result = run(resume=resume, progress=not quiet and main, backend=backend)
@@ -92,7 +89,7 @@ def train(config_file, out, resume, overwrite, backend, quiet, as_json, **option
         base = {}
         if config_file:
             try:
-                base = json.loads(open(config_file, encoding="utf-8").read())
+                base = json.loads(Path(config_file).read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"--config {config_file}: not valid JSON ({exc})") from None
             base = base.get("config", base) if isinstance(base, dict) else base
@@ -113,14 +110,16 @@ def train(config_file, out, resume, overwrite, backend, quiet, as_json, **option
     if as_json:
         emit_json({"run_dir": str(result.run_dir), "precision": result.config.precision, **s})
     else:
-        info(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'val_loss':>9} {'val_acc':>8} {'seconds':>8} {'img/s':>7} {'resets':>9}")
+        info(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'val_loss':>9} {'val_acc':>8} {'seconds':>8} "
+             f"{'img/s':>7} {'resets':>9}")
         for r in result.metrics:
             tl, vl = (f"{r[k]:.4f}" if r[k] is not None else "nan" for k in ("train_loss", "val_loss"))
             info(f"{r['epoch']:>5} {tl:>10} {r['train_acc']:>9.4f} {vl:>9} {r['val_acc']:>8.4f} "
                  f"{r['epoch_seconds']:>8.1f} {r['images_per_second']:>7.0f} {r['projection_resets']:>9}")
         crossing = s["epochs_to_threshold"]
-        info(f"{s['status']} ({result.config.precision}): final val acc {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}, "
-             f"{'reached' if crossing else 'did not reach'} {s['threshold']:.0%}" + (f" at epoch {crossing}" if crossing else ""))
+        info(f"{s['status']} ({result.config.precision}): final val acc {s['final_val_acc']:.4f}, best "
+             f"{s['best_val_acc']:.4f}, {'reached' if crossing else 'did not reach'} {s['threshold']:.0%}"
+             + (f" at epoch {crossing}" if crossing else ""))
         click.echo(str(result.run_dir))
     if result.status == "diverged":
         raise SystemExit(3)

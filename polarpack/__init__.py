@@ -33,21 +33,7 @@ from .sources import load_distribution
 from .train import TrainConfig, TrainResult, train
 
 __all__ = [
-    "__version__",
-    "PolarpackError",
-    "Distribution",
-    "LayerDistribution",
-    "load",
-    "save",
-    "load_distribution",
-    "get_preset",
-    "list_presets",
-    "extract",
-    "materialize",
-    "apply_distribution",
-    "build_model",
-    "list_models",
-    "train",
-    "TrainConfig",
-    "TrainResult",
+    "__version__", "PolarpackError", "Distribution", "LayerDistribution", "load", "save", "load_distribution",
+    "get_preset", "list_presets", "extract", "materialize", "apply_distribution", "build_model", "list_models",
+    "train", "TrainConfig", "TrainResult",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -16,9 +17,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise PolarpackError(
-            f"{path}: output directory {parent} does not exist; create it first (mkdir -p {parent})"
-        )
+        raise PolarpackError(f"{path}: output directory {parent} does not exist; create it first (mkdir -p {parent})")
     if path.is_dir():
         raise PolarpackError(f"{path}: is a directory; pass a file path for the output")
     return path
@@ -36,10 +35,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -63,8 +59,6 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

@@ -94,7 +94,8 @@ class SignConstraint:
         """Reset every wrong-signed weight to T * U(0, eps), in place."""
         for layer in self.layers:
             if layer.weight.stride() != layer.target.stride():
-                raise ConfigError(f"layer {layer.name!r}: the weight changed memory format after the constraint was made")
+                raise ConfigError(f"layer {layer.name!r}: the weight changed memory format after the constraint "
+                                  "was made")
             idx = _flat(layer.violations()).nonzero().squeeze(1)
             if idx.numel():
                 u = torch.rand(idx.numel(), generator=self.generator, device=idx.device, dtype=layer.weight.dtype)
@@ -126,10 +127,7 @@ class SignConstraint:
             chosen = layer.nonzero[pick.to(layer.nonzero.device)]
             w, t = _flat(layer.weight.data), _flat(layer.target)
             old = t[chosen]
-            if mode == "permute":
-                new = old[torch.randperm(k, generator=self.flip_generator).to(old.device)]
-            else:
-                new = -old
+            new = old[torch.randperm(k, generator=self.flip_generator).to(old.device)] if mode == "permute" else -old
             w[chosen] = w[chosen].abs() * new.to(w.dtype)
             if mode != "reset":
                 t[chosen] = new
@@ -155,10 +153,3 @@ class SignConstraint:
         for layer in self.layers:
             layer.target.copy_(targets[layer.name])
             layer.refresh()
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state(), "flip_generator": self.flip_generator.get_state()}
-
-    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])
-        self.flip_generator.set_state(state["flip_generator"])

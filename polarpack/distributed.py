@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import ConfigError, PolarpackError
 
@@ -58,8 +60,6 @@ class Dist:
     def all_sum(self, *values: float) -> tuple[float, ...]:
         if self.world_size == 1:
             return values
-        import torch.distributed as dist
-
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return tuple(t.tolist())
@@ -68,8 +68,6 @@ class Dist:
         """Raise DistributedError on every rank unless all ranks hold the same integer."""
         if self.world_size == 1:
             return
-        import torch.distributed as dist
-
         gathered = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world_size)]
         dist.all_gather(gathered, torch.tensor([value], dtype=torch.int64, device=self.device))
         values = [int(g) for g in gathered]
@@ -80,15 +78,11 @@ class Dist:
     def wrap(self, model: nn.Module) -> nn.Module:
         if self.world_size == 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
-
         device = next(model.parameters()).device
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def teardown(self) -> None:
         if self.owns_group:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
 
     def describe(self) -> dict[str, Any]:
@@ -97,8 +91,6 @@ class Dist:
 
 def setup(device: torch.device, backend: str | None = None) -> tuple[Dist, torch.device]:
     """Join the process group when RANK and WORLD_SIZE are set; return this rank's place and device."""
-    import torch.distributed as dist
-
     if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ) and not dist.is_initialized():
         return Dist(), device
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -41,11 +41,13 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Recommended keys of the free-form objects: when present and not null they must pass the check.
 _RECOMMENDED = {
     ("source", "type"): (lambda v: v in SOURCE_TYPES, f"one of {list(SOURCE_TYPES)}"),
-    ("source", "sha256"): (lambda v: isinstance(v, str) and _SHA256.fullmatch(v) is not None, "64 lowercase hex digits"),
+    ("source", "sha256"): (lambda v: isinstance(v, str) and _SHA256.fullmatch(v) is not None,
+                           "64 lowercase hex digits"),
     **{("source", k): (lambda v: isinstance(v, str), "a string") for k in ("id", "file", "hub", "citation")},
     ("extraction", "zero_tol"): (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     **{("extraction", k): (lambda v: isinstance(v, bool), "a boolean") for k in ("expand_groups", "include_linear")},
-    ("extraction", "layers"): (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of strings"),
+    ("extraction", "layers"): (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+                               "a list of strings"),
     **{(o, k): (lambda v: isinstance(v, str), "a string") for o, k in (("extraction", "layout"), ("producer", "name"),
                                                                         ("producer", "version"))},
 }
@@ -106,14 +108,16 @@ class LayerDistribution:
 
     @classmethod
     def from_counts(cls, name: str, counts: Sequence[int], *, kind: str = "conv", shape: Sequence[int] | None = None,
-                    channel_counts: Sequence[Sequence[int]] | None = None, pattern: bytes | None = None) -> LayerDistribution:
+                    channel_counts: Sequence[Sequence[int]] | None = None,
+                    pattern: bytes | None = None) -> LayerDistribution:
         n = sum(int(c) for c in counts)
         if n <= 0:
             raise FormatError(f"layer {name!r}: counts {list(counts)} sum to 0; a layer needs weights")
         return cls(name, counts[0] / n, counts[1] / n, counts[2] / n, kind, shape, counts, channel_counts, pattern)
 
     @classmethod
-    def from_signs(cls, name: str, signs: Any, *, kind: str = "conv", granularity: str = "pattern") -> LayerDistribution:
+    def from_signs(cls, name: str, signs: Any, *, kind: str = "conv",
+                   granularity: str = "pattern") -> LayerDistribution:
         """The layer of a ternary sign tensor (values -1, 0, 1; output channels first) at `granularity`."""
         s = np.asarray(signs, dtype=np.int8)
         if s.size == 0:
@@ -165,12 +169,14 @@ def unpack_signs(data: bytes, shape: Sequence[int], counts: Sequence[int]) -> np
     has_zero, has_sign = 0 < n0 < n, 0 < n_neg < n - n0
     need = has_zero * -(-n // 8) + has_sign * -(-(n - n0) // 8)
     if len(data) != need:
-        raise FormatError(f"pattern is {len(data)} bytes but shape {list(shape)} with counts {list(counts)} needs {need}")
+        raise FormatError(f"pattern is {len(data)} bytes but shape {list(shape)} with counts {list(counts)} needs "
+                          f"{need}")
     buf = np.frombuffer(data, dtype=np.uint8)
     zero = np.unpackbits(buf[: -(-n // 8)], count=n).astype(bool) if has_zero else np.full(n, n0 == n)
     negative = np.unpackbits(buf[len(buf) - has_sign * -(-(n - n0) // 8):], count=n - n0).astype(bool) \
         if has_sign else np.full(n - n0, n_neg > 0)
-    if int(zero.sum()) != n0 or int(negative.sum()) != n_neg or np.unpackbits(buf).sum() != n0 * has_zero + n_neg * has_sign:
+    set_bits = np.unpackbits(buf).sum()  # > the counts when padding bits are set
+    if int(zero.sum()) != n0 or int(negative.sum()) != n_neg or set_bits != n0 * has_zero + n_neg * has_sign:
         raise FormatError(f"pattern bits do not match counts {list(counts)} (or padding bits are set)")
     out = np.zeros(n, dtype=np.int8)
     out[~zero] = np.where(negative, -1, 1)
@@ -224,16 +230,19 @@ class Distribution:
         d: dict[str, Any] = {"format_version": self.format_version}
         if self.granularity != "layer":  # layer files read the same in readers that predate granularity
             d["granularity"] = self.granularity
-        return d | {"layers": [layer.to_dict() for layer in self.layers], **{k: dict(getattr(self, k)) for k in OBJECT_KEYS}}
+        return d | {"layers": [layer.to_dict() for layer in self.layers],
+                    **{k: dict(getattr(self, k)) for k in OBJECT_KEYS}}
 
     @classmethod
-    def from_dict(cls, data: Any, *, where: str = "distribution", patterns: Sequence[bytes] | None = None) -> Distribution:
+    def from_dict(cls, data: Any, *, where: str = "distribution",
+                  patterns: Sequence[bytes] | None = None) -> Distribution:
         """Build from the JSON object form; unknown or missing members are errors naming `where`."""
         if not isinstance(data, dict):
             raise FormatError(f"{where}: the top level must be a JSON object, got {type(data).__name__}")
         _check_keys(data, TOP_KEYS, ("format_version", "layers"), where, "put extra information under 'metadata'")
         if data["format_version"] != FORMAT_VERSION or not _is_int(data["format_version"]):
-            raise FormatError(f"{where}: unknown format_version {data['format_version']!r}; this polarpack {__version__} "
+            raise FormatError(f"{where}: unknown format_version {data['format_version']!r}; this polarpack "
+                              f"{__version__} "
                               f"reads format_version {FORMAT_VERSION} (upgrade polarpack to read newer files)")
         if not isinstance(data["layers"], list) or not data["layers"]:
             raise FormatError(f"{where}: 'layers' must be a non-empty list of layer objects")
@@ -245,7 +254,8 @@ class Distribution:
             _check_keys(item, LAYER_KEYS, ("name", "p0", "p_neg", "p_pos"), f"{where}: layers[{i}]"
                         + (f" ({name!r})" if isinstance(name, str) else ""), "see spec/polar-format.md")
             layers.append(LayerDistribution(**{**item, "pattern": patterns[i] if patterns else None}))
-        extras = {k: data.get(k, {}) for k in OBJECT_KEYS} | ({"granularity": data["granularity"]} if "granularity" in data else {})
+        extras = {k: data.get(k, {}) for k in OBJECT_KEYS}
+        extras |= {"granularity": data["granularity"]} if "granularity" in data else {}
         try:
             return cls(layers=tuple(layers), **extras)
         except FormatError as exc:
@@ -340,7 +350,8 @@ def _validate_layer(layer: LayerDistribution, where: str, granularity: str) -> N
                               f"{math.prod(shape)} weights; fix the counts or the shape")
         for key, c, p in zip(("p0", "p_neg", "p_pos"), counts, layer.proportions):
             if abs(c / n - p) > SUM_TOLERANCE:
-                raise FormatError(f"{where}: '{key}' is {p!r} but 'counts' give {c}/{n}; fix the proportion or drop 'counts'")
+                raise FormatError(f"{where}: '{key}' is {p!r} but 'counts' give {c}/{n}; fix the proportion or drop "
+                                  "'counts'")
     needs = {"channel": "channel_counts", "pattern": "pattern"}.get(granularity)
     for key in ("channel_counts", "pattern"):
         if (getattr(layer, key) is not None) != (key == needs):
@@ -352,9 +363,11 @@ def _validate_layer(layer: LayerDistribution, where: str, granularity: str) -> N
         rows = layer.channel_counts
         if not (isinstance(rows, tuple) and len(rows) == shape[0] and all(
                 isinstance(r, tuple) and len(r) == 3 and all(_is_int(c) for c in r) for r in rows)):
-            raise FormatError(f"{where}: 'channel_counts' must be {shape[0]} triples [n0, n_neg, n_pos] (one per output channel)")
+            raise FormatError(f"{where}: 'channel_counts' must be {shape[0]} triples [n0, n_neg, n_pos] (one per "
+                              "output channel)")
         if any(sum(r) != math.prod(shape[1:]) for r in rows) or tuple(map(sum, zip(*rows))) != counts:
-            raise FormatError(f"{where}: 'channel_counts' must each sum to {math.prod(shape[1:])} and add up to 'counts'")
+            raise FormatError(f"{where}: 'channel_counts' must each sum to {math.prod(shape[1:])} and add up to "
+                              "'counts'")
     if layer.pattern is not None:
         if not isinstance(layer.pattern, bytes):
             raise FormatError(f"{where}: 'pattern' must be bytes")
@@ -425,7 +438,8 @@ def decode_safetensors(data: bytes, *, where: str = "<bytes>") -> Distribution:
     try:
         tensors = {name: t for name, t in deserialize(data)}
     except (SafetensorError, ValueError) as exc:
-        raise FormatError(f"{where}: not a valid safetensors file ({exc}); it is truncated or not a .polar file") from None
+        raise FormatError(f"{where}: not a valid safetensors file ({exc}); it is truncated or not a .polar "
+                          "file") from None
     (n,) = struct.unpack("<Q", data[:8])
     meta = _loads(data[8 : 8 + n], where, "safetensors header").get("__metadata__") or {}
     if set(meta) != {METADATA_KEY}:
@@ -445,7 +459,8 @@ def decode_safetensors(data: bytes, *, where: str = "<bytes>") -> Distribution:
         if t["dtype"] != dtype or (shape is not None and t["shape"] != shape):
             raise FormatError(f"{where}: tensor '{name}' must be {dtype}{' of shape ' + str(shape) if shape else ''}, "
                               f"got {t['dtype']} of shape {t['shape']}")
-        return np.frombuffer(bytes(t["data"]), dtype={"I64": "<i8", "F64": "<f8", "U8": "u1"}[dtype]).reshape(t["shape"])
+        return np.frombuffer(bytes(t["data"]), dtype={"I64": "<i8", "F64": "<f8",
+                                                      "U8": "u1"}[dtype]).reshape(t["shape"])
 
     counts, props = array("counts", "I64", [n_layers, 3]), array("proportions", "F64", [n_layers, 3])
     patterns = []
@@ -521,8 +536,8 @@ def save(dist: Distribution, path: str | os.PathLike, *, encoding: str | None = 
 def load(path: str | os.PathLike) -> Distribution:
     path = Path(path)
     if not path.is_file():
-        what = "is a directory, not a .polar file" if path.is_dir() else "no such file; check the path, or use a preset such as paper:alexnet"
-        raise FormatError(f"{path}: {what}")
+        what = "no such file; check the path, or use a preset such as paper:alexnet"
+        raise FormatError(f"{path}: {'is a directory, not a .polar file' if path.is_dir() else what}")
     try:
         with open(path, "rb") as fh:
             _check_size(os.fstat(fh.fileno()).st_size, detect_encoding(fh.read(8)), str(path))

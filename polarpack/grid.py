@@ -108,7 +108,8 @@ def run_id_for(cfg: Mapping[str, Any]) -> str:
     """A readable slug (model, dataset, method, dist, telling options, precision, seed) + 8 hex of the hash."""
     base = defaults()
     parts = [cfg["model"], cfg["dataset"], cfg["method"]] + ([cfg["dist"]] if cfg.get("dist") else [])
-    parts += [f"{k}-{cfg[k]}" for k in ("geometry", "epochs", "fluid_mode", "constrain", "optimizer") if cfg[k] != base[k]]
+    parts += [f"{k}-{cfg[k]}" for k in ("geometry", "epochs", "fluid_mode", "constrain",
+                                        "optimizer") if cfg[k] != base[k]]
     if cfg["method"] in (*SPIN_METHODS, "freeze-in"):
         parts.append(f"zeros-{cfg['zeros']}")
     if cfg["method"] == "fluid-spin" and cfg["fluid_fraction"] != base["fluid_fraction"]:
@@ -190,7 +191,8 @@ def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experi
         to_grid = key.startswith("grid.") or isinstance(value, list)
         key = ALIASES.get(key.split(".", 1)[-1], key.split(".", 1)[-1])
         if key not in defaults():
-            raise ConfigError(f"--set {key}: unknown key; allowed keys: {', '.join(sorted(defaults()))} or weights.MODEL")
+            raise ConfigError(f"--set {key}: unknown key; allowed keys: {', '.join(sorted(defaults()))} or "
+                              "weights.MODEL")
         (grid if to_grid else base)[key] = value
         (base if to_grid else grid).pop(key, None)
         for inc in includes if not to_grid else ():
@@ -198,7 +200,8 @@ def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experi
     seeds = grid.pop("seed", base.pop("seed", 0))
     seeds = seeds if isinstance(seeds, list) else [seeds]
     _product({"seed": seeds}, path)
-    raw = [(seed, {**base, **combo, "seed": seed}) for seed in seeds for combo in _product(grid, path)]
+    combos = _product(grid, path) if grid or not includes else []  # a file of [[include]]s only: just those
+    raw = [(seed, {**base, **combo, "seed": seed}) for seed in seeds for combo in combos]
     for inc in includes:
         inc_seeds = inc.pop("seed", seeds)
         raw += [(s, {**base, **combo, "seed": s}) for s in (inc_seeds if isinstance(inc_seeds, list) else [inc_seeds])
@@ -210,7 +213,8 @@ def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experi
         cells.setdefault(cell.run_id, cell)
     if not cells:
         raise ConfigError(f"{path}: the grid is empty")
-    return Experiment(str(meta.get("name") or path.stem), str(meta.get("description", "")), path, list(cells.values()), compare)
+    return Experiment(str(meta.get("name") or path.stem), str(meta.get("description", "")), path, list(cells.values()),
+                      compare)
 
 
 def _check_table(value: Any, section: str, path: Path) -> dict[str, Any]:
@@ -237,7 +241,8 @@ def _make_cell(options: dict[str, Any], weights: Mapping[str, Any], path: Path) 
     if method in IN_METHODS and not cfg.get("weights"):
         cfg["weights"] = weights.get(str(cfg["model"])) or weights.get("default")
         if not cfg["weights"]:
-            reason = (f"{method} needs transferred weights for model {cfg['model']!r}, and none are given (set [weights] "
+            reason = (f"{method} needs transferred weights for model {cfg['model']!r}, and none are given (set "
+                      "[weights] "
                       f"{cfg['model']} = \"SOURCE\" in {path} or --set weights.{cfg['model']}=SOURCE)")
     for key in ("weights", "dist"):
         if reason is None and looks_like_path(cfg.get(key)) and not Path(cfg[key]).expanduser().exists():

@@ -27,6 +27,7 @@ from torch import nn
 from ._io import atomic_write_bytes, check_output_path
 from .errors import ModelError
 from .format import Distribution, LayerDistribution
+from .models import build_model, constrainable_layers
 
 # Keras' GlorotNormal divides the std by the std of a unit normal truncated at +-2, so that the
 # truncated samples have the Glorot std exactly.
@@ -42,18 +43,14 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
-def glorot_std(shape: Sequence[int]) -> float:
-    fan_in, fan_out = fans(shape)
-    return math.sqrt(2.0 / (fan_in + fan_out))
-
-
 def glorot_normal(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
     """Keras GlorotNormal: N(0, s / 0.8796) truncated at two of those stds, so the std is s.
 
     Sampled by rejection (redraw the ~4.6% beyond the bounds until none is left), which is exact
     and several times faster than inverse-CDF truncation on the CPU.
     """
-    scale = glorot_std(shape) / TRUNCATION_CORRECTION
+    fan_in, fan_out = fans(shape)
+    scale = math.sqrt(2.0 / (fan_in + fan_out)) / TRUNCATION_CORRECTION
     out = torch.empty(tuple(shape), dtype=torch.float32).normal_(0.0, scale, generator=generator)
     flat, bound = out.view(-1), 2.0 * scale
     redo = torch.from_numpy(np.flatnonzero(np.abs(flat.numpy()) > bound))
@@ -83,12 +80,8 @@ def largest_remainder_counts(proportions: Sequence[float], n: int) -> tuple[int,
     return tuple(counts)  # type: ignore[return-value]
 
 
-def sample_signs(
-    shape: Sequence[int] | int,
-    proportions: Sequence[float],
-    generator: torch.Generator,
-    sampling: str = "exact",
-) -> torch.Tensor:
+def sample_signs(shape: Sequence[int] | int, proportions: Sequence[float], generator: torch.Generator,
+                 sampling: str = "exact") -> torch.Tensor:
     """An int8 target pattern with values in {0, -1, +1}.
 
     'iid': each weight independently, so counts vary around p * n. 'exact': exactly
@@ -158,11 +151,8 @@ def signed_glorot(targets: torch.Tensor, seed: int, layer: str) -> torch.Tensor:
 # -- layer mapping ---------------------------------------------------------------------------
 
 
-def map_layers(
-    dist: Distribution,
-    targets: Sequence[tuple[str, tuple[int, ...]]],
-    mapping: Mapping[str, str] | None = None,
-) -> list[tuple[str, LayerDistribution]]:
+def map_layers(dist: Distribution, targets: Sequence[tuple[str, tuple[int, ...]]],
+               mapping: Mapping[str, str] | None = None) -> list[tuple[str, LayerDistribution]]:
     """Pair each target layer with a distribution layer.
 
     An explicit `mapping` (target layer -> distribution layer) wins and may cover a subset;
@@ -221,7 +211,8 @@ class Materialized:
             for name, w in self.weights.items():
                 param = modules[name].weight
                 if tuple(param.shape) != tuple(w.shape):
-                    raise ModelError(f"layer {name!r}: model kernel {tuple(param.shape)} but materialized {tuple(w.shape)}")
+                    raise ModelError(f"layer {name!r}: model kernel {tuple(param.shape)} but materialized "
+                                     f"{tuple(w.shape)}")
                 param.copy_(w.to(param.device, param.dtype))
         return model
 
@@ -235,23 +226,8 @@ class Materialized:
         return atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
-def _target_layers(model: nn.Module, scope: str) -> list[tuple[str, tuple[int, ...]]]:
-    from .models import constrainable_layers
-
-    return [(name, tuple(m.weight.shape)) for name, m in constrainable_layers(model, scope)]
-
-
-def resolve_model(
-    model: nn.Module | str, *, geometry: str = "small", num_classes: int = 10, in_channels: int = 3
-) -> nn.Module:
-    if isinstance(model, nn.Module):
-        return model
-    from .models import build_model
-
-    return build_model(model, geometry=geometry, num_classes=num_classes, in_channels=in_channels)
-
-
-def sample_channel_signs(shape: Sequence[int], channel_counts: Sequence[Sequence[int]], generator: torch.Generator) -> torch.Tensor:
+def sample_channel_signs(shape: Sequence[int], channel_counts: Sequence[Sequence[int]],
+                         generator: torch.Generator) -> torch.Tensor:
     """An int8 pattern whose output channel c holds exactly channel_counts[c] = [n0, n_neg, n_pos],
     uniformly over such arrangements: each row ranks its positions by uniform keys, and the ranks
     below n0 become zero, the next n_neg negative, the rest positive."""
@@ -268,23 +244,15 @@ def _check_fits(dist: Distribution, target: str, layer: LayerDistribution, shape
     fits = {"layer": True, "channel": layer.shape is not None and (layer.shape[0], math.prod(layer.shape[1:])) ==
             (shape[0], math.prod(shape[1:])), "pattern": layer.shape == shape}[dist.granularity]
     if not fits:
-        raise ModelError(f"layer {target!r}: the distribution's layer {layer.name!r} has shape {list(layer.shape or [])} but "
-                         f"the model's kernel is {list(shape)}; {dist.granularity} distributions fit only the architecture "
-                         "they were extracted from (use a layer-granularity .polar for another model)")
+        raise ModelError(f"layer {target!r}: the distribution's layer {layer.name!r} has shape "
+                         f"{list(layer.shape or [])} but the model's kernel is {list(shape)}; {dist.granularity} "
+                         "distributions fit only the architecture they were extracted from (use a "
+                         "layer-granularity .polar for another model)")
 
 
-def materialize(
-    dist: Distribution,
-    model: nn.Module | str,
-    *,
-    seed: int,
-    sampling: str = "exact",
-    mapping: Mapping[str, str] | None = None,
-    scope: str = "conv",
-    geometry: str = "small",
-    num_classes: int = 10,
-    in_channels: int = 3,
-) -> Materialized:
+def materialize(dist: Distribution, model: nn.Module | str, *, seed: int, sampling: str = "exact",
+                mapping: Mapping[str, str] | None = None, scope: str = "conv", geometry: str = "small",
+                num_classes: int = 10, in_channels: int = 3) -> Materialized:
     """Sign targets from `dist` and signed Glorot kernels for `model`'s constrained layers.
 
     Layer granularity draws a random pattern with each layer's proportions (`sampling`); channel
@@ -293,8 +261,9 @@ def materialize(
     """
     if sampling not in SAMPLING_MODES:
         raise ModelError(f"unknown sampling {sampling!r}; use one of {list(SAMPLING_MODES)}")
-    module = resolve_model(model, geometry=geometry, num_classes=num_classes, in_channels=in_channels)
-    layers = _target_layers(module, scope)
+    module = model if isinstance(model, nn.Module) else build_model(
+        model, geometry=geometry, num_classes=num_classes, in_channels=in_channels)
+    layers = [(name, tuple(m.weight.shape)) for name, m in constrainable_layers(module, scope)]
     shapes = dict(layers)
     pairs = map_layers(dist, layers, mapping)
     for target, layer in pairs:
@@ -333,4 +302,5 @@ def materialize_pattern(targets: Mapping[str, torch.Tensor], *, seed: int) -> Ma
     """Glorot magnitudes on a given pattern (Algorithm 2); the same magnitudes `materialize`
     draws for the same seed and layer, so Freeze IN and Freeze SPIN differ only in the pattern."""
     weights = {name: signed_glorot(t.to(torch.int8), seed, name) for name, t in targets.items()}
-    return Materialized(weights, {n: t.to(torch.int8) for n, t in targets.items()}, {n: n for n in targets}, {"seed": int(seed)})
+    return Materialized(weights, {n: t.to(torch.int8) for n, t in targets.items()}, {n: n for n in targets},
+                        {"seed": int(seed)})

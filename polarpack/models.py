@@ -93,7 +93,8 @@ ZFNET = PaperNetSpec(
                              "224x224 input, 9216 features into fc6"),
         "small": Geometry(32, (2, 2, 1, 1, 1), (3, 2, 1, 1, 1), (True, True, False, False, False), 1, False, 2,
                           "32x32/28x28 input: conv1 stride 2 padding 3 (16x16 or 14x14), pool 3/2 padding 1 "
-                          "(8x8 or 7x7), conv2 stride 2 padding 2 (4x4), pool (2x2), no pool after conv5; no LRN (weightless, and it tripled the CPU time of a step)", lrn=False),
+                          "(8x8 or 7x7), conv2 stride 2 padding 2 (4x4), pool (2x2), no pool after conv5; no LRN "
+                          "(weightless, and it tripled the CPU time of a step)", lrn=False),
     },
 )
 
@@ -134,11 +135,6 @@ class PaperNet(nn.Module):
         return self.fc8(x)
 
 
-def _check_geometry(geometry: str) -> None:
-    if geometry not in GEOMETRIES:
-        raise ModelError(f"unknown geometry {geometry!r}; choose one of {list(GEOMETRIES)}")
-
-
 def list_models() -> list[str]:
     """`alexnet` and `zfnet` (the seed's networks) followed by torchvision's classifiers."""
     import torchvision
@@ -146,49 +142,30 @@ def list_models() -> list[str]:
     return list(PAPER_NETS) + [f"torchvision:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
 
 
-def _torchvision_name(name: str) -> str:
-    return name.split(":", 1)[1] if name.startswith("torchvision:") else name
-
-
-def _require_torchvision_model(name: str) -> None:
-    import torchvision
-
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        raise ModelError(
-            f"unknown model {name!r}; use 'alexnet', 'zfnet' or a torchvision classification model "
-            f"(e.g. {', '.join(sorted(known)[:6])}, ...; see `torchvision.models.list_models()`)"
-        )
-
-
-def build_model(
-    name: str,
-    *,
-    num_classes: int = 10,
-    geometry: str = "small",
-    in_channels: int = 3,
-    dropout: float = 0.5,
-) -> nn.Module:
+def build_model(name: str, *, num_classes: int = 10, geometry: str = "small", in_channels: int = 3,
+                dropout: float = 0.5) -> nn.Module:
     """Build `alexnet`/`zfnet` (seed networks) or a torchvision classifier with `num_classes` outputs.
 
     Weights are PyTorch's default init; the trainer re-initialises the constrained layers
     (materialize) so a run's start is defined by the distribution and the seed alone.
     """
-    _check_geometry(geometry)
+    if geometry not in GEOMETRIES:
+        raise ModelError(f"unknown geometry {geometry!r}; choose one of {list(GEOMETRIES)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes must be a positive integer (got {num_classes!r})")
     if not 0.0 <= dropout < 1.0:
         raise ModelError(f"dropout {dropout} must be in [0, 1)")
     if name in PAPER_NETS:
         return PaperNet(PAPER_NETS[name], geometry, num_classes, in_channels, dropout)
-    tv = _torchvision_name(name)
-    _require_torchvision_model(tv)
     import torchvision
 
-    model = torchvision.models.get_model(tv, weights=None, num_classes=num_classes)
+    tv, known = name.removeprefix("torchvision:"), torchvision.models.list_models(module=torchvision.models)
+    if tv not in known:
+        raise ModelError(f"unknown model {tv!r}; use 'alexnet', 'zfnet' or a torchvision classification model "
+                         f"(e.g. {', '.join(sorted(known)[:6])}, ...; see `torchvision.models.list_models()`)")
     if in_channels != 3:
         raise ModelError(f"{tv}: torchvision models take 3 input channels (got {in_channels})")
-    return model
+    return torchvision.models.get_model(tv, weights=None, num_classes=num_classes)
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -196,14 +173,9 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
 
 
-def linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-
-
 def head_name(model: nn.Module) -> str | None:
     """The final classifier layer: resized to the dataset's classes, never transferred or constrained."""
-    linears = linear_layers(model)
-    return linears[-1][0] if linears else None
+    return next((n for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), None)
 
 
 def constrainable_layers(model: nn.Module, scope: str = "conv") -> list[tuple[str, nn.Module]]:

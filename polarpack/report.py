@@ -64,7 +64,8 @@ def t_interval(a: Sequence[float], b: Sequence[float], paired: bool) -> dict[str
         mean, se = ma - mb, math.sqrt(va + vb)
         df = int((va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))) if va + vb > 0 else len(a) + len(b) - 2
     half = (_T95[df - 1] if 1 <= df <= len(_T95) else 1.96) * se
-    return {"diff": mean, "low": mean - half, "high": mean + half, "df": df, "test": "paired t" if paired else "Welch t"}
+    return {"diff": mean, "low": mean - half, "high": mean + half, "df": df,
+            "test": "paired t" if paired else "Welch t"}
 
 
 # -- loading and grouping ------------------------------------------------------------------------
@@ -120,7 +121,8 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
         if cell.skip_reason:
             g["skipped"].append(cell.skip_reason)
         elif status in FINISHED or (partial and rows):
-            g["runs"].append({"seed": cell.seed, "status": status if status in FINISHED else "partial", "metrics": rows})
+            g["runs"].append({"seed": cell.seed, "status": status if status in FINISHED else "partial",
+                              "metrics": rows})
         elif status == "failed":
             g["failed"].append(summary.get("error"))
         else:
@@ -142,7 +144,8 @@ def _statistics(g: dict[str, Any]) -> dict[str, Any]:
     return {**g, "seeds": [r["seed"] for r in runs], "finished": len(runs), "final_val_accs": finals,
             "final_val_mean": fm, "final_val_std": fs,
             "best_val_mean": max((p["val_mean"] for p in curve if p["val_mean"] is not None), default=None),
-            "converged": sum(r["status"] != "diverged" and f is not None and f >= CONVERGED_ACC for r, f in zip(runs, finals)),
+            "converged": sum(r["status"] != "diverged" and f is not None and f >= CONVERGED_ACC for r,
+                             f in zip(runs, finals)),
             "diverged": sum(r["status"] == "diverged" for r in runs),
             "partial": [f"s{r['seed']}: {len(r['metrics'])} epochs" for r in runs if r["status"] == "partial"],
             "epochs_to_40": next((p["epoch"] for p in curve if (p["val_mean"] or 0) >= THRESHOLD), None),
@@ -163,11 +166,13 @@ def compare(groups: Sequence[Mapping[str, Any]], specs: Sequence[Mapping[str, An
                 continue
             seeds = sorted(set(ga["seeds"]) & set(gb["seeds"]))
             paired = len(seeds) >= 2 and seeds == ga["seeds"] == gb["seeds"]
-            pick = (lambda g, key: [v for s, v in zip(g["seeds"], g[key]) if s in seeds]) if paired else (lambda g, key: g[key])
+            def pick(g, key, paired=paired, seeds=seeds):
+                return [v for s, v in zip(g["seeds"], g[key]) if s in seeds] if paired else g[key]
             acc = t_interval(pick(ga, "final_val_accs"), pick(gb, "final_val_accs"), paired)
             ea, eb = pick(ga, "epochs_to_40_per_seed"), pick(gb, "epochs_to_40_per_seed")
             epochs = t_interval(ea, eb, paired) if None not in ea + eb else None
-            out.append({"name": spec.get("name", "a - b"), "a": ga["label"], "b": gb["label"], "n": (ga["finished"], gb["finished"]),
+            out.append({"name": spec.get("name", "a - b"), "a": ga["label"], "b": gb["label"], "n": (ga["finished"],
+                                                                                                     gb["finished"]),
                         "final_val_acc": acc, "epochs_to_40": epochs, "censored": None in ea + eb})
     return out
 
@@ -188,20 +193,25 @@ def _interval(c: dict[str, Any] | None, scale: float, unit: str) -> str:
 
 
 def markdown_report(name: str, groups: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]]) -> str:
-    lines = [f"# {name}", "", f"Final validation accuracy (%): mean ± sample std over the seeds that finished; converged = "
-             f"final val acc >= {100 * CONVERGED_ACC:.0f}%; epochs to 40% = first epoch whose mean val acc >= 40%; dips = "
+    lines = [f"# {name}", "",
+             f"Final validation accuracy (%): mean ± sample std over the seeds that finished; converged = "
+             f"final val acc >= {100 * CONVERGED_ACC:.0f}%; epochs to 40% = first epoch whose mean val acc >= 40%; "
+             "dips = "
              f"mean count per run of epochs whose val acc fell >= {100 * DIP:.0f} points.", "",
-             "| group | precision | seeds | final val acc % | best epoch mean % | epochs to 40% | converged | dips | notes |",
+             "| group | precision | seeds | final val acc % | best epoch mean % | epochs to 40% | converged | dips | "
+             "notes |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for g in groups:
         notes = [text for text, show in ((f"{g['diverged']} diverged", g["diverged"]),
                                          (f"failed: {g['failed'][0] if g['failed'] else ''}", g["failed"]),
                                          (f"skipped: {g['skipped'][0] if g['skipped'] else ''}", g["skipped"]),
                                          (f"not finished: {', '.join(g['unfinished'])}", g["unfinished"]),
-                                         (f"PARTIAL (at their last epoch): {', '.join(g['partial'])}", g["partial"])) if show]
+                                         (f"PARTIAL (at their last epoch): {', '.join(g['partial'])}",
+                                          g["partial"])) if show]
         dips = "-" if g["dips_mean"] is None else f"{g['dips_mean']:.1f}"
         lines.append(f"| {g['label']} | {g['config'].get('precision', '-')} | {g['finished']}/{g['planned']} | "
-                     f"{_pm(g['final_val_mean'], g['final_val_std'])} | {_pct(g['best_val_mean'])} | {g['epochs_to_40'] or '-'} | "
+                     f"{_pm(g['final_val_mean'], g['final_val_std'])} | {_pct(g['best_val_mean'])} | "
+                     f"{g['epochs_to_40'] or '-'} | "
                      f"{g['converged']}/{g['finished']} | {dips} | {'; '.join(notes).replace('|', '/')} |")
     if comparisons:
         lines += ["", "## Comparisons (a - b, 95% t interval over seeds)", "",
@@ -210,12 +220,14 @@ def markdown_report(name: str, groups: Sequence[Mapping[str, Any]], comparisons:
         for c in comparisons:
             epochs = "n/a: a run never reached 40%" if c["censored"] else _interval(c["epochs_to_40"], 1, "")
             test = (c["final_val_acc"] or {}).get("test", "-")
-            lines.append(f"| {c['name']} | {c['a']} | {c['b']} | {c['n'][0]}, {c['n'][1]} | {_interval(c['final_val_acc'], 100, '')} "
+            lines.append(f"| {c['name']} | {c['a']} | {c['b']} | {c['n'][0]}, {c['n'][1]} | "
+                         f"{_interval(c['final_val_acc'], 100, '')} "
                          f"| {epochs} | {test} |")
     table1 = table1_markdown(groups)
     lines += ["", table1] if table1 else []
     lines += ["", "## Validation accuracy per epoch (mean ± std, %)", ""]
-    lines += [f"- **{g['label']}** ({g['finished']} runs): " + ", ".join(f"{p['epoch']}: {_pm(p['val_mean'], p['val_std'])}"
+    lines += [f"- **{g['label']}** ({g['finished']} runs): "
+              "" + ", ".join(f"{p['epoch']}: {_pm(p['val_mean'], p['val_std'])}"
               for p in g["curve"]) for g in groups if g["curve"]]
     return "\n".join(lines) + "\n"
 
@@ -225,13 +237,16 @@ def table1_markdown(groups: Sequence[Mapping[str, Any]]) -> str | None:
     from .presets import PRESETS
 
     rows = [g for g in groups if g["config"].get("method") == "freeze-spin"
-            and PRESETS.get(g["config"].get("dist"), None) is not None and PRESETS[g["config"]["dist"]].paper_converged is not None]
+            and PRESETS.get(g["config"].get("dist"),
+                            None) is not None and PRESETS[g["config"]["dist"]].paper_converged is not None]
     if not rows:
         return None
     zeros = sorted({g["config"]["zeros"] for g in rows}, key=lambda z: z != "pin")
     lines = ["## Table 1: the seed's results next to ours (Freeze SPIN-Polarity)", "",
-             f"Paper: ZFNet, CIFAR-10, 20 epochs. Ours: mean ± std over seeds; converged k/n (final >= {100 * CONVERGED_ACC:.0f}%).",
-             "", "| experiment | paper converged | paper val acc % | " + " | ".join(f"zeros={z}: val acc % | converged" for z in zeros) + " |",
+             "Paper: ZFNet, CIFAR-10, 20 epochs. Ours: mean ± std over seeds; converged k/n (final >= "
+             f"{100 * CONVERGED_ACC:.0f}%).",
+             "", "| experiment | paper converged | paper val acc % | "
+                 "" + " | ".join(f"zeros={z}: val acc % | converged" for z in zeros) + " |",
              "| --- | --- | --- | " + " | ".join("--- | ---" for _ in zeros) + " |"]
     for name, preset in PRESETS.items():
         if preset.paper_converged is None:
@@ -241,7 +256,8 @@ def table1_markdown(groups: Sequence[Mapping[str, Any]]) -> str | None:
             g = next((g for g in rows if g["config"]["dist"] == name and g["config"]["zeros"] == z), None)
             cells.append("not run | -" if g is None or not g["finished"] else
                          f"{_pm(g['final_val_mean'], g['final_val_std'])} | {g['converged']}/{g['finished']}")
-        lines.append(f"| {name} | {'yes' if preset.paper_converged else 'no'} | {preset.paper_accuracy} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {'yes' if preset.paper_converged else 'no'} | {preset.paper_accuracy} | "
+                     "" + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -301,17 +317,22 @@ def report(target: str | os.PathLike, *, results: str | os.PathLike | None = Non
     comparisons = compare(groups, specs)
     name += " (unfinished runs counted at their last epoch)" if partial else ""
     result = {"name": name, "results": str(store.root), "converged_acc": CONVERGED_ACC, "threshold": THRESHOLD,
-              "groups": groups, "comparisons": comparisons, "markdown": markdown_report(name, groups, comparisons), "files": []}
+              "groups": groups, "comparisons": comparisons, "markdown": markdown_report(name, groups, comparisons),
+              "files": []}
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        runs = [{"run_id": c.run_id, "seed": c.seed, **{k: c.config.get(k) for k in ("model", "dataset", "method", "dist", "zeros",
-                 "fluid_mode", "fluid_fraction", "precision")}, **{k: v for k, v in store.summary(c).items() if k != "run_token"}}
+        runs = [{"run_id": c.run_id, "seed": c.seed, **{k: c.config.get(k) for k in ("model", "dataset", "method",
+                                                                                     "dist", "zeros",
+                 "fluid_mode", "fluid_fraction", "precision")},
+                 **{k: v for k, v in store.summary(c).items() if k != "run_token"}}
                 for c in cells if not c.skip_reason]
         atomic_write_text(out / "report.md", result["markdown"])
-        atomic_write_text(out / "report.json", json.dumps({k: v for k, v in result.items() if k not in ("markdown", "files")},
+        atomic_write_text(out / "report.json",
+                          json.dumps({k: v for k, v in result.items() if k not in ("markdown", "files")},
                                                           indent=1, default=str) + "\n")
         atomic_write_text(out / "runs.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in runs))
         figure = plot_figure(groups, out / "figure.png", title)
-        result["files"] = [str(out / f) for f in ("report.md", "report.json", "runs.jsonl")] + ([str(figure)] if figure else [])
+        result["files"] = [str(out / f) for f in ("report.md", "report.json",
+                                                  "runs.jsonl")] + ([str(figure)] if figure else [])
     return result

@@ -89,8 +89,10 @@ class ResultsStore:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     fh.seek(0)
-                    raise ConfigError(f"{self.root}: another polarpack experiment (pid {fh.read().strip() or '?'}) is writing "
-                                      "to this results folder; wait for it to finish, or use another --results") from None
+                    raise ConfigError(f"{self.root}: another polarpack experiment (pid {fh.read().strip() or '?'}) is "
+                                      "writing "
+                                      "to this results folder; wait for it to finish, or use another "
+                                      "--results") from None
             fh.truncate(0)
             fh.write(f"{os.getpid()}\n")
             fh.flush()
@@ -134,21 +136,20 @@ def run_experiment(exp: Experiment, results: str | os.PathLike, *, jobs: int = 1
         def finish(cell: Cell, outcome: dict[str, Any]) -> None:
             if outcome["status"] == "failed":
                 store.record_failure(cell, outcome["error"])
-                if bar is not None:
-                    bar.write(f"failed: {cell.run_id}: {outcome['error']}", file=sys.stderr)
+                bar.write(f"failed: {cell.run_id}: {outcome['error']}", file=sys.stderr)
             outcomes[cell.run_id] = outcome
             if on_cell is not None:
                 on_cell(cell, outcome)
 
-        jobs_args = [(c, {**c.config, "threads": c.config["threads"] or threads}, str(store.run_dir(c)), state, nproc_per_run)
+        jobs_args = [(c, {**c.config, "threads": c.config["threads"] or threads}, str(store.run_dir(c)), state,
+                      nproc_per_run)
                      for c, state in todo]
         if jobs == 1:
             for cell, *args in jobs_args:
-                finish(cell, _run_cell(*args, on_epoch=(lambda row: bar.update(1)) if bar is not None else None))
+                finish(cell, _run_cell(*args, on_epoch=lambda row: bar.update(1)))
         else:
             _run_parallel(jobs_args, jobs, finish, bar)
-        if bar is not None:
-            bar.close()
+        bar.close()
     runs = []
     for cell in exp.cells:
         summary = {} if cell.skip_reason else store.summary(cell)
@@ -162,13 +163,11 @@ def run_experiment(exp: Experiment, results: str | os.PathLike, *, jobs: int = 1
 
 
 def _bar(progress: bool, exp: Experiment, store: ResultsStore, todo: list[tuple[Cell, str]]):
-    if not progress or not todo:
-        return None
     from tqdm.auto import tqdm
 
-    total = sum(int(c.config["epochs"]) for c, _ in todo)
     done = sum(len(read_metrics(store.run_dir(c))) for c, state in todo if state == "resume")
-    return tqdm(total=total, initial=done, unit="epoch", desc=exp.name, dynamic_ncols=True)
+    return tqdm(total=sum(int(c.config["epochs"]) for c, _ in todo), initial=done, unit="epoch", desc=exp.name,
+                dynamic_ncols=True, disable=not (progress and todo))
 
 
 def _run_cell(config: dict[str, Any], run_dir: str, state: str, nproc: int,
@@ -181,8 +180,10 @@ def _run_cell(config: dict[str, Any], run_dir: str, state: str, nproc: int,
         elif state == "resume":
             result = train(resume=run_dir, progress=False, on_epoch=on_epoch)
         else:
-            result = train(TrainConfig.from_dict(config), out=run_dir, overwrite=True, progress=False, on_epoch=on_epoch)
-        return {"status": result.status, "seconds": time.time() - started, "final_val_acc": result.summary["final_val_acc"]}
+            result = train(TrainConfig.from_dict(config), out=run_dir, overwrite=True, progress=False,
+                           on_epoch=on_epoch)
+        return {"status": result.status, "seconds": time.time() - started,
+                "final_val_acc": result.summary["final_val_acc"]}
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a crashed cell is recorded and the grid goes on
@@ -214,8 +215,7 @@ def _run_parallel(jobs_args: list, jobs: int, finish: Callable, bar) -> None:
             for future in list(running):
                 cell, run_dir, seen = running[future]
                 now = len(read_metrics(run_dir)) if Path(run_dir, "metrics.jsonl").exists() else seen
-                if bar is not None and now > seen:
-                    bar.update(now - seen)
+                bar.update(now - seen)
                 running[future] = (cell, run_dir, now)
             for future in finished:
                 cell = running.pop(future)[0]
@@ -234,7 +234,8 @@ def launch(config: Mapping[str, Any], run_dir: str | os.PathLike, nproc: int, *,
     log = Path(log) if log else run_dir.parent / f"{run_dir.name}.launch.log"
     with tempfile.TemporaryDirectory(prefix="polarpack-launch-") as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(cfg.to_dict()))
-        args = ["--resume", str(run_dir)] if resume else ["--config", f"{tmp}/config.json", "--out", str(run_dir), "--overwrite"]
+        args = ["--resume", str(run_dir)] if resume else ["--config", f"{tmp}/config.json", "--out", str(run_dir),
+                                                          "--overwrite"]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "polarpack", "train", "--quiet", *args]
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -243,9 +244,11 @@ def launch(config: Mapping[str, Any], run_dir: str | os.PathLike, nproc: int, *,
                 proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(cfg.threads or 1)}, stdout=out,
                                       stderr=subprocess.STDOUT, timeout=timeout, check=False)
             except subprocess.TimeoutExpired:
-                raise PolarpackError(f"distributed run {run_dir} did not finish within {timeout} s; see {log}") from None
+                raise PolarpackError(f"distributed run {run_dir} did not finish within {timeout} s; see "
+                                     f"{log}") from None
     summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
     if summary.get("status") not in FINISHED:
-        raise PolarpackError(f"distributed run {run_dir} ({nproc} processes) failed with exit status {proc.returncode}; "
+        raise PolarpackError(f"distributed run {run_dir} ({nproc} processes) failed with exit status "
+                             f"{proc.returncode}; "
                              f"see {log}")
     return TrainResult(run_dir, summary["status"], read_metrics(run_dir), summary, cfg)

@@ -83,11 +83,10 @@ def resolve_distribution(ref: Any, *, endpoint: str | None = None, token: str | 
         return get_preset(ref).distribution, None
     if is_hub_reference(ref):  # bounded download; errors name the reference, not the cache path
         return pull_file(ref, endpoint=endpoint, token=token, revision=revision)
-    if isinstance(ref, (str, os.PathLike)):
-        path = Path(ref)
-    else:
+    if not isinstance(ref, (str, os.PathLike)):
         raise FormatError(f"cannot read a distribution from a {type(ref).__name__}; pass a path, preset or hf:// "
                           "reference")
+    path = Path(ref)
     try:
         return fmt.load(path), path
     except FormatError as exc:
@@ -331,8 +330,8 @@ def _open_torch(path: Path, info: dict, where: str, layout: str, *, sha: str | N
             raise SourceError(f"{where}: holds pickled Python objects, not just tensors; polarpack loads checkpoints "
                               "with weights_only=True for safety. Re-save it with torch.save(model.state_dict(), path) "
                               "or as safetensors") from None
-        raise SourceError(f"{where}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated?") \
-            from None
+        raise SourceError(f"{where}: not a readable PyTorch checkpoint ({_first_line(exc)}); "
+                          "is it truncated?") from None
     return _from_mapping(_find_state_dict(obj, where), info, layout, native=True, path=path, sha256=sha)
 
 

@@ -28,11 +28,9 @@ import math
 import os
 import platform
 import re
-import shutil
 import subprocess
 import time
 import uuid
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -40,34 +38,37 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import distributed
 from ._io import atomic_write_bytes, atomic_write_text, read_json
 from ._version import __version__
 from .constraints import FLUID_MODES, ZERO_MODES, SignConstraint
 from .errors import ConfigError, ModelError
-from .materialize import SAMPLING_MODES, derive_seed, generator_for, glorot_normal, glorot_uniform_, materialize, materialize_pattern
+from .materialize import (SAMPLING_MODES, derive_seed, generator_for, glorot_normal, glorot_uniform_, materialize,
+                          materialize_pattern)
 from .models import GEOMETRIES, PAPER_NETS, build_model, constrainable_layers, head_name, input_size_for
 
 METHODS = {
     "freeze-spin": "Alg. 1: Glorot magnitudes, random pattern with the distribution's proportions, held fixed",
     "fluid-spin": "Alg. 3: as freeze-spin, and each epoch a fraction of the non-zero weights change (--fluid-mode)",
-    "freeze-in": "Alg. 2: the exact sign pattern of --weights (a checkpoint or a pattern .polar), Glorot magnitudes, held fixed",
+    "freeze-in": "Alg. 2: the exact sign pattern of --weights (checkpoint or pattern .polar), Glorot magnitudes, fixed",
     "fluid-in": "Alg. 4: start from the transferred weights (--weights) and train freely (fine-tuning)",
     "scratch": "control: Glorot initialisation, no constraint",
 }
 SPIN_METHODS = ("freeze-spin", "fluid-spin")
 IN_METHODS = ("freeze-in", "fluid-in")
 CONSTRAINED_METHODS = ("freeze-spin", "fluid-spin", "freeze-in")
-PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # adam: prior-work code; sgd: the Keras default
 FINISHED = ("completed", "diverged")
 MODEL_FILE, STATE_FILE = "model.safetensors", "training_state.safetensors"
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A TrainConfig field; its help and choices are what `polarpack train --help` shows."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _opt(default: Any, help: str, choices: tuple | None = None, low: float | None = None, high: float | None = None,
+         open_ends: str = "") -> Any:
+    """A TrainConfig field with what `polarpack train --help` shows and what `validate` allows:
+    `choices`, or bounds `low`/`high` (exclusive where `open_ends` holds "low"/"high")."""
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": (low, high, open_ends)})
 
 
 @dataclass
@@ -75,79 +76,93 @@ class TrainConfig:
     """Everything that defines a run. Sizes in images, rates per optimizer step."""
 
     method: str = _opt("freeze-spin", "; ".join(f"{k}: {v}" for k, v in METHODS.items()), tuple(METHODS))
-    dist: str | None = _opt(None, "Distribution for the SPIN methods: a .polar file, a preset (paper:alexnet) or hf://owner/repo/file.polar.")
-    weights: str | None = _opt(None, "Transferred weights for the IN methods: a checkpoint, a torchvision model name, an hf:// reference, or a pattern .polar (freeze-in).")
-    model: str = _opt("alexnet", "alexnet, zfnet, or a torchvision classifier (e.g. mobilenet_v2; its head is resized to the dataset).")
-    geometry: str = _opt("small", "small: 32x32/28x28 inputs with the seed's conv shapes; imagenet: the seed's 227/224 networks, images resized.", GEOMETRIES)
-    image_size: int | None = _opt(None, "Resize images to this size (e.g. 64 for torchvision models); default: the geometry's size.")
-    dataset: str = _opt("fashion-mnist-mini", "cifar10, fashion-mnist, imagefolder:PATH, or the embedded fashion-mnist-mini (offline).")
-    data_dir: str | None = _opt(None, "Where datasets live (default: $POLARPACK_DATA_DIR, then ~/.cache/polarpack/data).")
+    dist: str | None = _opt(None, "Distribution for the SPIN methods: a .polar file, a preset (paper:alexnet) or "
+                                  "hf://owner/repo/file.polar.")
+    weights: str | None = _opt(None, "Transferred weights for the IN methods: a checkpoint, a torchvision model name, "
+                                     "an hf:// reference, or a pattern .polar (freeze-in).")
+    model: str = _opt("alexnet", "alexnet, zfnet, or a torchvision classifier (its head is resized to the dataset).")
+    geometry: str = _opt("small", "small: 32x32/28x28 inputs with the seed's conv shapes; imagenet: the seed's 227/224 "
+                                  "networks, images resized.", GEOMETRIES)
+    image_size: int | None = _opt(None, "Resize images to this size (e.g. 64 for torchvision models).", low=8,
+                                  high=4096)
+    dataset: str = _opt("fashion-mnist-mini", "cifar10, fashion-mnist, imagefolder:PATH, or the embedded "
+                                              "fashion-mnist-mini (offline).")
+    data_dir: str | None = _opt(None, "Where datasets live (default: $POLARPACK_DATA_DIR, then "
+                                      "~/.cache/polarpack/data).")
     download: bool = _opt(False, "Download a missing dataset with torchvision (needs network).")
-    epochs: int = _opt(20, "Epochs (the seed: 20).")
-    batch_size: int = _opt(1000, "Global batch size, split across ranks when distributed (the seed: 1000).")
-    train_size: int | None = _opt(10_000, "Class-balanced seeded subset of the train split; None/'all' = whole split (the seed: 10,000).")
-    val_size: int | None = _opt(10_000, "Class-balanced subset of the test split used for validation (the seed: 10,000).")
-    seed: int = _opt(0, "Fixes the pattern, magnitudes, data subset and order, dropout and reset values.")
+    epochs: int = _opt(20, "Epochs (the seed: 20).", low=1)
+    batch_size: int = _opt(1000, "Global batch size, split across ranks when distributed (the seed: 1000).", low=1)
+    train_size: int | None = _opt(10_000, "Class-balanced seeded subset of the train split, or all (the seed: "
+                                          "10,000).", low=1)
+    val_size: int | None = _opt(10_000, "Class-balanced subset of the test split for validation (the seed: 10,000).",
+                                low=1)
+    seed: int = _opt(0, "Fixes the pattern, magnitudes, data subset and order, dropout and reset values.", low=0,
+                     high=2**63 - 1)
     optimizer: str = _opt("adam", "adam: the prior-work code (the seed names SGD without settings).", ("adam", "sgd"))
-    lr: float | None = _opt(None, "Learning rate; default 1e-3 for adam (prior-work code), 1e-2 for sgd (Keras default).")
-    momentum: float = _opt(0.0, "SGD momentum (Keras default 0).")
-    weight_decay: float = _opt(0.0, "L2 weight decay (prior-work code: none).")
-    dropout: float = _opt(0.5, "Dropout after fc6 and fc7 of alexnet/zfnet (prior-work networks: 0.5).")
-    eps: float = _opt(1e-3, "Wrong-signed weights are reset to target * U(0, eps) (prior-work code: 1e-3).")
-    zeros: str = _opt("pin", "pin: zero targets hold their weights at 0 (the seed's Alg. 1); free: they train (prior-work code).", ZERO_MODES)
-    constrain: str = _opt("conv", "conv: conv kernels only, FC free (the seed); all: FC too, except the head (prior-work code).", ("conv", "all"))
-    fluid_fraction: float = _opt(0.5, "fluid-spin: fraction of the non-zero weights changed each epoch (the seed: 0.5).")
-    fluid_mode: str = _opt("flip", "fluid-spin: flip = weights and targets change sign (the pattern moves); permute = signs shuffled "
-                           "among the chosen (proportions exact); reset = only the weights flip, so the projection resets them "
-                           "to target * U(0, eps) (the pattern stays).", FLUID_MODES)
+    lr: float | None = _opt(None, "Learning rate; default 1e-3 for adam (prior-work code), 1e-2 for sgd (Keras).",
+                            low=0, open_ends="low")
+    momentum: float = _opt(0.0, "SGD momentum (Keras default 0).", low=0, high=1, open_ends="high")
+    weight_decay: float = _opt(0.0, "L2 weight decay (prior-work code: none).", low=0)
+    dropout: float = _opt(0.5, "Dropout after fc6 and fc7 of alexnet/zfnet (prior-work: 0.5).", low=0, high=1,
+                          open_ends="high")
+    eps: float = _opt(1e-3, "Wrong-signed weights are reset to target * U(0, eps) (prior-work code: 1e-3).", low=0,
+                      open_ends="low")
+    zeros: str = _opt("pin", "pin: zero targets hold their weights at 0 (the seed's Alg. 1); free: they train "
+                             "(prior-work code).", ZERO_MODES)
+    constrain: str = _opt("conv", "conv: conv kernels only, FC free (the seed); all: FC too, except the head "
+                                  "(prior-work code).", ("conv", "all"))
+    fluid_fraction: float = _opt(0.5, "fluid-spin: fraction of the non-zero weights changed each epoch (the seed: "
+                                      "0.5).",
+                                 low=0, high=1)
+    fluid_mode: str = _opt("flip", "fluid-spin: flip = weights and targets change sign (the pattern moves); permute = "
+                                   "signs shuffled among the chosen (proportions exact); reset = only the weights "
+                                   "flip, "
+                                   "so the projection resets them to target * U(0, eps) (the pattern stays).",
+                                   FLUID_MODES)
     sampling: str = _opt("exact", "exact: round(p*n) weights of each sign; iid: independent draws.", SAMPLING_MODES)
-    layer_map: dict[str, str] | None = _opt(None, "Model layer -> distribution layer (default: by name, else by order).")
-    threshold: float = _opt(0.40, "Report the first epoch whose validation accuracy reaches this (the seed's dashed line).")
-    precision: str = _opt("auto", "auto: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with avx512_bf16/AMX), "
-                          "else fp32; bf16 is autocast with fp32 master weights and optimizer state.", PRECISIONS)
+    layer_map: dict[str, str] | None = _opt(None, "Model layer -> distribution layer (default: by name, else by "
+                                                  "order).")
+    threshold: float = _opt(0.40, "Report the first epoch whose validation accuracy reaches this (the seed's 40%).",
+                            low=0, high=1, open_ends="low")
+    precision: str = _opt("auto", "auto: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with "
+                                  "avx512_bf16/AMX), else fp32; bf16 is autocast with fp32 master weights and "
+                                  "optimizer "
+                                  "state.", ("auto", "fp32", "bf16"))
     device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
-    threads: int | None = _opt(None, "Torch CPU threads (default: torch's choice).")
-    eval_batch_size: int = _opt(1000, "Batch size of the validation pass.")
-    bn_batches: int = _opt(2, "BatchNorm models: training batches whose statistics replace the running averages before each "
-                           "validation (10 steps an epoch leave those far behind the weights); 0 keeps the running averages.")
+    threads: int | None = _opt(None, "Torch CPU threads (default: torch's choice).", low=1, high=1024)
+    eval_batch_size: int = _opt(1000, "Batch size of the validation pass.", low=1)
+    bn_batches: int = _opt(2, "BatchNorm models: training batches whose statistics replace the running averages before "
+                              "each validation (ten steps an epoch leave those far behind); 0 keeps them.", low=0)
     save_init: bool = _opt(False, "Also write init.safetensors (initial kernels and targets) to the run directory.")
     layout: str = _opt("auto", "Kernel layout of .npy/.npz --weights.", ("auto", "oihw", "hwio"))
-    unsafe_allow_pickle: bool = _opt(False, "Let --weights unpickle .npy object arrays. UNSAFE: a pickle can run any code; only for files you trust.")
+    unsafe_allow_pickle: bool = _opt(False, "Let --weights unpickle .npy object arrays. UNSAFE: a pickle can run any "
+                                            "code; only for files you trust.")
     endpoint: str | None = _opt(None, "Hub endpoint for hf:// references (default: $HF_ENDPOINT).")
     revision: str | None = _opt(None, "Hub revision for hf:// references without @rev.")
 
     def validate(self) -> TrainConfig:
         """Check every option; a ConfigError names the option, the value and what is allowed."""
         for f in fields(self):
-            if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]:
-                raise ConfigError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {list(f.metadata['choices'])}")
+            value, choices, (low, high, open_ends) = getattr(self, f.name), f.metadata["choices"], f.metadata["bounds"]
+            if choices and value not in choices:
+                raise ConfigError(f"unknown {f.name} {value!r}; choose one of {list(choices)}")
+            if low is None or (value is None and "None" in f.type):
+                continue
+            kind = "an integer" if f.type.startswith("int") else "a finite number"
+            number = isinstance(value, (int, float)) and (kind == "an integer" or math.isfinite(value))
+            ok = number and (isinstance(value, int) or kind != "an integer")
+            ok = ok and not isinstance(value, bool) and (value > low if "low" in open_ends else value >= low)
+            ok = ok and (high is None or (value < high if "high" in open_ends else value <= high))
+            if not ok:
+                allowed = (f"{'>' if 'low' in open_ends else '>='} {low}" if high is None else
+                           f"in {'(' if 'low' in open_ends else '['}{low}, {high}{')' if 'high' in open_ends else ']'}")
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be {kind} {allowed} (got {value!r})")
         if self.method in SPIN_METHODS and not self.dist:
-            raise ConfigError(f"--method {self.method} needs a distribution: pass --dist FILE or a preset such as paper:alexnet")
+            raise ConfigError(f"--method {self.method} needs a distribution: pass --dist FILE or a preset such as "
+                              "paper:alexnet")
         if self.method in IN_METHODS and not self.weights:
             raise ConfigError(f"--method {self.method} needs transferred weights: pass --weights SOURCE "
                               "(a checkpoint file, a torchvision model name or an hf:// reference)")
-        ranges = {  # option: (lowest, highest, what is allowed)
-            "epochs": (1, None, "a positive integer"), "batch_size": (1, None, "a positive integer"),
-            "eval_batch_size": (1, None, "a positive integer"), "train_size": (1, None, "a positive integer or all"),
-            "bn_batches": (0, None, "an integer >= 0"),
-            "val_size": (1, None, "a positive integer or all"), "threads": (1, 1024, "a positive integer"),
-            "seed": (0, 2**63 - 1, "an integer in [0, 2**63 - 1]"), "image_size": (8, 4096, "an integer in [8, 4096]"),
-            "lr": (0, None, "a finite number > 0"), "momentum": (0, 1, "a number in [0, 1)"),
-            "weight_decay": (0, None, "a finite number >= 0"), "dropout": (0, 1, "a number in [0, 1)"),
-            "eps": (0, None, "a finite number > 0"), "fluid_fraction": (0, 1, "a number in [0, 1]"),
-            "threshold": (0, 1, "a number in (0, 1]"),
-        }
-        for key, (low, high, allowed) in ranges.items():
-            value = getattr(self, key)
-            if value is None and key in ("lr", "threads", "train_size", "val_size", "image_size"):
-                continue
-            integral = key in ("epochs", "batch_size", "eval_batch_size", "train_size", "val_size", "threads", "seed", "image_size",
-                               "bn_batches")
-            ok = isinstance(value, int) if integral else isinstance(value, (int, float)) and math.isfinite(value)
-            ok = ok and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-            open_low, open_high = key in ("lr", "eps", "threshold"), key in ("momentum", "dropout")
-            if not ok or (open_low and value == low) or (open_high and value == high):
-                raise ConfigError(f"--{key.replace('_', '-')} must be {allowed} (got {value!r})")
         return self
 
     @property
@@ -159,9 +174,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {unknown}; known options are {sorted(f.name for f in fields(cls))}")
+        known = sorted(f.name for f in fields(cls))
+        if unknown := sorted(set(data) - set(known)):
+            raise ConfigError(f"unknown training option(s) {unknown}; known options are {known}")
         return cls(**dict(data))
 
 
@@ -212,18 +227,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the polarpack checkout this runs from (with '+dirty' for local changes), or
-    None for an installed release: recorded in every run, so results name the code they ran on."""
-    here = Path(__file__).resolve().parent
+    """The commit of the polarpack checkout this runs from ('+dirty' with local changes), None for an
+    installed release: recorded in every run, so results name the code they ran on."""
+    cmd = ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--abbrev=40", "--exclude=*",
+           "--dirty=+dirty"]
     try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if commit.returncode:
-            return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        found = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return commit.stdout.strip() + ("+dirty" if dirty else "")
+    return found.stdout.strip() if found.returncode == 0 else None
 
 
 def keras_init_(model: nn.Module, seed: int) -> None:
@@ -253,7 +265,8 @@ def initialise(model: nn.Module, config: TrainConfig) -> tuple[dict[str, torch.T
         return {}, {}
     if config.method in SPIN_METHODS or (config.method == "freeze-in" and _is_distribution(config.weights)):
         dist = load_distribution(config.dist if config.method in SPIN_METHODS else config.weights, **hub)
-        mat = materialize(dist, model, seed=config.seed, sampling=config.sampling, mapping=config.layer_map, scope=config.constrain)
+        mat = materialize(dist, model, seed=config.seed, sampling=config.sampling, mapping=config.layer_map,
+                          scope=config.constrain)
         mat.apply_(model)
         return mat.targets, {"layer_map": mat.mapping, "distribution_source": dict(dist.source), "_materialized": mat}
     state = load_state_dict(config.weights, layout=config.layout, unsafe_allow_pickle=config.unsafe_allow_pickle, **hub)
@@ -261,10 +274,12 @@ def initialise(model: nn.Module, config: TrainConfig) -> tuple[dict[str, torch.T
     for name, module in layers:
         key = f"{name}.weight"
         if key not in state:
-            raise ModelError(f"--weights {config.weights}: no tensor {key!r} for layer {name!r}; the checkpoint has {_preview(state)}")
+            raise ModelError(f"--weights {config.weights}: no tensor {key!r} for layer {name!r}; the checkpoint has "
+                             f"{len(state)} tensors, e.g. {list(state)[:6]}")
         if tuple(state[key].shape) != tuple(module.weight.shape):
-            raise ModelError(f"--weights {config.weights}: {key!r} has shape {tuple(state[key].shape)} but the model needs "
-                             f"{tuple(module.weight.shape)}; transferred weights must come from the same architecture "
+            raise ModelError(f"--weights {config.weights}: {key!r} has shape {tuple(state[key].shape)} but the model "
+                             "needs "
+                             f"{tuple(module.weight.shape)}: transferred weights must come from the same architecture "
                              "(check --model and --geometry)")
     if config.method == "freeze-in":
         pattern = {name: torch.sign(state[f"{name}.weight"].float()).to(torch.int8) for name in constrained}
@@ -279,24 +294,20 @@ def initialise(model: nn.Module, config: TrainConfig) -> tuple[dict[str, torch.T
             own[key] = state[key].to(value.dtype)
             loaded.append(key)
         else:
-            skipped.append(key if key not in state else f"{key} (shape {tuple(state[key].shape)} != {tuple(value.shape)})")
+            skipped.append(key if key not in state else f"{key} (shape {tuple(state[key].shape)})")
     model.load_state_dict(own)
     return {}, {"transferred": loaded, "not_transferred": skipped}
 
 
 def _is_distribution(ref: str | None) -> bool:
-    return isinstance(ref, str) and (ref.startswith("paper:") or ref.endswith((".polar", ".polar.json", ".polar.safetensors")))
-
-
-def _preview(state: Mapping[str, Any], limit: int = 8) -> str:
-    keys = list(state)
-    return str(keys[:limit])[:-1] + (f", ... ({len(keys)} tensors)]" if len(keys) > limit else "]")
+    return isinstance(ref, str) and (ref.startswith("paper:") or ".polar" in Path(ref).name)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.resolved_lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.resolved_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.resolved_lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
 
 
 # -- run directory -------------------------------------------------------------------------------
@@ -328,9 +339,12 @@ def claim_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    flat = [{**{k: v for k, v in r.items() if k != "held"},
-             **{f"held.{layer}.{s}": p for layer, props in r.get("held", {}).items() for s, p in zip(("p0", "p_neg", "p_pos"), props)}}
-            for r in rows]
+    def flatten(row: dict[str, Any]) -> dict[str, Any]:  # held proportions as held.<layer>.<p> columns
+        keys = ("p0", "p_neg", "p_pos")
+        held = {f"held.{name}.{k}": p for name, ps in row.get("held", {}).items() for k, p in zip(keys, ps)}
+        return {k: v for k, v in row.items() if k != "held"} | held
+
+    flat = [flatten(r) for r in rows]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in flat for k in r)), lineterminator="\n")
     writer.writeheader()
@@ -343,13 +357,12 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            rows.append(json.loads(line)) if line.strip() else None
-        except json.JSONDecodeError:
-            raise ConfigError(f"{path}: line {number} is not valid JSON (a damaged file); restore it, or rerun the run") from None
-    return rows
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in lines]
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: line {exc.doc and lines.index(exc.doc) + 1} is not valid JSON (a damaged file); "
+                          "restore it, or rerun the run") from None
 
 
 def summarize(rows: list[dict[str, Any]], config: TrainConfig, status: str, token: str) -> dict[str, Any]:
@@ -389,7 +402,7 @@ def save_checkpoint(run_dir: Path, *, epoch: int, token: str, model: nn.Module, 
                 scalars[f"{idx}.{key}"] = value
     meta = {"epoch": epoch, "run_token": token, "param_groups": opt["param_groups"], "optim_scalars": scalars}
     atomic_write_bytes(run_dir / STATE_FILE, save(tensors, metadata={"polarpack": json.dumps(meta)}))
-    atomic_write_bytes(run_dir / MODEL_FILE, save(weights, metadata={"format": "pt", "epoch": str(epoch)}))
+    atomic_write_bytes(run_dir / MODEL_FILE, save(weights, metadata={"format": "pt"}))
 
 
 def load_checkpoint(run_dir: Path, *, token: str, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -406,7 +419,8 @@ def load_checkpoint(run_dir: Path, *, token: str, model: nn.Module, optimizer: t
         raise ConfigError(f"--resume {run_dir}: {STATE_FILE} is damaged ({exc}); the run cannot continue from it: "
                           "start it over with --overwrite") from None
     if meta.get("run_token") != token:
-        raise ConfigError(f"--resume {run_dir}: {STATE_FILE} belongs to another run than config.json; start over with --overwrite")
+        raise ConfigError(f"--resume {run_dir}: {STATE_FILE} belongs to another run than config.json; start over with "
+                          "--overwrite")
     device = next(model.parameters()).device
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, Any]] = {}
@@ -444,9 +458,7 @@ class _Run:
     dist: distributed.Dist
 
     def autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 @torch.no_grad()
@@ -462,8 +474,9 @@ def refresh_batchnorm(model: nn.Module, run: _Run, epoch: int) -> None:
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches below
-    order = batch_indices(len(run.train_set.labels), run.config.batch_size, epoch_generator(run.config.seed, "bn", epoch))
-    for idx in order[: run.config.bn_batches]:
+    batches = batch_indices(len(run.train_set.labels), run.config.batch_size, epoch_generator(run.config.seed, "bn",
+                                                                                              epoch))
+    for idx in batches[: run.config.bn_batches]:
         with run.autocast():
             model(run.prepare(run.train_set.images[idx]))
     for m, momentum in zip(norms, momenta):
@@ -489,13 +502,14 @@ def evaluate(model: nn.Module, run: _Run) -> tuple[float, float]:
     return loss_sum / len(labels), correct / len(labels)
 
 
-def _train_epoch(net: nn.Module, optimizer, constraint: SignConstraint | None, run: _Run, epoch: int, bar) -> dict[str, Any]:
+def _train_epoch(net: nn.Module, optimizer, constraint: SignConstraint | None, run: _Run, epoch: int, bar) -> dict:
     """One pass over the training set; stops early at a non-finite loss (the row says so)."""
     from .data import batch_indices
 
     torch.manual_seed(derive_seed(run.config.seed, "dropout", str(run.dist.rank), str(epoch)))
     loss_sum, correct, seen, started = 0.0, 0, 0, time.perf_counter()
-    for idx in batch_indices(len(run.train_set.labels), run.config.batch_size, epoch_generator(run.config.seed, "batches", epoch)):
+    order = epoch_generator(run.config.seed, "batches", epoch)
+    for idx in batch_indices(len(run.train_set.labels), run.config.batch_size, order):
         mine = run.dist.shard(idx)
         x, y = run.prepare(run.train_set.images[mine]), run.train_set.labels[mine].to(run.device, non_blocking=True)
         with run.autocast():
@@ -507,19 +521,21 @@ def _train_epoch(net: nn.Module, optimizer, constraint: SignConstraint | None, r
         optimizer.step()
         if constraint is not None:
             constraint.project_()
-        batch_loss, batch_correct = run.dist.all_sum(float(loss.detach()) * len(idx) / run.dist.world_size, int((out.argmax(1) == y).sum()))
+        batch_loss, batch_correct = run.dist.all_sum(float(loss.detach()) * len(idx) / run.dist.world_size,
+                                                     int((out.argmax(1) == y).sum()))
         loss_sum, correct, seen = loss_sum + batch_loss, correct + int(batch_correct), seen + len(idx)
-        if bar is not None:
-            bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-            bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        bar.update(1)
         if not math.isfinite(batch_loss):
             break
     seconds = time.perf_counter() - started
-    return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "train_seconds": seconds, "images_per_second": seen / seconds}
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "train_seconds": seconds,
+            "images_per_second": seen / seconds}
 
 
-def train(config: TrainConfig | None = None, *, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-          overwrite: bool = False, progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+def train(config: TrainConfig | None = None, *, out: str | os.PathLike | None = None,
+          resume: str | os.PathLike | None = None,
+          overwrite: bool = False, progress: bool = True, on_epoch: Callable[[dict], None] | None = None,
           backend: str | None = None, **overrides: Any) -> TrainResult:
     """Train one run. `resume=RUN_DIR` continues an interrupted run with its saved config and ends
     with the metrics an uninterrupted run has. Pass a `TrainConfig` or keyword options
@@ -539,13 +555,12 @@ def train(config: TrainConfig | None = None, *, out: str | os.PathLike | None = 
         summary = meta["summary"]
         return TrainResult(run_dir, summary["status"], read_metrics(run_dir), summary, config)
     elif run.dist.is_main:
-        _write_config(run_dir, config, run, token, model, init_report)
+        _write_config(run_dir, config, run, token, init_report)
     run.dist.check_same("sign targets", distributed.checksum(constraint.targets() if constraint else {}),
-                        "every rank must materialize the same pattern: same --seed, --dist, --sampling, --map and version")
-    net = run.dist.wrap(model)
-    status = "running"
-    steps = math.ceil(len(run.train_set.labels) / config.batch_size)
-    bar = _progress(progress and run.dist.is_main, config.epochs * steps, len(rows) * steps, f"{config.method} {config.model}")
+                        "every rank must materialize the same pattern: same --seed, --dist, --sampling, --map, version")
+    net, status, steps = run.dist.wrap(model), "running", math.ceil(len(run.train_set.labels) / config.batch_size)
+    bar = tqdm(total=config.epochs * steps, initial=len(rows) * steps, desc=f"{config.method} {config.model}",
+               unit="step", dynamic_ncols=True, disable=not (progress and run.dist.is_main))
     for epoch in range(len(rows) + 1, config.epochs + 1):
         started = time.perf_counter()
         flips = 0
@@ -557,26 +572,27 @@ def train(config: TrainConfig | None = None, *, out: str | os.PathLike | None = 
         trained = _train_epoch(net, optimizer, constraint, run, epoch, bar)
         refresh_batchnorm(model, run, epoch)
         val_loss, val_acc = evaluate(model, run)
-        row = {"epoch": epoch, "train_loss": trained["train_loss"], "train_acc": trained["train_acc"], "val_loss": val_loss,
+        row = {"epoch": epoch, "train_loss": trained["train_loss"], "train_acc": trained["train_acc"],
+               "val_loss": val_loss,
                "val_acc": val_acc, "epoch_seconds": time.perf_counter() - started, **trained,
                "projection_resets": constraint.take_reset_count() if constraint else 0, "fluid_flips": flips,
-               "lr": optimizer.param_groups[0]["lr"]}
-        if constraint is not None:
-            row["held"] = constraint.held_proportions()
+               "lr": optimizer.param_groups[0]["lr"], **({"held": constraint.held_proportions()} if constraint else {})}
         if not math.isfinite(row["train_loss"] + row["val_loss"]):  # JSON holds no NaN: those become null
-            status, row = "diverged", {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+            status = "diverged"
+            row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
         rows.append(row)
         if run.dist.is_main:
             write_metrics(run_dir, rows)
             if status != "diverged":
-                save_checkpoint(run_dir, epoch=epoch, token=token, model=model, optimizer=optimizer, constraint=constraint)
-            atomic_write_text(run_dir / "summary.json", json.dumps(summarize(rows, config, status, token), indent=2) + "\n")
+                save_checkpoint(run_dir, epoch=epoch, token=token, model=model, optimizer=optimizer,
+                                constraint=constraint)
+            atomic_write_text(run_dir / "summary.json", json.dumps(summarize(rows, config, status, token),
+                                                                   indent=2) + "\n")
         if on_epoch is not None:
             on_epoch(row)
         if status == "diverged":
             break
-    if bar is not None:
-        bar.close()
+    bar.close()
     status = "completed" if status == "running" else status
     summary = summarize(rows, config, status, token)
     if run.dist.is_main:
@@ -623,7 +639,8 @@ def _build(config: TrainConfig, backend: str | None) -> tuple[_Run, nn.Module, d
     dist, device = distributed.setup(resolve_device(config.device), backend)
     train_set, val_set = load_splits(config.dataset, data_dir=config.data_dir, train_size=config.train_size,
                                      val_size=config.val_size, seed=config.seed, download=config.download)
-    model = build_model(config.model, num_classes=len(train_set.classes), geometry=config.geometry, dropout=config.dropout)
+    model = build_model(config.model, num_classes=len(train_set.classes), geometry=config.geometry,
+                        dropout=config.dropout)
     targets, report = initialise(model, config)
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     memory_format = torch.channels_last if conv else torch.contiguous_format  # faster convs in fp32 and bf16 alike
@@ -636,28 +653,20 @@ def _build(config: TrainConfig, backend: str | None) -> tuple[_Run, nn.Module, d
         return x.contiguous(memory_format=memory_format)
 
     report |= {"input_size": size or int(train_set.images.shape[-1]), "num_classes": len(train_set.classes),
-               "train_images": len(train_set.labels), "val_images": len(val_set.labels), "memory_format": str(memory_format)}
+               "train_images": len(train_set.labels), "val_images": len(val_set.labels),
+               "memory_format": str(memory_format)}
     return _Run(config, device, config.precision, prepare, train_set, val_set, dist), model, targets, report
 
 
-def _write_config(run_dir: Path, config: TrainConfig, run: _Run, token: str, model: nn.Module, report: dict[str, Any]) -> None:
+def _write_config(run_dir: Path, config: TrainConfig, run: _Run, token: str, report: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     materialized = report.pop("_materialized", None)
     resolved = {"lr": config.resolved_lr, "device": str(run.device), "precision": run.precision, **report,
                 **({"distributed": run.dist.describe()} if run.dist.world_size > 1 else {})}
     environment = {"polarpack": __version__, "git_commit": git_commit(), "torch": torch.__version__,
-                   "python": platform.python_version(), "threads": torch.get_num_threads(), "machine": platform.machine(),
-                   "processor": platform.processor() or None}
-    text = json.dumps({"config": config.to_dict(), "resolved": resolved, "environment": environment, "run_token": token},
-                      indent=2, default=str)
-    atomic_write_text(run_dir / "config.json", text + "\n")
+                   "python": platform.python_version(), "threads": torch.get_num_threads(),
+                   "machine": platform.machine()}
+    meta = {"config": config.to_dict(), "resolved": resolved, "environment": environment, "run_token": token}
+    atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
     if config.save_init and materialized is not None:
         materialized.save(run_dir / "init.safetensors")
-
-
-def _progress(enabled: bool, total: int, initial: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)

@@ -230,3 +230,11 @@ def test_report_files_and_a_torn_metrics_line(finished, grid_file, tmp_path):
         fh.write('{"epoch": 2, "val_')
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "torn")])
     assert result.exit_code == 1 and "line 2 is not valid JSON" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("examples/*.toml")), ids=lambda p: p.name)
+def test_shipped_experiment_files_expand(path, monkeypatch):
+    monkeypatch.chdir(path.parents[1])  # their relative paths are written from the repository root
+    exp = load_experiment(path)
+    assert exp.cells and all(c.skip_reason is None or "weights" in c.skip_reason for c in exp.cells)
+    assert all(c.config["precision"] in ("fp32", "bf16") for c in exp.cells)

@@ -108,13 +108,13 @@ def test_resume_removes_a_killed_writers_temporary_files(tmp_path):
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["--epochs", "0"], ["--epochs must be a positive integer"]),
+    (["--epochs", "0"], ["--epochs must be an integer >= 1"]),
     (["--lr", "nan"], ["--lr must be a finite number > 0"]),
     (["--lr", "-1"], ["--lr must be"]),
-    (["--momentum", "-1"], ["--momentum must be a number in [0, 1)"]),
+    (["--momentum", "-1"], ["--momentum must be a finite number in [0, 1)"]),
     (["--weight-decay", "nan"], ["--weight-decay must be"]),
-    (["--threads", "-2"], ["--threads must be a positive integer"]),
-    (["--seed", str(2**64)], ["--seed must be an integer in [0, 2**63 - 1]"]),
+    (["--threads", "-2"], ["--threads must be an integer in [1, 1024]"]),
+    (["--seed", str(2**64)], ["--seed must be an integer in [0, 9223372036854775807]"]),
     (["--dropout", "1"], ["--dropout must be"]),
     (["--method", "freeze-spin"], ["needs a distribution"]),
     (["--method", "freeze-spin", "--dist", "hf://o/r/../x.polar"], [".."]),
