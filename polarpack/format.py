@@ -169,8 +169,8 @@ def unpack_signs(data: bytes, shape: Sequence[int], counts: Sequence[int]) -> np
     has_zero, has_sign = 0 < n0 < n, 0 < n_neg < n - n0
     need = has_zero * -(-n // 8) + has_sign * -(-(n - n0) // 8)
     if len(data) != need:
-        raise FormatError(f"pattern is {len(data)} bytes but shape {list(shape)} with counts {list(counts)} needs "
-                          f"{need}")
+        raise FormatError(f"pattern is {len(data)} bytes but shape {list(shape)} with counts {list(counts)} "
+                          f"needs {need}")
     buf = np.frombuffer(data, dtype=np.uint8)
     zero = np.unpackbits(buf[: -(-n // 8)], count=n).astype(bool) if has_zero else np.full(n, n0 == n)
     negative = np.unpackbits(buf[len(buf) - has_sign * -(-(n - n0) // 8):], count=n - n0).astype(bool) \
@@ -241,9 +241,8 @@ class Distribution:
             raise FormatError(f"{where}: the top level must be a JSON object, got {type(data).__name__}")
         _check_keys(data, TOP_KEYS, ("format_version", "layers"), where, "put extra information under 'metadata'")
         if data["format_version"] != FORMAT_VERSION or not _is_int(data["format_version"]):
-            raise FormatError(f"{where}: unknown format_version {data['format_version']!r}; this polarpack "
-                              f"{__version__} "
-                              f"reads format_version {FORMAT_VERSION} (upgrade polarpack to read newer files)")
+            raise FormatError(f"{where}: unknown format_version {data['format_version']!r}; polarpack "
+                              f"{__version__} reads format_version {FORMAT_VERSION} (upgrade it to read newer files)")
         if not isinstance(data["layers"], list) or not data["layers"]:
             raise FormatError(f"{where}: 'layers' must be a non-empty list of layer objects")
         layers = []
@@ -350,24 +349,24 @@ def _validate_layer(layer: LayerDistribution, where: str, granularity: str) -> N
                               f"{math.prod(shape)} weights; fix the counts or the shape")
         for key, c, p in zip(("p0", "p_neg", "p_pos"), counts, layer.proportions):
             if abs(c / n - p) > SUM_TOLERANCE:
-                raise FormatError(f"{where}: '{key}' is {p!r} but 'counts' give {c}/{n}; fix the proportion or drop "
-                                  "'counts'")
+                raise FormatError(f"{where}: '{key}' is {p!r} but 'counts' give {c}/{n}; "
+                                  "fix the proportion or drop 'counts'")
     needs = {"channel": "channel_counts", "pattern": "pattern"}.get(granularity)
     for key in ("channel_counts", "pattern"):
         if (getattr(layer, key) is not None) != (key == needs):
-            raise FormatError(f"{where}: '{key}' is {'missing' if key == needs else 'not allowed'} at granularity "
-                              f"{granularity!r}")
+            what = "missing" if key == needs else "not allowed"
+            raise FormatError(f"{where}: '{key}' is {what} at granularity {granularity!r}")
     if needs and (shape is None or counts is None):
         raise FormatError(f"{where}: granularity {granularity!r} needs the layer's 'shape' and 'counts'")
     if layer.channel_counts is not None:
         rows = layer.channel_counts
         if not (isinstance(rows, tuple) and len(rows) == shape[0] and all(
                 isinstance(r, tuple) and len(r) == 3 and all(_is_int(c) for c in r) for r in rows)):
-            raise FormatError(f"{where}: 'channel_counts' must be {shape[0]} triples [n0, n_neg, n_pos] (one per "
-                              "output channel)")
+            raise FormatError(f"{where}: 'channel_counts' must be {shape[0]} triples [n0, n_neg, n_pos], "
+                              "one per output channel")
         if any(sum(r) != math.prod(shape[1:]) for r in rows) or tuple(map(sum, zip(*rows))) != counts:
-            raise FormatError(f"{where}: 'channel_counts' must each sum to {math.prod(shape[1:])} and add up to "
-                              "'counts'")
+            raise FormatError(f"{where}: 'channel_counts' must each sum to {math.prod(shape[1:])} "
+                              "and add up to 'counts'")
     if layer.pattern is not None:
         if not isinstance(layer.pattern, bytes):
             raise FormatError(f"{where}: 'pattern' must be bytes")

@@ -241,9 +241,8 @@ def _make_cell(options: dict[str, Any], weights: Mapping[str, Any], path: Path) 
     if method in IN_METHODS and not cfg.get("weights"):
         cfg["weights"] = weights.get(str(cfg["model"])) or weights.get("default")
         if not cfg["weights"]:
-            reason = (f"{method} needs transferred weights for model {cfg['model']!r}, and none are given (set "
-                      "[weights] "
-                      f"{cfg['model']} = \"SOURCE\" in {path} or --set weights.{cfg['model']}=SOURCE)")
+            reason = (f"{method} needs transferred weights for model {cfg['model']!r}, and none are given "
+                      f"(set [weights] {cfg['model']} = \"SOURCE\" in {path} or --set weights.{cfg['model']}=SOURCE)")
     for key in ("weights", "dist"):
         if reason is None and looks_like_path(cfg.get(key)) and not Path(cfg[key]).expanduser().exists():
             reason = f"{method}: {key} file {cfg[key]!r} not found (relative to {Path.cwd()})"

@@ -195,11 +195,10 @@ def _interval(c: dict[str, Any] | None, scale: float, unit: str) -> str:
 def markdown_report(name: str, groups: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]]) -> str:
     lines = [f"# {name}", "",
              f"Final validation accuracy (%): mean ± sample std over the seeds that finished; converged = "
-             f"final val acc >= {100 * CONVERGED_ACC:.0f}%; epochs to 40% = first epoch whose mean val acc >= 40%; "
-             "dips = "
-             f"mean count per run of epochs whose val acc fell >= {100 * DIP:.0f} points.", "",
-             "| group | precision | seeds | final val acc % | best epoch mean % | epochs to 40% | converged | dips | "
-             "notes |",
+             f"final val acc >= {100 * CONVERGED_ACC:.0f}%; epochs to 40% = first epoch whose mean val acc >= 40%;",
+             f"dips = mean count per run of epochs whose val acc fell >= {100 * DIP:.0f} points.", "",
+             "| group | precision | seeds | final val acc % | best epoch mean % | epochs to 40% | converged | dips "
+             "| notes |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for g in groups:
         notes = [text for text, show in ((f"{g['diverged']} diverged", g["diverged"]),

@@ -89,9 +89,8 @@ class ResultsStore:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     fh.seek(0)
-                    raise ConfigError(f"{self.root}: another polarpack experiment (pid {fh.read().strip() or '?'}) is "
-                                      "writing "
-                                      "to this results folder; wait for it to finish, or use another "
+                    raise ConfigError(f"{self.root}: another polarpack experiment (pid {fh.read().strip() or '?'}) "
+                                      "is writing to this results folder; wait for it to finish, or use another "
                                       "--results") from None
             fh.truncate(0)
             fh.write(f"{os.getpid()}\n")

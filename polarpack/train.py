@@ -83,8 +83,8 @@ class TrainConfig:
     model: str = _opt("alexnet", "alexnet, zfnet, or a torchvision classifier (its head is resized to the dataset).")
     geometry: str = _opt("small", "small: 32x32/28x28 inputs with the seed's conv shapes; imagenet: the seed's 227/224 "
                                   "networks, images resized.", GEOMETRIES)
-    image_size: int | None = _opt(None, "Resize images to this size (e.g. 64 for torchvision models).", low=8,
-                                  high=4096)
+    image_size: int | None = _opt(None, "Resize images to this size (e.g. 64 for torchvision models).",
+                                  low=8, high=4096)
     dataset: str = _opt("fashion-mnist-mini", "cifar10, fashion-mnist, imagefolder:PATH, or the embedded "
                                               "fashion-mnist-mini (offline).")
     data_dir: str | None = _opt(None, "Where datasets live (default: $POLARPACK_DATA_DIR, then "
@@ -94,31 +94,29 @@ class TrainConfig:
     batch_size: int = _opt(1000, "Global batch size, split across ranks when distributed (the seed: 1000).", low=1)
     train_size: int | None = _opt(10_000, "Class-balanced seeded subset of the train split, or all (the seed: "
                                           "10,000).", low=1)
-    val_size: int | None = _opt(10_000, "Class-balanced subset of the test split for validation (the seed: 10,000).",
-                                low=1)
-    seed: int = _opt(0, "Fixes the pattern, magnitudes, data subset and order, dropout and reset values.", low=0,
-                     high=2**63 - 1)
+    val_size: int | None = _opt(10_000, "Class-balanced subset of the test split for validation (the seed: "
+                                        "10,000).", low=1)
+    seed: int = _opt(0, "Fixes the pattern, magnitudes, data subset and order, dropout and reset values.",
+                     low=0, high=2**63 - 1)
     optimizer: str = _opt("adam", "adam: the prior-work code (the seed names SGD without settings).", ("adam", "sgd"))
     lr: float | None = _opt(None, "Learning rate; default 1e-3 for adam (prior-work code), 1e-2 for sgd (Keras).",
                             low=0, open_ends="low")
     momentum: float = _opt(0.0, "SGD momentum (Keras default 0).", low=0, high=1, open_ends="high")
     weight_decay: float = _opt(0.0, "L2 weight decay (prior-work code: none).", low=0)
-    dropout: float = _opt(0.5, "Dropout after fc6 and fc7 of alexnet/zfnet (prior-work: 0.5).", low=0, high=1,
-                          open_ends="high")
-    eps: float = _opt(1e-3, "Wrong-signed weights are reset to target * U(0, eps) (prior-work code: 1e-3).", low=0,
-                      open_ends="low")
+    dropout: float = _opt(0.5, "Dropout after fc6 and fc7 of alexnet/zfnet (prior-work: 0.5).",
+                          low=0, high=1, open_ends="high")
+    eps: float = _opt(1e-3, "Wrong-signed weights are reset to target * U(0, eps) (prior-work code: 1e-3).",
+                      low=0, open_ends="low")
     zeros: str = _opt("pin", "pin: zero targets hold their weights at 0 (the seed's Alg. 1); free: they train "
                              "(prior-work code).", ZERO_MODES)
     constrain: str = _opt("conv", "conv: conv kernels only, FC free (the seed); all: FC too, except the head "
                                   "(prior-work code).", ("conv", "all"))
-    fluid_fraction: float = _opt(0.5, "fluid-spin: fraction of the non-zero weights changed each epoch (the seed: "
-                                      "0.5).",
-                                 low=0, high=1)
-    fluid_mode: str = _opt("flip", "fluid-spin: flip = weights and targets change sign (the pattern moves); permute = "
-                                   "signs shuffled among the chosen (proportions exact); reset = only the weights "
-                                   "flip, "
-                                   "so the projection resets them to target * U(0, eps) (the pattern stays).",
-                                   FLUID_MODES)
+    fluid_fraction: float = _opt(0.5, "fluid-spin: fraction of the non-zero weights changed each epoch "
+                                      "(the seed: 0.5).", low=0, high=1)
+    fluid_mode: str = _opt("flip", "fluid-spin: flip = weights and targets change sign (the pattern moves); "
+                                   "permute = signs shuffled among the chosen (proportions exact); reset = only the "
+                                   "weights flip, and the projection resets them to target * U(0, eps) (the pattern "
+                                   "stays).", FLUID_MODES)
     sampling: str = _opt("exact", "exact: round(p*n) weights of each sign; iid: independent draws.", SAMPLING_MODES)
     layer_map: dict[str, str] | None = _opt(None, "Model layer -> distribution layer (default: by name, else by "
                                                   "order).")
@@ -126,8 +124,7 @@ class TrainConfig:
                             low=0, high=1, open_ends="low")
     precision: str = _opt("auto", "auto: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with "
                                   "avx512_bf16/AMX), else fp32; bf16 is autocast with fp32 master weights and "
-                                  "optimizer "
-                                  "state.", ("auto", "fp32", "bf16"))
+                                  "optimizer state.", ("auto", "fp32", "bf16"))
     device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
     threads: int | None = _opt(None, "Torch CPU threads (default: torch's choice).", low=1, high=1024)
     eval_batch_size: int = _opt(1000, "Batch size of the validation pass.", low=1)
