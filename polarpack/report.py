@@ -152,28 +152,30 @@ def _statistics(g: dict[str, Any]) -> dict[str, Any]:
             "epochs_to_40_per_seed": crossings, "dips_mean": mean_std(dips)[0], "curve": curve}
 
 
+def _matches(a: Mapping[str, Any], b: Mapping[str, Any], ignore: set[str]) -> bool:
+    """b agrees with a on every option but `ignore` and those one of the two methods does not use."""
+    unused = {k for k, methods in UNUSED.items() if a.get("method") in methods or b.get("method") in methods}
+    return all(b.get(k) == v for k, v in a.items() if k not in ignore | unused)
+
+
 def compare(groups: Sequence[Mapping[str, Any]], specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each spec's a-groups against their matching b-groups (see the module docstring)."""
     out = []
     for spec in specs:
         a_sel, b_sel = dict(spec.get("a", {})), dict(spec.get("b", {}))
-        chosen = set(a_sel) | set(b_sel)
-        for ga in (g for g in groups if all(g["config"].get(k) == v for k, v in a_sel.items())):
-            rest = {k: v for k, v in ga["config"].items() if k not in chosen}
-            gb = next((g for g in groups if all(g["config"].get(k) == v for k, v in b_sel.items())
-                       and all(g["config"].get(k) == v for k, v in rest.items() if k not in UNUSED)), None)
-            if gb is None or not ga["finished"] or not gb["finished"]:
+        for ga in (g for g in groups if g["finished"] and all(g["config"].get(k) == v for k, v in a_sel.items())):
+            ignore = set(a_sel) | set(b_sel)
+            gb = next((g for g in groups if g is not ga and g["finished"] and all(g["config"].get(k) == v for k, v
+                       in b_sel.items()) and _matches(ga["config"], g["config"], ignore)), None)
+            if gb is None:
                 continue
-            seeds = sorted(set(ga["seeds"]) & set(gb["seeds"]))
-            paired = len(seeds) >= 2 and seeds == ga["seeds"] == gb["seeds"]
-            def pick(g, key, paired=paired, seeds=seeds):
-                return [v for s, v in zip(g["seeds"], g[key]) if s in seeds] if paired else g[key]
-            acc = t_interval(pick(ga, "final_val_accs"), pick(gb, "final_val_accs"), paired)
-            ea, eb = pick(ga, "epochs_to_40_per_seed"), pick(gb, "epochs_to_40_per_seed")
-            epochs = t_interval(ea, eb, paired) if None not in ea + eb else None
-            out.append({"name": spec.get("name", "a - b"), "a": ga["label"], "b": gb["label"], "n": (ga["finished"],
-                                                                                                     gb["finished"]),
-                        "final_val_acc": acc, "epochs_to_40": epochs, "censored": None in ea + eb})
+            paired = len(ga["seeds"]) >= 2 and ga["seeds"] == gb["seeds"]  # same seeds: same data subset and order
+            acc = t_interval(ga["final_val_accs"], gb["final_val_accs"], paired)
+            ea, eb = ga["epochs_to_40_per_seed"], gb["epochs_to_40_per_seed"]
+            censored = None in ea + eb
+            out.append({"name": spec.get("name", "a - b"), "a": ga["label"], "b": gb["label"],
+                        "n": (ga["finished"], gb["finished"]), "final_val_acc": acc,
+                        "epochs_to_40": None if censored else t_interval(ea, eb, paired), "censored": censored})
     return out
 
 

@@ -130,13 +130,10 @@ def run_experiment(exp: Experiment, results: str | os.PathLike, *, jobs: int = 1
     with store.lock():
         todo = [(c, state) for c in exp.cells if not c.skip_reason and (state := store.state(c)) != "done"]
         bar = _bar(progress, exp, store, todo)
-        outcomes: dict[str, dict[str, Any]] = {}
-
         def finish(cell: Cell, outcome: dict[str, Any]) -> None:
             if outcome["status"] == "failed":
                 store.record_failure(cell, outcome["error"])
                 bar.write(f"failed: {cell.run_id}: {outcome['error']}", file=sys.stderr)
-            outcomes[cell.run_id] = outcome
             if on_cell is not None:
                 on_cell(cell, outcome)
 

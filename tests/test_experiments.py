@@ -238,3 +238,21 @@ def test_shipped_experiment_files_expand(path, monkeypatch):
     exp = load_experiment(path)
     assert exp.cells and all(c.skip_reason is None or "weights" in c.skip_reason for c in exp.cells)
     assert all(c.config["precision"] in ("fp32", "bf16") for c in exp.cells)
+
+
+def test_comparisons_match_groups_on_every_option_the_methods_use(tmp_path):
+    """zeros free - pin pairs each distribution with itself; SPIN - scratch ignores what scratch does not use."""
+    for dist, accs in (("paper:alexnet", (0.5, 0.4)), ("paper:table1-exp3", (0.3, 0.2))):
+        for zeros, acc in zip(("free", "pin"), accs):
+            for seed in (0, 1):
+                _write_run(tmp_path, f"{dist[-4:]}-{zeros}-s{seed}-{dist[-1]}{zeros[0]}{seed}",
+                           {"method": "freeze-spin", "dist": dist, "zeros": zeros, "seed": seed}, [acc + seed / 100])
+    for seed in (0, 1):
+        _write_run(tmp_path, f"scratch-s{seed}-x{seed}", {"method": "scratch", "seed": seed}, [0.1 + seed / 100])
+    groups = aggregate(*_cells(tmp_path))
+    zeros = compare(groups, [{"a": {"zeros": "free"}, "b": {"zeros": "pin"}}])
+    assert sorted((c["a"], c["b"], round(c["final_val_acc"]["diff"], 6)) for c in zeros) == [
+        ("freeze-spin paper:alexnet zeros=free", "freeze-spin paper:alexnet zeros=pin", 0.1),
+        ("freeze-spin paper:table1-exp3 zeros=free", "freeze-spin paper:table1-exp3 zeros=pin", 0.1)]
+    spin = compare(groups, [{"a": {"method": "freeze-spin", "zeros": "pin"}, "b": {"method": "scratch"}}])
+    assert sorted(round(c["final_val_acc"]["diff"], 6) for c in spin) == [0.1, 0.3] and all(c["b"].startswith("scratch") for c in spin)
