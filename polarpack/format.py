@@ -163,21 +163,29 @@ def pack_signs(signs: Any) -> bytes:
     return b"".join(p.tobytes() for p in parts)
 
 
+def _bitmaps(data: bytes, shape: Sequence[int], counts: Sequence[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The zero and sign bitmaps of a packed pattern, checked against the counts without expanding
+    them (a hostile file's shape cannot make this allocate more than the file holds)."""
+    n, (n0, n_neg, _) = math.prod(shape), counts
+    zero_bytes = -(-n // 8) if 0 < n0 < n else 0
+    sign_bytes = -(-(n - n0) // 8) if 0 < n_neg < n - n0 else 0
+    if len(data) != zero_bytes + sign_bytes:
+        raise FormatError(f"pattern is {len(data)} bytes but shape {list(shape)} with counts {list(counts)} "
+                          f"needs {zero_bytes + sign_bytes}")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    zero, sign = buf[:zero_bytes], buf[zero_bytes:]
+    popcount = [int(np.unpackbits(b).sum()) for b in (zero, sign)]  # padding bits set show up here too
+    if popcount != [n0 if zero_bytes else 0, n_neg if sign_bytes else 0]:
+        raise FormatError(f"pattern bits do not match counts {list(counts)} (or padding bits are set)")
+    return (zero if zero_bytes else None), (sign if sign_bytes else None)
+
+
 def unpack_signs(data: bytes, shape: Sequence[int], counts: Sequence[int]) -> np.ndarray:
     """Inverse of `pack_signs`; the counts say which bitmaps are present and must agree with them."""
+    zero_bits, sign_bits = _bitmaps(data, shape, counts)
     n, (n0, n_neg, _) = math.prod(shape), counts
-    has_zero, has_sign = 0 < n0 < n, 0 < n_neg < n - n0
-    need = has_zero * -(-n // 8) + has_sign * -(-(n - n0) // 8)
-    if len(data) != need:
-        raise FormatError(f"pattern is {len(data)} bytes but shape {list(shape)} with counts {list(counts)} "
-                          f"needs {need}")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    zero = np.unpackbits(buf[: -(-n // 8)], count=n).astype(bool) if has_zero else np.full(n, n0 == n)
-    negative = np.unpackbits(buf[len(buf) - has_sign * -(-(n - n0) // 8):], count=n - n0).astype(bool) \
-        if has_sign else np.full(n - n0, n_neg > 0)
-    set_bits = np.unpackbits(buf).sum()  # > the counts when padding bits are set
-    if int(zero.sum()) != n0 or int(negative.sum()) != n_neg or set_bits != n0 * has_zero + n_neg * has_sign:
-        raise FormatError(f"pattern bits do not match counts {list(counts)} (or padding bits are set)")
+    zero = np.full(n, n0 == n) if zero_bits is None else np.unpackbits(zero_bits, count=n).astype(bool)
+    negative = np.full(n - n0, n_neg > 0) if sign_bits is None else np.unpackbits(sign_bits, count=n - n0).astype(bool)
     out = np.zeros(n, dtype=np.int8)
     out[~zero] = np.where(negative, -1, 1)
     return out.reshape(tuple(shape))
@@ -371,7 +379,7 @@ def _validate_layer(layer: LayerDistribution, where: str, granularity: str) -> N
         if not isinstance(layer.pattern, bytes):
             raise FormatError(f"{where}: 'pattern' must be bytes")
         try:
-            unpack_signs(layer.pattern, shape, counts)
+            _bitmaps(layer.pattern, shape, counts)
         except FormatError as exc:
             raise FormatError(f"{where}: {exc}") from None
 

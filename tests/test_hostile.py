@@ -195,3 +195,14 @@ def test_the_pickle_module_is_never_used_on_a_polar_file(tmp_path):
     (tmp_path / "x.polar").write_bytes(pickle.dumps(Payload(str(tmp_path / "marker"))))
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "x.polar")])
     assert result.exit_code == 1 and not (tmp_path / "marker").exists()
+
+
+def test_a_pattern_file_claiming_a_huge_layer_is_checked_without_expanding_it(tmp_path):
+    """A single-sign layer needs no bits, so a file can claim 2**40 weights in a few bytes: reading
+    it must not allocate them (materializing checks the shape against the model first)."""
+    from polarpack.format import Distribution, LayerDistribution, decode, encode
+
+    n = 2**40
+    layer = LayerDistribution.from_counts("huge", [0, n, 0], shape=[n], pattern=b"")
+    dist = decode(encode(Distribution([layer], granularity="pattern"), "safetensors"))
+    assert dist[0].counts == (0, n, 0) and dist[0].pattern == b""
