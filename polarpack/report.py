@@ -274,7 +274,7 @@ def plot_figure(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, ti
     if not groups:
         return None
     panels = sorted({(g["config"]["model"], g["config"]["dataset"]) for g in groups})
-    fig, axes = plt.subplots(2, len(panels), figsize=(5.5 * len(panels), 8), squeeze=False, sharey="row")
+    fig, axes = plt.subplots(2, len(panels), figsize=(max(8.0, 5.5 * len(panels)), 8.5), squeeze=False, sharey="row")
     labels = sorted({_panel_label(g) for g in groups})
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
     for col, (model, dataset) in enumerate(panels):
@@ -284,7 +284,7 @@ def plot_figure(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, ti
                 mean = [100 * (p[f"{key}_mean"] or 0) for p in g["curve"]]
                 std = [100 * (p[f"{key}_std"] or 0) for p in g["curve"]]
                 ax = axes[row][col]
-                ax.plot(epochs, mean, color=colors[label], label=f"{label} (n={g['finished']})")
+                ax.plot(epochs, mean, color=colors[label], label=f"{label} (n={g['finished']})" if row else None)
                 ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                 color=colors[label], alpha=0.15, linewidth=0)
                 if g["epochs_to_40"]:
@@ -294,10 +294,16 @@ def plot_figure(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, ti
             ax.set_title(f"{model} on {dataset}: {what} accuracy (mean ± std over seeds)", fontsize=9)
             ax.set(xlabel="epoch", ylabel=f"{what} accuracy (%)")
             ax.axhline(100 * THRESHOLD, color="grey", linewidth=0.8, linestyle=":")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
-        axes[1][col].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title or "accuracy per epoch; dashed: the epoch where the mean validation accuracy reaches 40%")
-    fig.tight_layout()
+    handles, names = axes[1][0].get_legend_handles_labels()
+    for ax in axes[1][1:]:
+        handles, names = handles + ax.get_legend_handles_labels()[0], names + ax.get_legend_handles_labels()[1]
+    unique = dict(zip(names, handles))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle((title + "\n" if title else "") + "dotted: 40%; dashed: the epoch where a group's mean validation "
+                 "accuracy reaches it", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.022 * ((len(unique) + 1) // 2), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
