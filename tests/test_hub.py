@@ -7,7 +7,6 @@ cache and token paths, shorten timeouts and keep the client off huggingface.co (
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import time
@@ -23,6 +22,7 @@ from polarpack.format import Distribution, LayerDistribution
 from polarpack.hub import HubReference, download, is_hub_reference, parse_reference, pull, push
 from polarpack_cli.hub import pull as pull_cmd
 from polarpack_cli.hub import push as push_cmd
+from polarpack_cli.main import cli
 
 from hub_server import FakeHub, SilentEndpoint, git_blob_sha1
 
@@ -176,7 +176,6 @@ def test_model_card_without_a_hub_source(hub):
     assert "- sha256: `not recorded`" in card.text
 
 
-@pytest.mark.skipif(not hasattr(LayerDistribution, "from_signs"), reason="format has no pattern granularity yet")
 def test_a_pattern_distribution_is_pushed_as_safetensors_only(hub):
     signs = [[1, -1, 0, 1], [0, 0, -1, 1]]
     dist = Distribution(layers=(LayerDistribution.from_signs("conv1", signs, granularity="pattern"),),
@@ -458,20 +457,11 @@ def test_cli_push_server_error_is_one_line(hub, polar_file):
     assert result.exit_code == 1 and error.startswith(f"Error: cannot push {polar_file}") and "HTTP 500" in error
 
 
-def _main_cli():
-    try:
-        from polarpack_cli.main import cli
-    except ImportError as exc:  # other command modules still being written
-        pytest.skip(f"polarpack_cli.main not importable yet: {exc}")
-    return cli
-
-
 def test_main_cli_has_push_and_pull():
-    assert {"push", "pull"} <= set(_main_cli().commands)
+    assert {"push", "pull"} <= set(cli.commands)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("polarpack.sources") is None, reason="polarpack.sources not written yet")
 def test_cli_inspect_reads_an_hf_reference(published):
-    result = CliRunner().invoke(_main_cli(), ["inspect", f"hf://{REPO}/mnv2.polar", "--endpoint", published.url])
+    result = CliRunner().invoke(cli, ["inspect", f"hf://{REPO}/mnv2.polar", "--endpoint", published.url])
     assert result.exit_code == 0, result.output
     assert "features.0" in result.output and "classifier.1" in result.output
