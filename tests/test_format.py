@@ -442,18 +442,19 @@ def test_invalid_files_are_rejected(tmp_path, data, fragments):
     expect_error(tmp_path, "bad.polar", data, *fragments)
 
 
-def test_unknown_version_and_fields_are_also_rejected_by_the_schema():
-    for bad in ({**doc(), "format_version": 2}, {**doc(), "extra": 1}, {**doc(), "layers": []}, doc(weight=1), doc(kind="pool"), doc(p0=1.5), doc(counts=[1, 1]), doc(shape=[]), doc(name="")):
-        assert not VALIDATOR.is_valid(bad), bad
+@pytest.mark.parametrize("bad", [{**doc(), "format_version": 2}, {**doc(), "extra": 1}, {**doc(), "layers": []},
+                                 doc(weight=1), doc(kind="pool"), doc(p0=1.5), doc(counts=[1, 1]), doc(shape=[]), doc(name="")])
+def test_unknown_version_and_fields_are_also_rejected_by_the_schema(bad):
+    assert not VALIDATOR.is_valid(bad)
 
 
-def test_truncated_and_foreign_safetensors_are_rejected(tmp_path):
+@pytest.mark.parametrize("cut", [3, 8, 20, 0.5, -1])
+def test_truncated_safetensors_are_rejected(tmp_path, cut):
     data = encode_safetensors(example())
-    for cut in (3, 8, 20, len(data) // 2, len(data) - 1):
-        expect_error(tmp_path, f"cut{cut}.polar.safetensors", data[:cut], "safetensors")
-    rng = random.Random(0)
-    for i in range(20):
-        expect_error(tmp_path, f"random{i}.bin", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
+    expect_error(tmp_path, "cut.polar.safetensors", data[: int(len(data) * cut) if cut == 0.5 else cut], "safetensors")
+
+
+def test_foreign_safetensors_are_rejected(tmp_path):
     from safetensors.numpy import save as np_save
 
     props = np.array([[0.0, 0.5, 0.5]])
