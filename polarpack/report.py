@@ -99,7 +99,7 @@ def _label(config: Mapping[str, Any], varying: Sequence[str]) -> str:
     parts = []
     for key in varying:
         value = config.get(key)
-        if value is not None:
+        if value is not None and config.get("method") not in UNUSED.get(key, ()):
             text = Path(str(value)).name if "/" in str(value) and not str(value).startswith("hf://") else str(value)
             parts.append(text if key in ("model", "dataset", "method", "dist", "weights") else f"{key}={text}")
     return " ".join(parts) or str(config.get("method"))
@@ -240,7 +240,7 @@ def table1_markdown(groups: Sequence[Mapping[str, Any]]) -> str | None:
     rows = [g for g in groups if g["config"].get("method") == "freeze-spin"
             and PRESETS.get(g["config"].get("dist"),
                             None) is not None and PRESETS[g["config"]["dist"]].paper_converged is not None]
-    if not rows:
+    if len({g["config"]["dist"] for g in rows}) < 2:  # one distribution is not the seed's table
         return None
     zeros = sorted({g["config"]["zeros"] for g in rows}, key=lambda z: z != "pin")
     lines = ["## Table 1: the seed's results next to ours (Freeze SPIN-Polarity)", "",

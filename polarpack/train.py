@@ -41,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from ._io import atomic_write_bytes, atomic_write_text, read_json
+from ._io import atomic_output, atomic_write_text, read_json
 from ._version import __version__
 from .constraints import FLUID_MODES, ZERO_MODES, SignConstraint
 from .errors import ConfigError, ModelError
@@ -384,7 +384,7 @@ def save_checkpoint(run_dir: Path, *, epoch: int, token: str, model: nn.Module, 
                     constraint: SignConstraint | None) -> None:
     """training_state.safetensors first (self-contained: a resume reads nothing else), then the
     plain model.safetensors a user loads; each is written atomically."""
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors = {f"model.{k}": v for k, v in weights.items()}
@@ -398,8 +398,10 @@ def save_checkpoint(run_dir: Path, *, epoch: int, token: str, model: nn.Module, 
             else:
                 scalars[f"{idx}.{key}"] = value
     meta = {"epoch": epoch, "run_token": token, "param_groups": opt["param_groups"], "optim_scalars": scalars}
-    atomic_write_bytes(run_dir / STATE_FILE, save(tensors, metadata={"polarpack": json.dumps(meta)}))
-    atomic_write_bytes(run_dir / MODEL_FILE, save(weights, metadata={"format": "pt"}))
+    with atomic_output(run_dir / STATE_FILE) as tmp:
+        save_file(tensors, tmp, metadata={"polarpack": json.dumps(meta)})
+    with atomic_output(run_dir / MODEL_FILE) as tmp:
+        save_file(weights, tmp, metadata={"format": "pt"})
 
 
 def load_checkpoint(run_dir: Path, *, token: str, model: nn.Module, optimizer: torch.optim.Optimizer,

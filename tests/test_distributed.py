@@ -108,7 +108,7 @@ def test_two_ranks_match_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_whose_rank_died_resumes_under_torchrun(tmp_path):
-    options = dict(OPTIONS, method="scratch", dist=None, epochs=3)
+    options = dict(OPTIONS, method="scratch", dist=None, epochs=2)
     proc = _torchrun(f"""
         import os, pathlib, time
         from polarpack.train import train
@@ -124,7 +124,7 @@ def test_a_run_whose_rank_died_resumes_under_torchrun(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "running"
     result = launch(options, tmp_path / "run", 2, resume=True, timeout=300)
     single = train(out=tmp_path / "one", progress=False, **options)
-    assert result.status == "completed" and [r["epoch"] for r in result.metrics] == [1, 2, 3]
+    assert result.status == "completed" and [r["epoch"] for r in result.metrics] == [1, 2]
     for got, want in zip(result.metrics, single.metrics, strict=True):
         assert got["val_acc"] == want["val_acc"] and got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
 
