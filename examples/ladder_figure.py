@@ -38,8 +38,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results")
     parser.add_argument("--out", default="docs/results/ladder")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="the overrides the grid ran with (as for polarpack experiment)")
     args = parser.parse_args()
-    groups = report(EXAMPLES / "ladder.toml", results=args.results, out=args.out)["groups"]
+    groups = report(EXAMPLES / "ladder.toml", results=args.results, out=args.out, sets=args.sets)["groups"]
     rows = sorted(((*rung(g["config"]), g) for g in groups if g["finished"]), key=lambda r: r[1])
     print("| rung | bytes of ImageNet information | runs | final val acc % | epochs to 40% (mean curve) |")
     print("| --- | ---: | --- | --- | --- |")
@@ -51,19 +53,21 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    epochs = max((g["config"]["epochs"] for _, _, g in rows), default=20)
     fig, (acc, speed) = plt.subplots(1, 2, figsize=(11, 4.5))
     floor = min((size for _, size, _ in rows if size), default=1000) / 10
     for label, size, g in rows:
         x, mean, std = max(size, floor), 100 * g["final_val_mean"], 100 * (g["final_val_std"] or 0)
         acc.errorbar(x, mean, yerr=std, fmt="o", capsize=4, label=f"{label} (n={g['finished']})")
-        speed.plot(x, g["epochs_to_40"] or 21, "o" if g["epochs_to_40"] else "x")
+        speed.plot(x, g["epochs_to_40"] or epochs + 1, "o" if g["epochs_to_40"] else "x")
     for ax, title in ((acc, "final validation accuracy (%), mean ± std over seeds"),
-                      (speed, f"first epoch the mean reaches {100 * THRESHOLD:.0f}% (x: never in 20)")):
+                      (speed, f"first epoch the mean reaches {100 * THRESHOLD:.0f}% (x: not in {epochs})")):
         ax.set_xscale("log")
         ax.set(title=title, xlabel="bytes of ImageNet information transferred (left edge: none)")
         ax.grid(alpha=0.3)
     acc.legend(fontsize=7)
-    fig.suptitle("MobileNetV2 on CIFAR-10 (32 px, 20 epochs): the granularity ladder")
+    speed.set_ylim(0, epochs + 2)
+    fig.suptitle(f"MobileNetV2 on CIFAR-10 ({epochs} epochs): the granularity ladder")
     fig.tight_layout()
     fig.savefig(Path(args.out) / "ladder.png", dpi=110)
 
