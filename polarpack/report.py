@@ -49,17 +49,20 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
 
 
 def t_interval(a: Sequence[float], b: Sequence[float], paired: bool) -> dict[str, Any] | None:
-    """Mean difference a - b and its 95% Student t interval (paired, or Welch's)."""
+    """Mean difference a - b and its 95% Student t interval (paired, or Welch's). With one run on a
+    side there is no spread to estimate: the difference alone, its interval None."""
     if paired:
         d = [x - y for x, y in zip(a, b)]
         mean, sd = mean_std(d)
         if sd is None:
-            return None
+            return None if mean is None else {"diff": mean, "low": None, "high": None, "df": 0, "test": "none (n=1)"}
         df, se = len(d) - 1, sd / math.sqrt(len(d))
     else:
         (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-        if sa is None or sb is None:
+        if ma is None or mb is None:
             return None
+        if sa is None or sb is None:
+            return {"diff": ma - mb, "low": None, "high": None, "df": 0, "test": "none (n=1)"}
         va, vb = sa**2 / len(a), sb**2 / len(b)
         mean, se = ma - mb, math.sqrt(va + vb)
         df = int((va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))) if va + vb > 0 else len(a) + len(b) - 2
@@ -191,7 +194,11 @@ def _pm(mean: float | None, std: float | None) -> str:
 
 
 def _interval(c: dict[str, Any] | None, scale: float, unit: str) -> str:
-    return "-" if c is None else f"{scale * c['diff']:+.1f}{unit} [{scale * c['low']:+.1f}, {scale * c['high']:+.1f}]"
+    if c is None:
+        return "-"
+    if c["low"] is None:
+        return f"{scale * c['diff']:+.1f}{unit} (no interval: n=1)"
+    return f"{scale * c['diff']:+.1f}{unit} [{scale * c['low']:+.1f}, {scale * c['high']:+.1f}]"
 
 
 def markdown_report(name: str, groups: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]]) -> str:
@@ -322,7 +329,7 @@ def report(target: str | os.PathLike, *, results: str | os.PathLike | None = Non
     name, cells, store, specs = load_cells(target, results, sets)
     groups = aggregate(cells, store, partial=partial)
     comparisons = compare(groups, specs)
-    name += " (unfinished runs counted at their last epoch)" if partial else ""
+    name = (title or name) + (" (unfinished runs counted at their last epoch)" if partial else "")
     result = {"name": name, "results": str(store.root), "converged_acc": CONVERGED_ACC, "threshold": THRESHOLD,
               "groups": groups, "comparisons": comparisons, "markdown": markdown_report(name, groups, comparisons),
               "files": []}

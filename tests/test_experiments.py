@@ -180,7 +180,9 @@ def test_t_interval_by_hand():
     assert paired["diff"] == pytest.approx(0.5 / 3) and paired["high"] - paired["diff"] == pytest.approx(half)
     welch = t_interval([1.0, 2.0, 3.0], [1.0, 1.0, 1.5], paired=False)
     assert welch["test"] == "Welch t" and welch["df"] == 2 and welch["low"] < welch["diff"] < welch["high"]
-    assert t_interval([0.5], [0.4], paired=True) is None  # one seed: no spread, no interval
+    one = t_interval([0.5], [0.4], paired=True)  # one seed: the difference, no spread, no interval
+    assert one["diff"] == pytest.approx(0.1) and one["low"] is None and one["high"] is None
+    assert t_interval([0.5], [0.4, 0.3], paired=False)["low"] is None and t_interval([], [0.4], paired=False) is None
 
 
 def _write_run(root: Path, name: str, config: dict, accs: list[float], status: str = "completed") -> None:
