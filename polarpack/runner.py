@@ -245,6 +245,5 @@ def launch(config: Mapping[str, Any], run_dir: str | os.PathLike, nproc: int, *,
     summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
     if summary.get("status") not in FINISHED:
         raise PolarpackError(f"distributed run {run_dir} ({nproc} processes) failed with exit status "
-                             f"{proc.returncode}; "
-                             f"see {log}")
+                             f"{proc.returncode}; see {log}")
     return TrainResult(run_dir, summary["status"], read_metrics(run_dir), summary, cfg)

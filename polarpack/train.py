@@ -275,9 +275,8 @@ def initialise(model: nn.Module, config: TrainConfig) -> tuple[dict[str, torch.T
                              f"{len(state)} tensors, e.g. {list(state)[:6]}")
         if tuple(state[key].shape) != tuple(module.weight.shape):
             raise ModelError(f"--weights {config.weights}: {key!r} has shape {tuple(state[key].shape)} but the model "
-                             "needs "
-                             f"{tuple(module.weight.shape)}: transferred weights must come from the same architecture "
-                             "(check --model and --geometry)")
+                             f"needs {tuple(module.weight.shape)}: transferred weights must come from the same "
+                             "architecture (check --model and --geometry)")
     if config.method == "freeze-in":
         pattern = {name: torch.sign(state[f"{name}.weight"].float()).to(torch.int8) for name in constrained}
         mat = materialize_pattern(pattern, seed=config.seed)
@@ -354,12 +353,14 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    try:
-        return [json.loads(line) for line in lines]
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: line {exc.doc and lines.index(exc.doc) + 1} is not valid JSON (a damaged file); "
-                          "restore it, or rerun the run") from None
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            rows += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path}: line {number} is not valid JSON (a damaged file); restore it, or rerun the "
+                              "run") from None
+    return rows
 
 
 def summarize(rows: list[dict[str, Any]], config: TrainConfig, status: str, token: str) -> dict[str, Any]:
@@ -473,8 +474,8 @@ def refresh_batchnorm(model: nn.Module, run: _Run, epoch: int) -> None:
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches below
-    batches = batch_indices(len(run.train_set.labels), run.config.batch_size, epoch_generator(run.config.seed, "bn",
-                                                                                              epoch))
+    order = epoch_generator(run.config.seed, "bn", epoch)
+    batches = batch_indices(len(run.train_set.labels), run.config.batch_size, order)
     for idx in batches[: run.config.bn_batches]:
         with run.autocast():
             model(run.prepare(run.train_set.images[idx]))
