@@ -29,8 +29,8 @@ file and the allowed keys. Options a method does not use are dropped from its ce
 dists does not repeat the scratch run. Cells run seed-major, then in [grid] key order. Relative
 paths resolve against the current directory. A cell's identity is the hash of the options that
 differ from TrainConfig's defaults (plus the resolved precision), so adding a new option with a
-neutral default keeps every existing run; `threads`, `data_dir` and `download` say where and how
-fast, not what is computed, and are not part of it.
+neutral default keeps every existing run; `threads`, `data_dir`, `download` and `checkpoint_every` say
+where and how fast, not what is computed, and are not part of it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from .train import IN_METHODS, SPIN_METHODS, TrainConfig, resolve_device, resolv
 SECTIONS = ("experiment", "defaults", "grid", "weights", "include", "compare")
 ALIASES = {"models": "model", "datasets": "dataset", "methods": "method", "dists": "dist", "distributions": "dist",
            "distribution": "dist", "seeds": "seed"}
-NOT_HASHED = ("threads", "data_dir", "download")
+NOT_HASHED = ("threads", "data_dir", "download", "checkpoint_every")
 UNUSED = {  # options a method ignores: dropped from its cells
     "dist": ("scratch", "freeze-in", "fluid-in"), "weights": ("scratch", "freeze-spin", "fluid-spin"),
     "zeros": ("scratch", "fluid-in"), "eps": ("scratch", "fluid-in"), "sampling": ("scratch", "fluid-in", "freeze-in"),
@@ -254,5 +254,6 @@ def _make_cell(options: dict[str, Any], weights: Mapping[str, Any], path: Path) 
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{path}: cell {described}: {exc}") from None
     cfg = config.to_dict()
-    cfg["precision"] = resolve_precision(cfg["precision"], resolve_device(cfg["device"]))  # auto must not hide it
+    if cfg["precision"] == "auto":  # auto must not hide it; a pinned one needs no device (report GPU runs anywhere)
+        cfg["precision"] = resolve_precision("auto", resolve_device(cfg["device"]))
     return Cell(cfg, run_id_for(cfg), reason)

@@ -50,7 +50,6 @@ from safetensors import safe_open
 from . import format as fmt
 from ._io import sha256_file
 from .errors import FormatError, SourceError
-from .hub import download, is_hub_reference, pull_file
 from .presets import get_preset, is_preset
 
 LAYOUTS = ("auto", "oihw", "hwio")
@@ -68,6 +67,11 @@ _PICKLE_HINT = "if you trust the file, pass unsafe_allow_pickle=True (polarpack 
 # -- distributions ---------------------------------------------------------------------------
 
 
+def _is_hub(ref: Any) -> bool:
+    """hf:// references; `polarpack.hub` (and huggingface_hub) is imported only when one is used."""
+    return isinstance(ref, str) and ref.startswith("hf://")
+
+
 def load_distribution(ref: Any, *, endpoint: str | None = None, token: str | None = None,
                       revision: str | None = None) -> fmt.Distribution:
     """A `Distribution` from a preset, an hf:// reference or a .polar file (one passes through)."""
@@ -81,7 +85,8 @@ def resolve_distribution(ref: Any, *, endpoint: str | None = None, token: str | 
         return ref, None
     if is_preset(ref):
         return get_preset(ref).distribution, None
-    if is_hub_reference(ref):  # bounded download; errors name the reference, not the cache path
+    if _is_hub(ref):  # bounded download; errors name the reference, not the cache path
+        from .hub import pull_file
         return pull_file(ref, endpoint=endpoint, token=token, revision=revision)
     if not isinstance(ref, (str, os.PathLike)):
         raise FormatError(f"cannot read a distribution from a {type(ref).__name__}; pass a path, preset or hf:// "
@@ -168,7 +173,8 @@ def open_weights(source: Any, *, endpoint: str | None = None, token: str | None 
         raise SourceError(f"cannot read weights from a {type(source).__name__}; pass a model name, file or hf:// "
                           "reference")
     text = os.fspath(source)
-    if is_hub_reference(text):
+    if _is_hub(text):
+        from .hub import download
         info = {"type": "hub", "id": text.removeprefix("hf://"), "hub": text, "revision": revision,
                 "endpoint": endpoint}
         path = download(text, endpoint=endpoint, token=token, revision=revision)

@@ -130,6 +130,8 @@ class TrainConfig:
     eval_batch_size: int = _opt(1000, "Batch size of the validation pass.", low=1)
     bn_batches: int = _opt(2, "BatchNorm models: training batches whose statistics replace the running averages before "
                               "each validation (ten steps an epoch leave those far behind); 0 keeps them.", low=0)
+    checkpoint_every: int = _opt(1, "Write the resume checkpoint every N epochs (and the weights after the last): "
+                                    "fewer writes on fast devices; a resume repeats at most N-1 epochs.", low=1)
     save_init: bool = _opt(False, "Also write init.safetensors (initial kernels and targets) to the run directory.")
     layout: str = _opt("auto", "Kernel layout of .npy/.npz --weights.", ("auto", "oihw", "hwio"))
     unsafe_allow_pickle: bool = _opt(False, "Let --weights unpickle .npy object arrays. UNSAFE: a pickle can run any "
@@ -224,15 +226,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the polarpack checkout this runs from ('+dirty' with local changes), None for an
-    installed release: recorded in every run, so results name the code they ran on."""
+    """The commit of the polarpack checkout this runs from ('+dirty' with local changes), else
+    $POLARPACK_GIT_COMMIT (a copy without .git), else None (an installed release): recorded in every
+    run, so results name the code they ran on."""
     cmd = ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--abbrev=40", "--exclude=*",
            "--dirty=+dirty"]
     try:
         found = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return found.stdout.strip() if found.returncode == 0 else None
+        found = None
+    return found.stdout.strip() if found and found.returncode == 0 else os.environ.get("POLARPACK_GIT_COMMIT")
 
 
 def keras_init_(model: nn.Module, seed: int) -> None:
@@ -583,7 +586,7 @@ def train(config: TrainConfig | None = None, *, out: str | os.PathLike | None = 
         rows.append(row)
         if run.dist.is_main:
             write_metrics(run_dir, rows)
-            if status != "diverged":
+            if status != "diverged" and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):
                 save_checkpoint(run_dir, epoch=epoch, token=token, model=model, optimizer=optimizer,
                                 constraint=constraint)
             atomic_write_text(run_dir / "summary.json", json.dumps(summarize(rows, config, status, token),
@@ -637,6 +640,10 @@ def _build(config: TrainConfig, backend: str | None) -> tuple[_Run, nn.Module, d
     if config.threads:
         torch.set_num_threads(config.threads)
     dist, device = distributed.setup(resolve_device(config.device), backend)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once, then uses the fastest
+        if config.precision == "fp32":  # fp32 means IEEE fp32, not the TF32 convolutions of PyTorch's CUDA default
+            torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
     train_set, val_set = load_splits(config.dataset, data_dir=config.data_dir, train_size=config.train_size,
                                      val_size=config.val_size, seed=config.seed, download=config.download)
     model = build_model(config.model, num_classes=len(train_set.classes), geometry=config.geometry,
@@ -665,7 +672,8 @@ def _write_config(run_dir: Path, config: TrainConfig, run: _Run, token: str, rep
                 **({"distributed": run.dist.describe()} if run.dist.world_size > 1 else {})}
     environment = {"polarpack": __version__, "git_commit": git_commit(), "torch": torch.__version__,
                    "python": platform.python_version(), "threads": torch.get_num_threads(),
-                   "machine": platform.machine()}
+                   "machine": platform.machine(),
+                   **({"cuda_device": torch.cuda.get_device_name(run.device)} if run.device.type == "cuda" else {})}
     meta = {"config": config.to_dict(), "resolved": resolved, "environment": environment, "run_token": token}
     atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
     if config.save_init and materialized is not None:

@@ -81,7 +81,7 @@ def test_expansion_is_seed_major_drops_unused_options_and_skips_missing_weights(
 
 def test_identity_ignores_where_and_how_fast_and_new_neutral_options(grid_file):
     cell = load_experiment(grid_file).cells[0]
-    moved = {**cell.config, "data_dir": "/elsewhere", "threads": 7, "download": True}
+    moved = {**cell.config, "data_dir": "/elsewhere", "threads": 7, "download": True, "checkpoint_every": 5}
     assert config_hash(moved) == config_hash(cell.config)
     # a config written before an option existed (the option absent) has the id it has with the option at its default
     assert config_hash({k: v for k, v in cell.config.items() if v != defaults()[k]}) == config_hash(cell.config)
@@ -93,6 +93,8 @@ def test_identity_ignores_where_and_how_fast_and_new_neutral_options(grid_file):
     (["seeds=[4]"], lambda cells: {c.seed for c in cells} == {4}),
     (["grid.zeros=['pin','free']"], lambda cells: {c.config["zeros"] for c in cells if c.config["method"] == "freeze-spin"} == {"pin", "free"}),
     (["weights.squeezenet1_1=x.pth"], lambda cells: all("not found" in c.skip_reason for c in cells if c.config["method"] == "fluid-in")),
+    # a grid that ran on a GPU is planned and reported anywhere once its precision is pinned
+    (["device=cuda", "precision=bf16"], lambda cells: {c.config["precision"] for c in cells} == {"bf16"}),
 ])
 def test_set_overrides(grid_file, sets, check):
     assert check(load_experiment(grid_file, sets).cells)

@@ -128,16 +128,18 @@ def test_freeze_in_from_a_pattern_file_equals_freeze_in_from_the_checkpoint(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_ends_with_the_metrics_and_weights_of_an_uninterrupted_run(tmp_path):
-    config = TrainConfig(method="fluid-spin", dist="paper:alexnet", seed=4, epochs=3, **TINY)
+@pytest.mark.parametrize("epochs, every, stop", [(3, 1, 2), (4, 2, 3)], ids=["checkpoint-each-epoch", "every-2"])
+def test_resume_ends_with_the_metrics_and_weights_of_an_uninterrupted_run(tmp_path, epochs, every, stop):
+    config = TrainConfig(method="fluid-spin", dist="paper:alexnet", seed=4, epochs=epochs, checkpoint_every=every,
+                         **TINY)
     whole = train(config, out=tmp_path / "whole", progress=False)
 
-    def stop_after_two(row):
-        if row["epoch"] == 2:
+    def interrupt(row):  # with every=2 the last checkpoint is epoch 2: the resume repeats epoch 3
+        if row["epoch"] == stop:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(config, out=tmp_path / "cut", progress=False, on_epoch=stop_after_two)
+        train(config, out=tmp_path / "cut", progress=False, on_epoch=interrupt)
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "running"
     resumed = train(resume=tmp_path / "cut", progress=False)
     assert resumed.status == "completed" and _comparable(resumed.metrics) == _comparable(whole.metrics)
