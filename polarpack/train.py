@@ -672,7 +672,7 @@ def _write_config(run_dir: Path, config: TrainConfig, run: _Run, token: str, rep
                 **({"distributed": run.dist.describe()} if run.dist.world_size > 1 else {})}
     environment = {"polarpack": __version__, "git_commit": git_commit(), "torch": torch.__version__,
                    "python": platform.python_version(), "threads": torch.get_num_threads(),
-                   "machine": platform.machine(),
+                   "machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                    **({"cuda_device": torch.cuda.get_device_name(run.device)} if run.device.type == "cuda" else {})}
     meta = {"config": config.to_dict(), "resolved": resolved, "environment": environment, "run_token": token}
     atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
