@@ -116,7 +116,7 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
     for cell in cells:
         g = groups.setdefault(_group_key(cell.config), {
             "label": _label(cell.config, varying), "config": {k: v for k, v in cell.config.items() if k != "seed"},
-            "planned": 0, "runs": [], "skipped": [], "failed": [], "unfinished": []})
+            "planned": 0, "runs": [], "skipped": [], "failed": [], "unfinished": [], "machines": []})
         g["planned"] += 1
         summary = {} if cell.skip_reason else store.summary(cell)
         status = summary.get("status")
@@ -124,6 +124,7 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
         if cell.skip_reason:
             g["skipped"].append(cell.skip_reason)
         elif status in FINISHED or (partial and rows):
+            g["machines"] = sorted({*g["machines"], _machine(store.run_dir(cell))})
             g["runs"].append({"seed": cell.seed, "status": status if status in FINISHED else "partial",
                               "metrics": rows})
         elif status == "failed":
@@ -131,6 +132,13 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
         else:
             g["unfinished"].append(f"s{cell.seed}: {len(rows)}/{cell.config['epochs']} epochs")
     return [_statistics(g) for g in groups.values()]
+
+
+def _machine(run_dir: Path) -> str:
+    """Where a run computed: kernels differ by GPU and by CPU level, so one group should not mix them."""
+    saved = read_json(run_dir / "config.json")
+    env, device = saved.get("environment", {}), saved.get("resolved", {}).get("device", "?")
+    return env.get("cuda_device") or f"{device} {env.get('cpu_capability', '?')}"
 
 
 def _statistics(g: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +223,8 @@ def markdown_report(name: str, groups: Sequence[Mapping[str, Any]], comparisons:
                                          (f"skipped: {g['skipped'][0] if g['skipped'] else ''}", g["skipped"]),
                                          (f"not finished: {', '.join(g['unfinished'])}", g["unfinished"]),
                                          (f"PARTIAL (at their last epoch): {', '.join(g['partial'])}",
-                                          g["partial"])) if show]
+                                          g["partial"]),
+                                         (f"mixed machines: {', '.join(g['machines'])}", g["machines"][1:])) if show]
         dips = "-" if g["dips_mean"] is None else f"{g['dips_mean']:.1f}"
         lines.append(f"| {g['label']} | {g['config'].get('precision', '-')} | {g['finished']}/{g['planned']} | "
                      f"{_pm(g['final_val_mean'], g['final_val_std'])} | {_pct(g['best_val_mean'])} | "

@@ -125,7 +125,7 @@ class TrainConfig:
     precision: str = _opt("auto", "auto: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with "
                                   "avx512_bf16/AMX), else fp32; bf16 is autocast with fp32 master weights and "
                                   "optimizer state.", ("auto", "fp32", "bf16"))
-    device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
+    device: str = _opt("auto", "auto (the accelerator torch finds: cuda, mps, ..., else cpu), cpu, cuda, cuda:N, mps.")
     threads: int | None = _opt(None, "Torch CPU threads (default: torch's choice).", low=1, high=1024)
     eval_batch_size: int = _opt(1000, "Batch size of the validation pass.", low=1)
     bn_batches: int = _opt(2, "BatchNorm models: training batches whose statistics replace the running averages before "
@@ -193,10 +193,8 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "auto":  # CUDA, MPS, XPU, ... whichever this torch build has and can reach
+        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -187,10 +187,12 @@ def test_t_interval_by_hand():
     assert t_interval([0.5], [0.4, 0.3], paired=False)["low"] is None and t_interval([], [0.4], paired=False) is None
 
 
-def _write_run(root: Path, name: str, config: dict, accs: list[float], status: str = "completed") -> None:
+def _write_run(root: Path, name: str, config: dict, accs: list[float], status: str = "completed",
+               cpu: str = "AVX512") -> None:
     run = root / "runs" / name
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"config": {**defaults(), "precision": "fp32", **config}}))
+    (run / "config.json").write_text(json.dumps({"config": {**defaults(), "precision": "fp32", **config},
+                                                 "resolved": {"device": "cpu"}, "environment": {"cpu_capability": cpu}}))
     (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "train_acc": a, "val_acc": a}) + "\n"
                                                for i, a in enumerate(accs)))
     (run / "summary.json").write_text(json.dumps({"status": status, "final_val_acc": accs[-1]}))
@@ -201,7 +203,7 @@ def test_aggregation_and_comparison_by_hand(tmp_path):
             ("scratch", 0): [0.2, 0.3, 0.4], ("scratch", 1): [0.25, 0.35, 0.5], ("scratch", 2): [0.1, 0.1, 0.12]}
     for (method, seed), accs in runs.items():
         config = {"method": method, "seed": seed, "dist": "paper:alexnet" if method != "scratch" else None}
-        _write_run(tmp_path, f"{method}-s{seed}-{seed}", config, accs)
+        _write_run(tmp_path, f"{method}-s{seed}-{seed}", config, accs, cpu="AVX2" if (method, seed) == ("scratch", 2) else "AVX512")
     text = report(tmp_path)["markdown"]
     groups = aggregate(*_cells(tmp_path))
     spin = next(g for g in groups if g["config"]["method"] == "freeze-spin")
@@ -214,6 +216,7 @@ def test_aggregation_and_comparison_by_hand(tmp_path):
     assert c["final_val_acc"]["test"] == "paired t" and c["final_val_acc"]["diff"] == pytest.approx((0.1 + 0.1 + 0.18) / 3)
     assert c["censored"] and c["epochs_to_40"] is None
     assert "freeze-spin" in text and "| fp32 | 3/3 |" in text
+    assert spin["machines"] == ["cpu AVX512"] and text.count("mixed machines: cpu AVX2, cpu AVX512") == 1  # scratch
 
 
 def _cells(root: Path):
