@@ -43,11 +43,16 @@ def main() -> None:
     args = parser.parse_args()
     groups = report(EXAMPLES / "ladder.toml", results=args.results, out=args.out, sets=args.sets)["groups"]
     rows = sorted(((*rung(g["config"]), g) for g in groups if g["finished"]), key=lambda r: r[1])
-    print("| rung | bytes of ImageNet information | runs | final val acc % | epochs to 40% (mean curve) |")
-    print("| --- | ---: | --- | --- | --- |")
+    ends = {label: g["final_val_mean"] for label, _, g in rows if label == "scratch" or label.startswith("Fluid IN")}
+    gap = (ends.get("Fluid IN (float32 conv kernels)"), ends.get("scratch"))
+    print("| rung | bytes of ImageNet information | runs | final val acc % | share of the scratch to fine-tuning gap "
+          "| epochs to 40% (mean curve) |")
+    print("| --- | ---: | --- | --- | ---: | --- |")
     for label, size, g in rows:
         std = f" ± {100 * g['final_val_std']:.1f}" if g["final_val_std"] is not None else " (n=1)"
-        print(f"| {label} | {size:,} | {g['finished']} | {100 * g['final_val_mean']:.1f}{std} | {g['epochs_to_40'] or '-'} |")
+        share = "-" if None in gap else f"{100 * (g['final_val_mean'] - gap[1]) / (gap[0] - gap[1]):.0f}%"
+        print(f"| {label} | {size:,} | {g['finished']} | {100 * g['final_val_mean']:.1f}{std} | {share} | "
+              f"{g['epochs_to_40'] or '-'} |")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,13 +62,15 @@ def main() -> None:
     fig, (acc, speed) = plt.subplots(1, 2, figsize=(11, 4.5))
     floor = min((size for _, size, _ in rows if size), default=1000) / 10
     for label, size, g in rows:
-        x, mean, std = max(size, floor), 100 * g["final_val_mean"], 100 * (g["final_val_std"] or 0)
+        x = size or floor * (1.8 if label == "Freeze RAND" else 1)  # the two rungs without information, apart
+        mean, std = 100 * g["final_val_mean"], 100 * (g["final_val_std"] or 0)
         acc.errorbar(x, mean, yerr=std, fmt="o", capsize=4, label=f"{label} (n={g['finished']})")
         speed.plot(x, g["epochs_to_40"] or epochs + 1, "o" if g["epochs_to_40"] else "x")
     for ax, title in ((acc, "final validation accuracy (%), mean ± std over seeds"),
                       (speed, f"first epoch the mean reaches {100 * THRESHOLD:.0f}% (x: not in {epochs})")):
         ax.set_xscale("log")
-        ax.set(title=title, xlabel="bytes of ImageNet information transferred (left edge: none)")
+        ax.set(title=title, xlabel="bytes of ImageNet information transferred (left edge: none)",
+               ylabel="%" if ax is acc else "epoch")
         ax.grid(alpha=0.3)
     acc.legend(fontsize=7)
     speed.set_ylim(0, epochs + 2)
