@@ -292,7 +292,7 @@ def plot_figure(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, ti
     panels = sorted({(g["config"]["model"], g["config"]["dataset"]) for g in groups})
     fig, axes = plt.subplots(2, len(panels), figsize=(max(8.0, 5.5 * len(panels)), 8.5), squeeze=False, sharey="row")
     labels = sorted({_panel_label(g) for g in groups})
-    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    colors = {label: (plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20)(i % 20) for i, label in enumerate(labels)}
     for col, (model, dataset) in enumerate(panels):
         for g in (g for g in groups if (g["config"]["model"], g["config"]["dataset"]) == (model, dataset)):
             label, epochs = _panel_label(g), [p["epoch"] for p in g["curve"]]
