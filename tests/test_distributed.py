@@ -24,9 +24,19 @@ from polarpack.runner import launch
 from polarpack.train import TrainConfig, initialise, train
 
 OPTIONS = dict(method="freeze-spin", dist="paper:alexnet", dataset="fashion-mnist-mini", train_size=200, val_size=100,
-               batch_size=100, epochs=2, threads=1, dropout=0.0, optimizer="sgd")
+               batch_size=100, epochs=2, threads=1, dropout=0.0, optimizer="sgd", precision="fp32")
 # SGD, not Adam: Adam divides by the running gradient scale, which turns float-level differences in
-# the all-reduce order into lr-sized steps for weights whose gradient is near zero.
+# the all-reduce order into lr-sized steps for weights whose gradient is near zero. fp32, not "auto":
+# bf16 kernels differ with the batch split (50 images per rank instead of 100), so no two process
+# counts agree to the last bit on a CPU with native bf16.
+
+
+def _assert_same_epoch(got: dict, want: dict) -> None:
+    """Float results differ in the last bits between process counts; a wrong shard or loss scale moves
+    them by far more than one image of the validation (or training) set."""
+    assert abs(got["val_acc"] - want["val_acc"]) <= 1.0 / OPTIONS["val_size"] + 1e-9
+    assert abs(got["train_acc"] - want["train_acc"]) <= 1.0 / OPTIONS["train_size"] + 1e-9
+    assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-3)
 
 
 def _env() -> dict[str, str]:
@@ -97,20 +107,19 @@ def test_two_ranks_match_one_process(tmp_path):
     reference = load_file(str(tmp_path / "one" / "model.safetensors"))
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in reference)  # the ranks never drift apart
-    # Compare what training changed. Near initialisation the gradients are sums that almost cancel, so the
-    # float-level differences of per-rank backward passes (50 instead of 100 images: other oneDNN kernels) reach a
-    # few percent of the update on some CPUs; a wrong shard or loss scale changes it by half or more.
+    # Compare what training changed: per-rank backward passes (50 instead of 100 images) run other kernels, whose
+    # float-level differences stay far below a few percent of the update in fp32; a wrong shard or loss scale
+    # changes it by half or more.
     model = build_model("alexnet", num_classes=10, dropout=0.0)
     initialise(model, TrainConfig(**OPTIONS))
     for key, start in model.state_dict().items():
         update, drift = reference[key] - start, ranks[0][key] - reference[key]
-        assert drift.norm() <= 0.25 * update.norm(), key
+        assert drift.norm() <= 0.05 * update.norm(), key
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["resolved"]["distributed"] == {"world_size": 2, "backend": "gloo"}
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     for got, want in zip(rows, single.metrics, strict=True):
-        assert got["val_acc"] == want["val_acc"] and got["train_acc"] == want["train_acc"]
-        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
+        _assert_same_epoch(got, want)
 
 
 @pytest.mark.slow
@@ -133,7 +142,7 @@ def test_a_run_whose_rank_died_resumes_under_torchrun(tmp_path):
     single = train(out=tmp_path / "one", progress=False, **options)
     assert result.status == "completed" and [r["epoch"] for r in result.metrics] == [1, 2]
     for got, want in zip(result.metrics, single.metrics, strict=True):
-        assert got["val_acc"] == want["val_acc"] and got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
+        _assert_same_epoch(got, want)
 
 
 @pytest.mark.slow
