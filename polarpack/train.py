@@ -236,6 +236,15 @@ def git_commit() -> str | None:
     return found.stdout.strip() if found and found.returncode == 0 else os.environ.get("POLARPACK_GIT_COMMIT")
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name: kernels and their rounding differ between CPU kinds."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+
+
 def keras_init_(model: nn.Module, seed: int) -> None:
     """Keras defaults for the seed's networks: Glorot-uniform kernels and zero biases, seeded per
     layer so every method starts its unconstrained layers from the same weights."""
@@ -670,7 +679,7 @@ def _write_config(run_dir: Path, config: TrainConfig, run: _Run, token: str, rep
                 **({"distributed": run.dist.describe()} if run.dist.world_size > 1 else {})}
     environment = {"polarpack": __version__, "git_commit": git_commit(), "torch": torch.__version__,
                    "python": platform.python_version(), "threads": torch.get_num_threads(),
-                   "machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                   "machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model(),
                    **({"cuda_device": torch.cuda.get_device_name(run.device)} if run.device.type == "cuda" else {})}
     meta = {"config": config.to_dict(), "resolved": resolved, "environment": environment, "run_token": token}
     atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
