@@ -1,8 +1,8 @@
 """Benchmark: `polarpack.extract` on a >= 500 MB checkpoint versus the naive way and the I/O floor.
 
 Builds a randomly initialised torchvision vgg16 (138 M float32 parameters, ~553 MB; only ~59 MB of
-it are conv kernels, the rest are the fully connected layers), saves it as safetensors and as a
-.pth state_dict in a temporary directory, then times in one run:
+it are conv kernels, the rest are the fully connected layers), saves it as safetensors and as a .pth
+state_dict in a temporary directory, then times in one run:
 
   polarpack/safetensors   extract(file.safetensors, hash_file=False): lazy, reads only conv tensors
   polarpack/pth           extract(file.pth, hash_file=False): torch.load(mmap=True), same counting
@@ -85,7 +85,11 @@ def naive_counts(sd) -> dict[str, tuple[int, int, int]]:
     for key, t in sd.items():
         if key.endswith(".weight") and t.dim() == 4:
             a = t.numpy()
-            out[key[: -len(".weight")]] = (int((a == 0).sum()), int((a < 0).sum()), int((a > 0).sum()))
+            out[key[: -len(".weight")]] = (
+                int((a == 0).sum()),
+                int((a < 0).sum()),
+                int((a > 0).sum()),
+            )
     return out
 
 
@@ -123,9 +127,14 @@ def try_drop_caches(enabled: bool) -> str:
         os.sync()
         with open("/proc/sys/vm/drop_caches", "w") as fh:
             fh.write("1\n")
-        return "whole page cache dropped via /proc/sys/vm/drop_caches, files evicted before each run"
+        return (
+            "whole page cache dropped via /proc/sys/vm/drop_caches, files evicted before each run"
+        )
     except OSError as exc:
-        return f"cannot drop the whole page cache ({exc.strerror}: needs root); using posix_fadvise(DONTNEED) per file"
+        return (
+            f"cannot drop the whole page cache ({exc.strerror}: needs root); using "
+            "posix_fadvise(DONTNEED) per file"
+        )
 
 
 def timed(fn, repeats: int, before=None) -> list[float]:
@@ -145,38 +154,57 @@ def report(title: str, res: dict[str, list[float]], n: int) -> None:
     naive_st_t = min(res["naive/safetensors (mmap)"])
     floor_t = min(res["floor (read conv bytes)"])
     print(f"\n{title} (min and median of {n} runs, seconds)")
-    print(f"  {'variant':30s} {'min':>8s} {'median':>8s} {'vs naive/pth':>13s} {'vs naive/st':>12s} "
-          f"{'vs floor':>9s}")
+    print(
+        f"  {'variant':30s} {'min':>8s} {'median':>8s} {'vs naive/pth':>13s} {'vs naive/st':>12s} "
+        f"{'vs floor':>9s}"
+    )
     for name, ts in res.items():
         best = min(ts)
-        print(f"  {name:30s} {best:8.4f} {statistics.median(ts):8.4f} "
-              f"{naive_pth_t / best:12.1f}x {naive_st_t / best:11.1f}x {best / floor_t:8.2f}x")
+        print(
+            f"  {name:30s} {best:8.4f} {statistics.median(ts):8.4f} "
+            f"{naive_pth_t / best:12.1f}x {naive_st_t / best:11.1f}x {best / floor_t:8.2f}x"
+        )
     best_st = min(res["polarpack/safetensors"])
     speedup, vs_floor = naive_pth_t / best_st, best_st / floor_t
-    print(f"  target 1: polarpack/safetensors vs naive (torch.load without mmap + numpy): {speedup:.1f}x faster "
-          f"(target >= 20x: {'met' if speedup >= 20 else 'NOT met'})")
-    print(f"  target 2: polarpack/safetensors vs one read of the conv bytes: {vs_floor:.2f}x the floor's time "
-          f"(target <= 2x: {'met' if vs_floor <= 2 else 'NOT met'})")
-    print(f"  context: vs safetensors.load_file + numpy counts (mmap, itself lazy): {naive_st_t / best_st:.1f}x "
-          "faster")
+    print(
+        "  target 1: polarpack/safetensors vs naive (torch.load without mmap + numpy): "
+        f"{speedup:.1f}x faster "
+        f"(target >= 20x: {'met' if speedup >= 20 else 'NOT met'})"
+    )
+    print(
+        f"  target 2: polarpack/safetensors vs one read of the conv bytes: {vs_floor:.2f}x the "
+        "floor's time "
+        f"(target <= 2x: {'met' if vs_floor <= 2 else 'NOT met'})"
+    )
+    print(
+        "  context: vs safetensors.load_file + numpy counts (mmap, itself lazy): "
+        f"{naive_st_t / best_st:.1f}x "
+        "faster"
+    )
 
 
 def run(args: argparse.Namespace, directory: Path) -> None:
     import numpy as np
     import torch
 
-    from polarpack.extract import extract
+    from polarpack.extraction import extract
 
     t0 = time.perf_counter()
     st, pth = build_checkpoints(directory)
     ranges = conv_ranges(st)
     conv_bytes = sum(r[2] for r in ranges)
-    print(f"polarpack extract benchmark: torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs "
-          f"visible, torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}")
+    print(
+        f"polarpack extract benchmark: torch {torch.__version__}, numpy {np.__version__}, "
+        f"{os.cpu_count()} CPUs "
+        f"visible, torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}"
+    )
     print(f"checkpoint: random-init torchvision vgg16, built in {time.perf_counter() - t0:.1f} s")
-    print(f"  {st.name}: {st.stat().st_size / 1e6:.1f} MB   {pth.name}: {pth.stat().st_size / 1e6:.1f} MB   "
-          f"conv kernels: {len(ranges)} tensors, {conv_bytes / 1e6:.1f} MB "
-          f"({100 * conv_bytes / st.stat().st_size:.1f}% of the file)")
+    print(
+        f"  {st.name}: {st.stat().st_size / 1e6:.1f} MB   {pth.name}: "
+        f"{pth.stat().st_size / 1e6:.1f} MB   "
+        f"conv kernels: {len(ranges)} tensors, {conv_bytes / 1e6:.1f} MB "
+        f"({100 * conv_bytes / st.stat().st_size:.1f}% of the file)"
+    )
 
     variants = {
         "polarpack/safetensors": lambda: extract(st, hash_file=False),
@@ -191,40 +219,66 @@ def run(args: argparse.Namespace, directory: Path) -> None:
     # correctness: every method gives the same counts
     ref = naive_pth(pth)
     for name in ("polarpack/safetensors", "polarpack/pth", "polarpack/st pattern"):
-        got = {l.name: l.counts for l in variants[name]()}
+        got = {layer.name: layer.counts for layer in variants[name]()}
         assert got == ref, f"{name} disagrees with the naive counts"
     assert naive_safetensors(st) == ref
     assert read_floor(st, ranges) == conv_bytes
-    print(f"counts agree across methods ({len(ref)} conv layers, {sum(sum(c) for c in ref.values()):,} weights)")
+    print(
+        f"counts agree across methods ({len(ref)} conv layers, "
+        f"{sum(sum(c) for c in ref.values()):,} weights)"
+    )
 
     # warm cache: read every file once, then time
     for p in (st, pth):
         with open(p, "rb") as fh:
             while fh.read(1 << 24):
                 pass
-    report("warm page cache (each file read once before timing)",
-           {name: timed(fn, args.repeats) for name, fn in variants.items()}, args.repeats)
+    report(
+        "warm page cache (each file read once before timing)",
+        {name: timed(fn, args.repeats) for name, fn in variants.items()},
+        args.repeats,
+    )
     if args.cold_repeats > 0:
         note = try_drop_caches(args.drop_caches)
         if evict(st, pth):
-            cold = {name: timed(fn, args.cold_repeats, before=lambda: evict(st, pth)) for name, fn in variants.items()}
+            cold = {
+                name: timed(fn, args.cold_repeats, before=lambda: evict(st, pth))
+                for name, fn in variants.items()
+            }
             report(f"cold page cache ({note})", cold, args.cold_repeats)
         else:
             print(f"\ncold page cache: not measured ({note}; posix_fadvise failed)")
-    print("\nnotes: 'vs naive' = naive time / variant time (speed-up); 'vs floor' = variant time / floor time. "
-          "+sha256 hashes the whole file for source.sha256 (CLI default; --no-hash skips it); 'st pattern' keeps "
-          "the exact sign pattern (--granularity pattern).")
+    print(
+        "\nnotes: 'vs naive' = naive time / variant time (speed-up); 'vs floor' = variant time / "
+        "floor time. "
+        "+sha256 hashes the whole file for source.sha256 (CLI default; --no-hash skips it); 'st "
+        "pattern' keeps "
+        "the exact sign pattern (--granularity pattern)."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dir", type=Path, default=None,
-                    help="where to write the checkpoints (default: a temp dir, removed)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per variant, warm cache (default 5)")
-    ap.add_argument("--cold-repeats", type=int, default=3,
-                    help="timed runs per variant, cold cache (default 3; 0 skips)")
-    ap.add_argument("--drop-caches", action="store_true",
-                    help="also drop the whole page cache once (root only; affects the machine)")
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to write the checkpoints (default: a temp dir, removed)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per variant, warm cache (default 5)"
+    )
+    ap.add_argument(
+        "--cold-repeats",
+        type=int,
+        default=3,
+        help="timed runs per variant, cold cache (default 3; 0 skips)",
+    )
+    ap.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="also drop the whole page cache once (root only; affects the machine)",
+    )
     args = ap.parse_args(argv)
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)

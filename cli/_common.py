@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
+from polarpack._io import printable
 from polarpack.errors import PolarpackError
 
 
@@ -23,16 +25,14 @@ def handle_errors(fn: Callable) -> Callable:
             raise click.ClickException(printable(str(exc))) from None
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(printable(f"{where}{exc.strerror or exc}; check the path, its permissions and "
-                                                 "the free disk space")) from None
+            raise click.ClickException(
+                printable(
+                    f"{where}{exc.strerror or exc}; check the path, its permissions and "
+                    "the free disk space"
+                )
+            ) from None
 
     return wrapper
-
-
-def printable(text: str) -> str:
-    """Control characters (ESC, newlines and the other C0/C1 codes) shown as escapes, so text from a
-    file can neither drive the terminal nor fake a line of output."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def emit_json(obj: Any) -> None:
@@ -45,14 +45,29 @@ def info(message: str) -> None:
     click.echo(message, err=True)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON result on stdout.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print a machine-readable JSON result on stdout."
+)
 
 
 def hub_options(fn: Callable) -> Callable:
     """--endpoint / --revision / --token for anything that may read an hf:// reference."""
-    fn = click.option("--token", envvar="HF_TOKEN", default=None, show_envvar=True,
-                      help="Hugging Face token (default: $HF_TOKEN or the cached login).")(fn)
-    fn = click.option("--revision", help="Hub revision (branch, tag or commit) for hf:// references without @rev.")(fn)
-    fn = click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True,
-                      help="Hub endpoint URL (default: $HF_ENDPOINT or https://huggingface.co).")(fn)
+    fn = click.option(
+        "--token",
+        envvar="HF_TOKEN",
+        default=None,
+        show_envvar=True,
+        help="Hugging Face token (default: $HF_TOKEN or the cached login).",
+    )(fn)
+    fn = click.option(
+        "--revision", help="Hub revision (branch, tag or commit) for hf:// references without @rev."
+    )(fn)
+    fn = click.option(
+        "--endpoint",
+        envvar="HF_ENDPOINT",
+        default=None,
+        show_envvar=True,
+        help="Hub endpoint URL (default: $HF_ENDPOINT or https://huggingface.co). Each Hub call "
+        "ends within $POLARPACK_HUB_TIMEOUT seconds (default 60).",
+    )(fn)
     return fn

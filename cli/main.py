@@ -7,7 +7,7 @@ import click
 from polarpack import __version__
 
 from .experiment import experiment, report
-from .extract import extract, inspect
+from .extract import convert, extract, inspect
 from .hub import pull, push
 from .materialize import materialize
 from .train import train
@@ -24,18 +24,21 @@ Distributions are accepted as files (.polar, .polar.json, .polar.safetensors), p
 """
 
 
-@click.group(epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    epilog=_EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="polarpack")
 def cli() -> None:
     """polarpack: transfer learning with polarity distributions.
 
-    A network's per-layer fractions of zero, negative and positive weights (a few numbers per
-    layer, stored in a tiny .polar file) stand in for the pretrained checkpoint: new networks get
-    Glorot magnitudes and a random sign pattern with those fractions, held fixed during training.
+    A network's per-layer fractions of zero, negative and positive weights (a few numbers per layer,
+    stored in a tiny .polar file) stand in for the pretrained checkpoint: new networks get Glorot
+    magnitudes and a random sign pattern with those fractions, held fixed during training.
     """
 
 
-for command in (extract, inspect, materialize, train, push, pull, experiment, report):
+for command in (extract, inspect, convert, materialize, train, push, pull, experiment, report):
     cli.add_command(command)
 
 

@@ -1,82 +1,218 @@
-"""The granularity ladder's figure and table: final validation accuracy and epochs to 40% against the
-bytes of ImageNet information each rung transfers (log scale), from the results of examples/ladder.toml.
+"""The granularity ladder on two ImageNet families: final validation accuracy against the bytes of
+ImageNet information each rung transfers, from the results of examples/ladder.toml (MobileNetV2)
+and examples/ladder_efficientnet.toml (EfficientNet-Lite0).
 
     python examples/ladder_figure.py --results results --out docs/results/ladder
 
-Bytes per rung: the size of the file that carries the information (the .polar file as shipped in
-examples/, or the conv kernels in float32 for fine-tuning). scratch and Freeze RAND carry none;
-they are drawn at the left edge.
+Writes, in --out: each family's report (report.md, report.json, runs.jsonl, figure.png in a
+folder of its own), table.md, table.json and ladder.png.
+
+Bytes per rung. *Information bytes*: the coded size of what the rung transfers, in the compact
+`.polar.safetensors` encoding (spec/polar-format.md): the coded counts or signs, plus the channel
+scales and the BatchNorm tensors as their float32 bytes; fine-tuning transfers every float32
+tensor but the classifier head. *File bytes*: the file the rung reads (the JSON `.polar` for the
+layer and channel rungs, as the runs used; the checkpoint for fine-tuning). scratch and Freeze
+RAND transfer none; the figure draws them at its left edge.
+
+Share of the gap: (rung - scratch) / (fine-tuning - scratch) of the mean final accuracy; its
+interval is the 95% interval of rung - scratch (paired over seeds where both ran on one kind of
+machine, else Welch's) divided by the gap's mean, which is known to within a point or two.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from polarpack.extract import extract
-from polarpack.report import THRESHOLD, report
+from scipy import stats
+
+from polarpack._io import atomic_write_text
+from polarpack.format import load, size_report
+from polarpack.references import names_distribution
+from polarpack.reporting import Group, report
+from polarpack.sources import load_state_dict
+from polarpack.statistics import t_interval
 
 EXAMPLES = Path(__file__).resolve().parent
-CHECKPOINT = "../shared/data/weights/mobilenet_v2-b0353104.pth"
+FAMILIES = {"MobileNetV2": "ladder.toml", "EfficientNet-Lite0": "ladder_efficientnet.toml"}
+ORDER = [
+    "scratch",
+    "Freeze RAND",
+    "Freeze SPIN, layer",
+    "Freeze SPIN, channel",
+    "Freeze IN, pattern",
+    "Fluid IN-Polarity, pattern",
+    "signs x scale, frozen",
+    "signs x scale, free",
+    "signs x scale + BatchNorm",
+    "BatchNorm alone",
+    "Fluid IN",
+]
 
 
-def rung(config: dict) -> tuple[str, int]:
-    """(label, bytes of transferred ImageNet information) of a ladder cell."""
-    if config["method"] == "scratch":
-        return "scratch", 0
-    if config["method"] == "fluid-in":
-        kernels = extract(config["weights"], hash_file=False).layers
-        return "Fluid IN (float32 conv kernels)", 4 * sum(layer.numel for layer in kernels)
-    path = config["dist"] or config["weights"]
-    label = {"rand5050": "Freeze RAND", "imagenet.polar": "Freeze SPIN, layer", "channel": "Freeze SPIN, channel",
-             "pattern": "Freeze IN, pattern"}
-    name = next(v for k, v in label.items() if k in Path(path).name)
-    return name, 0 if name == "Freeze RAND" else Path(path).stat().st_size
+def rung_name(config: dict) -> str:
+    method, ref = config["method"], config.get("dist") or config.get("weights") or ""
+    if method == "scratch":
+        return "BatchNorm alone" if config.get("norms") else "scratch"
+    if method == "fluid-in":
+        return "Fluid IN"
+    if method == "freeze-spin":
+        return "Freeze RAND" if "rand5050" in ref else f"Freeze SPIN, {load(ref).granularity}"
+    if "scaled" in ref:
+        if config.get("norms"):
+            return "signs x scale + BatchNorm"
+        return "signs x scale, free" if method == "fluid-in-polarity" else "signs x scale, frozen"
+    return "Fluid IN-Polarity, pattern" if method == "fluid-in-polarity" else "Freeze IN, pattern"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--out", default="docs/results/ladder")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="the overrides the grid ran with (as for polarpack experiment)")
-    args = parser.parse_args()
-    groups = report(EXAMPLES / "ladder.toml", results=args.results, out=args.out, sets=args.sets)["groups"]
-    rows = sorted(((*rung(g["config"]), g) for g in groups if g["finished"]), key=lambda r: r[1])
-    ends = {label: g["final_val_mean"] for label, _, g in rows if label == "scratch" or label.startswith("Fluid IN")}
-    gap = (ends.get("Fluid IN (float32 conv kernels)"), ends.get("scratch"))
-    print("| rung | bytes of ImageNet information | runs | final val acc % | share of the scratch to fine-tuning gap "
-          "| epochs to 40% (mean curve) |")
-    print("| --- | ---: | --- | --- | ---: | --- |")
-    for label, size, g in rows:
-        std = f" ± {100 * g['final_val_std']:.1f}" if g["final_val_std"] is not None else " (n=1)"
-        share = "-" if None in gap else f"{100 * (g['final_val_mean'] - gap[1]) / (gap[0] - gap[1]):.0f}%"
-        print(f"| {label} | {size:,} | {g['finished']} | {100 * g['final_val_mean']:.1f}{std} | {share} | "
-              f"{g['epochs_to_40'] or '-'} |")
+def rung_bytes(name: str, config: dict) -> tuple[int, int]:
+    """(information bytes, file bytes) of a rung; see the module docstring."""
+    if name in ("scratch", "Freeze RAND"):
+        file = config.get("dist") or ""
+        return 0, Path(file).stat().st_size if file else 0
+    if name == "Fluid IN":
+        state = load_state_dict(config["weights"])
+        head = [k for k in state if k.startswith(("classifier.", "fc."))]
+        floats = sum(t.numel() for k, t in state.items() if t.is_floating_point() and k not in head)
+        return 4 * floats, Path(config["weights"]).stat().st_size
+    ref = config["norms"] if name == "BatchNorm alone" else config.get("dist") or config["weights"]
+    assert names_distribution(ref), ref
+    sizes = size_report(load(ref))
+    info = sizes["norm_bytes"] if name == "BatchNorm alone" else sizes["coded_bytes"]
+    return info, Path(ref).stat().st_size
+
+
+def mean_interval(values: list[float]) -> tuple[float | None, float | None]:
+    """The 95% t interval of a mean (None with one run)."""
+    n = len(values)
+    if n < 2:
+        return None, None
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    half = stats.t.ppf(0.975, n - 1) * sd / n**0.5
+    return mean - half, mean + half
+
+
+def family_rows(family: str, groups: list[Group]) -> list[dict]:
+    by_name = {rung_name(g.config): g for g in groups if g.finished}
+    scratch, tuned = by_name.get("scratch"), by_name.get("Fluid IN")
+    gap = tuned.final_val_mean - scratch.final_val_mean if scratch and tuned else None
+    rows = []
+    for name in ORDER:
+        g = by_name.get(name)
+        if g is None:
+            continue
+        info, file = rung_bytes(name, g.config)
+        low, high = mean_interval([v for v in g.final_val_accs if v is not None])
+        row = {
+            "family": family,
+            "rung": name,
+            "n": g.finished,
+            "mean": g.final_val_mean,
+            "std": g.final_val_std,
+            "ci_low": low,
+            "ci_high": high,
+            "share_of_gap": None,
+            "share_ci_low": None,
+            "share_ci_high": None,
+            "info_bytes": info,
+            "file_bytes": file,
+            "epochs_to_threshold": g.epochs_to_threshold,
+            "machines": g.machines,
+        }
+        if gap and scratch is not None:
+            row["share_of_gap"] = (g.final_val_mean - scratch.final_val_mean) / gap
+            diff = _difference(g, scratch)
+            if diff is not None and diff.low is not None:
+                row["share_ci_low"], row["share_ci_high"] = diff.low / gap, diff.high / gap
+        rows.append(row)
+    return rows
+
+
+def _difference(a: Group, b: Group):
+    """a - b over the seeds both ran on one kind of machine (paired), else Welch's."""
+    runs_b = {r.seed: r for r in b.runs}
+    pairs = [
+        (r, runs_b[r.seed])
+        for r in a.runs
+        if r.seed in runs_b and r.machine == runs_b[r.seed].machine
+    ]
+    if len(pairs) >= 2:
+        return t_interval([x.final for x, _ in pairs], [y.final for _, y in pairs], paired=True)
+    return t_interval(a.final_val_accs, b.final_val_accs, paired=False)
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    return "-" if x is None else (f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}")
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| family | rung | runs | final val acc % [95% CI] | share of the scratch to "
+        "fine-tuning gap [95% CI] | information bytes | file bytes | epochs to 40% |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        acc = f"{_pct(r['mean'])} ± {_pct(r['std'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"
+        low, high = _pct(r["share_ci_low"]), _pct(r["share_ci_high"])
+        share = "-" if r["share_of_gap"] is None else f"{_pct(r['share_of_gap'])}% [{low}, {high}]"
+        lines.append(
+            f"| {r['family']} | {r['rung']} | {r['n']} | {acc} | {share} | "
+            f"{r['info_bytes']:,} | {r['file_bytes']:,} | "
+            f"{r['epochs_to_threshold'] or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = max((g["config"]["epochs"] for _, _, g in rows), default=20)
-    fig, (acc, speed) = plt.subplots(1, 2, figsize=(11, 4.5))
-    floor = min((size for _, size, _ in rows if size), default=1000) / 10
-    for label, size, g in rows:
-        x = size or floor * (1.8 if label == "Freeze RAND" else 1)  # the two rungs without information, apart
-        mean, std = 100 * g["final_val_mean"], 100 * (g["final_val_std"] or 0)
-        acc.errorbar(x, mean, yerr=std, fmt="o", capsize=4, label=f"{label} (n={g['finished']})")
-        speed.plot(x, g["epochs_to_40"] or epochs + 1, "o" if g["epochs_to_40"] else "x")
-    for ax, title in ((acc, "final validation accuracy (%), mean ± std over seeds"),
-                      (speed, f"first epoch the mean reaches {100 * THRESHOLD:.0f}% (x: not in {epochs})")):
-        ax.set_xscale("log")
-        ax.set(title=title, xlabel="bytes of ImageNet information transferred (left edge: none)",
-               ylabel="%" if ax is acc else "epoch")
-        ax.grid(alpha=0.3)
-    acc.legend(fontsize=7)
-    speed.set_ylim(0, epochs + 2)
-    fig.suptitle(f"MobileNetV2 on CIFAR-10 ({epochs} epochs): the granularity ladder")
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    floor = min(r["info_bytes"] for r in rows if r["info_bytes"]) / 10
+    for family, marker in zip(FAMILIES, ("o", "s"), strict=True):
+        mine = sorted((r for r in rows if r["family"] == family), key=lambda r: r["info_bytes"])
+        xs = [r["info_bytes"] or floor * (1.6 if r["rung"] == "Freeze RAND" else 1) for r in mine]
+        ys = [100 * r["mean"] for r in mine]
+        err = [
+            [100 * (r["mean"] - (r["ci_low"] or r["mean"])) for r in mine],
+            [100 * ((r["ci_high"] or r["mean"]) - r["mean"]) for r in mine],
+        ]
+        ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=3, label=family, alpha=0.85)
+        for x, y, r in zip(xs, ys, mine, strict=True):
+            ax.annotate(r["rung"], (x, y), fontsize=6, xytext=(4, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="bytes of ImageNet information transferred (coded; left edge: none)",
+        ylabel="final validation accuracy (%), mean and 95% interval",
+        title="The ladder from signs to weights: CIFAR-10 at 32 px, 20 epochs, 3 seeds",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
-    fig.savefig(Path(args.out) / "ladder.png", dpi=110)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--out", default="docs/results/ladder")
+    args = parser.parse_args()
+    out, rows = Path(args.out), []
+    for family, file in FAMILIES.items():
+        folder = out / family.lower().replace("-", "_")
+        result = report(EXAMPLES / file, results=args.results, out=folder, title=family)
+        rows += family_rows(family, result.groups)
+    atomic_write_text(out / "table.json", json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(out / "table.md", markdown(rows))
+    figure(rows, out / "ladder.png")
+    print(markdown(rows), end="")
 
 
 if __name__ == "__main__":

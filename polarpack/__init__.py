@@ -2,38 +2,61 @@
 
 The pipeline, one module per stage:
 
-    format       the `.polar` file at three granularities: `Distribution`, `load`, `save` (spec/polar-format.md)
-    presets      the seed paper's distributions (`paper:alexnet`, `paper:table1-exp1..7`, `paper:rand`)
-    sources      where weights and distributions come from (torchvision, files, hf://)
-    extract      pretrained weights -> `Distribution`
-    materialize  `Distribution` + seed -> sign targets and initial weights
-    constraints  the sign projection and Algorithm 3's per-epoch change, applied during training
-    models       `alexnet` / `zfnet` builders (small and imagenet geometry), torchvision models
-    data         datasets as in-memory uint8 tensors, batching by index
-    train        the training loop: Freeze/Fluid SPIN, Freeze IN, Fluid IN, scratch
-    distributed  DDP under torchrun: the rank, the batch split, the reductions
-    grid         experiment files (TOML) -> cells
-    runner       the results store and running a grid (resumable, parallel, one writer)
-    report       statistics over seeds, comparisons, Table 1, figures
-    hub          publish and pull distributions on the Hugging Face Hub
+    format           the `.polar` file and its granularities (spec/polar-format.md)
+    presets          the seed paper's distributions (paper:alexnet, paper:table1-exp1..7, ...)
+    references       what a reference names: a preset, an hf:// file, a .polar, a checkpoint
+    sources          where weights and distributions come from (torchvision, files, hf://)
+    extraction       pretrained weights -> `Distribution`
+    materialization  `Distribution` + seed -> sign targets and initial weights
+    models           alexnet / zfnet (small and imagenet geometry), torchvision and timm models
+    constraints      the sign projection and Algorithm 3's per-epoch change
+    data             datasets as in-memory uint8 tensors, batching by index
+    config           the options of a training run (`TrainConfig`)
+    methods          how each method starts: initial weights and sign targets
+    runs             a run directory: config, metrics, summary, checkpoints
+    training         the training loop, resumable and distributed
+    distributed      DDP under torchrun: the ranks, the batch split, the reductions
+    grid             experiment files (TOML) -> cells
+    runner           the results store and running a grid (resumable, parallel, one writer)
+    statistics       intervals and equivalence tests over seeds
+    reporting        per-group statistics, comparisons, Table 1, figures
+    hub              publish and pull distributions on the Hugging Face Hub
 
-The top-level names below are the public API; the submodules hold the rest.
+The top-level names below are the public API; the modules hold the rest, each importable under
+its own name (`polarpack.training.TrainConfig`).
 """
 
 from __future__ import annotations
 
 from ._version import __version__
+from .config import TrainConfig
 from .errors import PolarpackError
-from .extract import extract
+from .extraction import extract
 from .format import Distribution, LayerDistribution, load, save
-from .materialize import apply_distribution, materialize
+from .materialization import apply_distribution, materialize
 from .models import build_model, list_models
 from .presets import get_preset, list_presets
+from .reporting import report
 from .sources import load_distribution
-from .train import TrainConfig, TrainResult, train
+from .training import TrainResult, train
 
 __all__ = [
-    "__version__", "PolarpackError", "Distribution", "LayerDistribution", "load", "save", "load_distribution",
-    "get_preset", "list_presets", "extract", "materialize", "apply_distribution", "build_model", "list_models",
-    "train", "TrainConfig", "TrainResult",
+    "Distribution",
+    "LayerDistribution",
+    "PolarpackError",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "apply_distribution",
+    "build_model",
+    "extract",
+    "get_preset",
+    "list_models",
+    "list_presets",
+    "load",
+    "load_distribution",
+    "materialize",
+    "report",
+    "save",
+    "train",
 ]

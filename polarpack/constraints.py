@@ -16,7 +16,7 @@ compares as a violation.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -60,8 +60,14 @@ class SignConstraint:
     weights' layout, so the projection works on flat views of both.
     """
 
-    def __init__(self, model: nn.Module, targets: Mapping[str, torch.Tensor], *, eps: float = 1e-3,
-                 zeros: str = "pin", seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Mapping[str, torch.Tensor],
+        *,
+        eps: float = 1e-3,
+        zeros: str = "pin",
+    ):
         if zeros not in ZERO_MODES:
             raise ConfigError(f"unknown zeros mode {zeros!r}; use one of {list(ZERO_MODES)}")
         if not eps > 0:
@@ -73,10 +79,15 @@ class SignConstraint:
             if weight is None:
                 raise ConfigError(f"constraint target {name!r} is not a layer of the model")
             if tuple(target.shape) != tuple(weight.shape):
-                raise ConfigError(f"layer {name!r}: target shape {tuple(target.shape)} != weight {tuple(weight.shape)}")
-            if not (weight.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last)):
+                raise ConfigError(
+                    f"layer {name!r}: target shape {tuple(target.shape)} != weight "
+                    f"{tuple(weight.shape)}"
+                )
+            if not (
+                weight.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last)
+            ):
                 raise ConfigError(f"layer {name!r}: the weight must be contiguous or channels_last")
-            t = torch.empty_like(weight, dtype=torch.int8).copy_(target)  # own copy, the weight's layout
+            t = torch.empty_like(weight, dtype=torch.int8).copy_(target)  # the weight's layout
             self.layers.append(_Layer(name, weight, t, zeros == "pin"))
             if zeros == "pin":
                 keep = (t != 0).to(weight.dtype)
@@ -84,21 +95,26 @@ class SignConstraint:
                     weight.mul_(keep)
                 weight.register_hook(lambda grad, keep=keep: grad * keep)
         self.eps, self.zeros = float(eps), zeros
-        device = self.layers[0].weight.device if self.layers else torch.device("cpu")
-        self.generator = torch.Generator(device=device).manual_seed(int(seed))
-        self.flip_generator = torch.Generator().manual_seed(int(seed) + 1)
         self.resets = 0  # weights reset since the last `take_reset_count`
 
     @torch.no_grad()
-    def project_(self) -> None:
-        """Reset every wrong-signed weight to T * U(0, eps), in place."""
+    def project_(self, generator: torch.Generator) -> None:
+        """Reset every wrong-signed weight to T * U(0, eps), in place; `generator` (on the
+        weights' device) draws the reset values."""
         for layer in self.layers:
             if layer.weight.stride() != layer.target.stride():
-                raise ConfigError(f"layer {layer.name!r}: the weight changed memory format after the constraint "
-                                  "was made")
+                raise ConfigError(
+                    f"layer {layer.name!r}: the weight changed memory format after the constraint "
+                    "was made"
+                )
             idx = _flat(layer.violations()).nonzero().squeeze(1)
             if idx.numel():
-                u = torch.rand(idx.numel(), generator=self.generator, device=idx.device, dtype=layer.weight.dtype)
+                u = torch.rand(
+                    idx.numel(),
+                    generator=generator,
+                    device=idx.device,
+                    dtype=layer.weight.dtype,
+                )
                 _flat(layer.weight.data)[idx] = u.mul_(self.eps).mul_(_flat(layer.sign)[idx])
                 self.resets += idx.numel()
 
@@ -111,9 +127,9 @@ class SignConstraint:
         return n
 
     @torch.no_grad()
-    def fluid_step_(self, fraction: float = 0.5, mode: str = "flip") -> int:
+    def fluid_step_(self, fraction: float, mode: str, generator: torch.Generator) -> int:
         """Algorithm 3's per-epoch change to `fraction` of each layer's non-zero targets, chosen at
-        random (see FLUID_MODES). Returns how many weights changed sign."""
+        random by the CPU `generator` (see FLUID_MODES). Returns how many weights changed sign."""
         if mode not in FLUID_MODES:
             raise ConfigError(f"unknown fluid mode {mode!r}; use one of {list(FLUID_MODES)}")
         if not 0.0 <= fraction <= 1.0:
@@ -123,11 +139,15 @@ class SignConstraint:
             k = round(fraction * layer.nonzero.numel())
             if k == 0:
                 continue
-            pick = torch.randperm(layer.nonzero.numel(), generator=self.flip_generator)[:k]
+            pick = torch.randperm(layer.nonzero.numel(), generator=generator)[:k]
             chosen = layer.nonzero[pick.to(layer.nonzero.device)]
             w, t = _flat(layer.weight.data), _flat(layer.target)
             old = t[chosen]
-            new = old[torch.randperm(k, generator=self.flip_generator).to(old.device)] if mode == "permute" else -old
+            new = (
+                old[torch.randperm(k, generator=generator).to(old.device)]
+                if mode == "permute"
+                else -old
+            )
             w[chosen] = w[chosen].abs() * new.to(w.dtype)
             if mode != "reset":
                 t[chosen] = new

@@ -9,9 +9,13 @@ the paper's distributions (`paper:alexnet`, layers conv1-conv5) map onto both ne
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .errors import ModelError
 
@@ -47,7 +51,7 @@ class PaperNetSpec:
 
     def conv_shapes(self, in_channels: int = 3) -> dict[str, tuple[int, int, int, int]]:
         shapes, c_in = {}, in_channels
-        for i, (c, k) in enumerate(zip(self.channels, self.kernels), start=1):
+        for i, (c, k) in enumerate(zip(self.channels, self.kernels, strict=True), start=1):
             shapes[f"conv{i}"] = (c, c_in, k, k)
             c_in = c
         return shapes
@@ -66,15 +70,32 @@ ALEXNET = PaperNetSpec(
     lrn_after=(False,) * 5,
     description=(
         "AlexNet as the seed's prior work builds it (Wang et al. 2023): conv 96@11x11/4, 256@5x5, "
-        "384@3x3, 384@3x3, 256@3x3, max-pools 3/2, fc 4096-4096-classes, dropout after fc6 and fc7; "
+        "384@3x3, 384@3x3, 256@3x3, max-pools 3/2, fc 4096-4096-classes, dropout after fc6 and "
+        "fc7; "
         "no LRN, no groups."
     ),
     geometries={
-        "imagenet": Geometry(227, (4, 1, 1, 1, 1), (0, 2, 1, 1, 1), (True, True, False, False, True), 0, False, 6,
-                             "227x227 input, as the prior-work Keras code"),
-        "small": Geometry(32, (4, 1, 1, 1, 1), (5, 2, 1, 1, 1), (True, True, False, False, False), 1, False, 2,
-                          "32x32/28x28 input: conv1 stride 4 padding 5 (8x8 or 7x7), pools 3/2 padding 1 after "
-                          "conv1 and conv2 (4x4, then 2x2), no pool after conv5"),
+        "imagenet": Geometry(
+            227,
+            (4, 1, 1, 1, 1),
+            (0, 2, 1, 1, 1),
+            (True, True, False, False, True),
+            0,
+            False,
+            6,
+            "227x227 input, as the prior-work Keras code",
+        ),
+        "small": Geometry(
+            32,
+            (4, 1, 1, 1, 1),
+            (5, 2, 1, 1, 1),
+            (True, True, False, False, False),
+            1,
+            False,
+            2,
+            "32x32/28x28 input: conv1 stride 4 padding 5 (8x8 or 7x7), pools 3/2 padding 1 after "
+            "conv1 and conv2 (4x4, then 2x2), no pool after conv5",
+        ),
     },
 )
 
@@ -84,39 +105,133 @@ ZFNET = PaperNetSpec(
     kernels=(7, 5, 3, 3, 3),
     lrn_after=(True, True, False, False, False),
     description=(
-        "ZFNet (Zeiler & Fergus 2014) as the pytorchcv model zoo defines it: conv 96@7x7/2, 256@5x5/2, "
+        "ZFNet (Zeiler & Fergus 2014) as the pytorchcv model zoo defines it: conv 96@7x7/2, "
+        "256@5x5/2, "
         "384@3x3, 384@3x3, 256@3x3, LRN after conv1 and conv2, max-pools 3/2 (ceil mode), "
         "fc 4096-4096-classes with dropout after fc6 and fc7."
     ),
     geometries={
-        "imagenet": Geometry(224, (2, 2, 1, 1, 1), (1, 0, 1, 1, 1), (True, True, False, False, True), 0, True, 6,
-                             "224x224 input, 9216 features into fc6"),
-        "small": Geometry(32, (2, 2, 1, 1, 1), (3, 2, 1, 1, 1), (True, True, False, False, False), 1, False, 2,
-                          "32x32/28x28 input: conv1 stride 2 padding 3 (16x16 or 14x14), pool 3/2 padding 1 "
-                          "(8x8 or 7x7), conv2 stride 2 padding 2 (4x4), pool (2x2), no pool after conv5; no LRN "
-                          "(weightless, and it tripled the CPU time of a step)", lrn=False),
+        "imagenet": Geometry(
+            224,
+            (2, 2, 1, 1, 1),
+            (1, 0, 1, 1, 1),
+            (True, True, False, False, True),
+            0,
+            True,
+            6,
+            "224x224 input, 9216 features into fc6",
+        ),
+        "small": Geometry(
+            32,
+            (2, 2, 1, 1, 1),
+            (3, 2, 1, 1, 1),
+            (True, True, False, False, False),
+            1,
+            False,
+            2,
+            "32x32/28x28 input: conv1 stride 2 padding 3 (16x16 or 14x14), pool 3/2 padding 1 "
+            "(8x8 or 7x7), conv2 stride 2 padding 2 (4x4), pool (2x2), no pool after conv5; no LRN "
+            "(weightless, and it tripled the CPU time of a step)",
+            lrn=False,
+        ),
     },
 )
 
 PAPER_NETS = {spec.name: spec for spec in (ALEXNET, ZFNET)}
 
 
+def _window_weights(
+    channels: int, size: int, alpha: float, k: float, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1x1-convolution weights (C_out, C_in, 1, 1) that sum, times alpha/size, input channels
+    c - size//2 ... c + (size-1)//2 into channel c (torch's zero-padded window), that sum back
+    along the same windows (the transpose, for the backward), and the bias k."""
+    index = torch.arange(channels, device=device)
+    windows = []
+    for offset in (index[None, :] - index[:, None], index[:, None] - index[None, :]):
+        in_window = (offset >= -(size // 2)) & (offset <= (size - 1) // 2)
+        windows.append((in_window.to(dtype) * (alpha / size))[:, :, None, None])
+    return windows[0], windows[1], torch.full((channels,), k, dtype=dtype, device=device)
+
+
+class _BandedLRN(torch.autograd.Function):
+    """LRN whose channel-window sum is a 1x1 convolution with a banded weight.
+
+    torch computes the window as a 3-D average pool, which is slow on CPUs; a convolution runs on
+    oneDNN (AMX in bf16). The rest is memory-bound, so the backward is written out and buffers are
+    reused (three activation-sized allocations forward, two backward). With
+    d = k + alpha/size * window(x^2) and y = x * d^-beta:
+    dx = g * d^-beta - 2 beta x * window^T(g * y / d) * alpha/size.
+    Autocast is off inside: the input's dtype is the compute dtype (bf16 after a bf16 conv).
+    """
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        with torch.autocast("cpu", enabled=False):
+            window, window_t, bias = _window_weights(x.shape[1], size, alpha, k, x.dtype, x.device)
+            squares = x * x
+            d = F.conv2d(squares, window, bias)
+            r = torch.pow(d, -beta, out=squares)  # reuse the buffer: fresh pages cost time
+            if not ctx.needs_input_grad[0]:  # evaluation: nothing to save, d's buffer is free
+                return torch.mul(x, r, out=d)
+            y = x * r
+        ctx.save_for_backward(x, y, d, r)
+        ctx.window_t, ctx.beta = window_t, beta
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, y, d, r = ctx.saved_tensors
+        with torch.autocast("cpu", enabled=False):
+            t = torch.mul(grad, y).div_(d)
+            spread = F.conv2d(t, ctx.window_t)
+            dx = torch.mul(grad, r, out=t).addcmul_(x, spread, value=-2 * ctx.beta)
+        return dx, None, None, None, None
+
+
+def local_response_norm(
+    x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> torch.Tensor:
+    """`torch.nn.functional.local_response_norm`, computed as a banded 1x1 convolution for 4-D CPU
+    tensors (several times faster there: benchmarks/bench_lrn.py). Other devices and shapes use
+    torch's own, exact kernel (on CUDA the convolution could run in TF32)."""
+    if x.device.type != "cpu" or x.dim() != 4 or x.numel() == 0:
+        return F.local_response_norm(x, size, alpha, beta, k)
+    return _BandedLRN.apply(x, size, alpha, beta, k)
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """Drop-in for `torch.nn.LocalResponseNorm` (no parameters, no state), fast on CPUs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+
 class PaperNet(nn.Module):
     """conv1..conv5 (ReLU, optional LRN and max-pool) then fc6, fc7 (ReLU, dropout) and fc8."""
 
-    def __init__(self, spec: PaperNetSpec, geometry: str, num_classes: int, in_channels: int, dropout: float):
+    def __init__(
+        self, spec: PaperNetSpec, geometry: str, num_classes: int, in_channels: int, dropout: float
+    ):
         super().__init__()
         geo = spec.geometries[geometry]
         self.spec, self.geometry = spec, geometry
         c_in = in_channels
         for i in range(5):
-            conv = nn.Conv2d(c_in, spec.channels[i], spec.kernels[i], stride=geo.strides[i], padding=geo.paddings[i])
+            conv = nn.Conv2d(
+                c_in,
+                spec.channels[i],
+                spec.kernels[i],
+                stride=geo.strides[i],
+                padding=geo.paddings[i],
+            )
             setattr(self, f"conv{i + 1}", conv)
             c_in = spec.channels[i]
         self.fc6 = nn.Linear(c_in * geo.feature_size**2, spec.fc_width)
         self.fc7 = nn.Linear(spec.fc_width, spec.fc_width)
         self.fc8 = nn.Linear(spec.fc_width, num_classes)
-        self.lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+        self.lrn = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
         self.pool = nn.MaxPool2d(3, 2, padding=geo.pool_padding, ceil_mode=geo.pool_ceil)
         self.drop = nn.Dropout(dropout)
         self._pools = geo.pools
@@ -135,18 +250,38 @@ class PaperNet(nn.Module):
         return self.fc8(x)
 
 
+def _timm():
+    """timm, when installed (`pip install "polarpack[timm]"`), else None."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm
+
+
 def list_models() -> list[str]:
-    """`alexnet` and `zfnet` (the seed's networks) followed by torchvision's classifiers."""
+    """`alexnet` and `zfnet` (the seed's networks), torchvision's classifiers and, with timm
+    installed, timm's models."""
     import torchvision
 
-    return list(PAPER_NETS) + [f"torchvision:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
+    names = list(PAPER_NETS)
+    names += [f"torchvision:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
+    timm = _timm()
+    return names + ([f"timm:{n}" for n in timm.list_models()] if timm else [])
 
 
-def build_model(name: str, *, num_classes: int = 10, geometry: str = "small", in_channels: int = 3,
-                dropout: float = 0.5) -> nn.Module:
-    """Build `alexnet`/`zfnet` (seed networks) or a torchvision classifier with `num_classes` outputs.
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    geometry: str = "small",
+    in_channels: int = 3,
+    dropout: float = 0.5,
+) -> nn.Module:
+    """Build `alexnet`/`zfnet` (the seed's networks), a torchvision classifier or, with timm
+    installed, a timm model of that name (torchvision's first), with `num_classes` outputs.
 
-    Weights are PyTorch's default init; the trainer re-initialises the constrained layers
+    Weights are the library's default init; the trainer re-initialises the constrained layers
     (materialize) so a run's start is defined by the distribution and the seed alone.
     """
     if geometry not in GEOMETRIES:
@@ -159,13 +294,23 @@ def build_model(name: str, *, num_classes: int = 10, geometry: str = "small", in
         return PaperNet(PAPER_NETS[name], geometry, num_classes, in_channels, dropout)
     import torchvision
 
-    tv, known = name.removeprefix("torchvision:"), torchvision.models.list_models(module=torchvision.models)
-    if tv not in known:
-        raise ModelError(f"unknown model {tv!r}; use 'alexnet', 'zfnet' or a torchvision classification model "
-                         f"(e.g. {', '.join(sorted(known)[:6])}, ...; see `torchvision.models.list_models()`)")
+    known = torchvision.models.list_models(module=torchvision.models)
+    tv, timm_name, timm = name.removeprefix("torchvision:"), name.removeprefix("timm:"), _timm()
     if in_channels != 3:
-        raise ModelError(f"{tv}: torchvision models take 3 input channels (got {in_channels})")
-    return torchvision.models.get_model(tv, weights=None, num_classes=num_classes)
+        raise ModelError(
+            f"{name}: torchvision and timm models take 3 input channels (got {in_channels})"
+        )
+    if tv in known and not name.startswith("timm:"):
+        return torchvision.models.get_model(tv, weights=None, num_classes=num_classes)
+    if timm is not None and timm.is_model(timm_name):
+        return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+    close = difflib.get_close_matches(tv, known + (timm.list_models() if timm else []), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    extra = "" if timm else " (pip install timm for timm's models)"
+    raise ModelError(
+        f"unknown model {tv!r}; {hint}use 'alexnet', 'zfnet', a torchvision "
+        f"classifier (torchvision.models.list_models()) or a timm model{extra}"
+    )
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -174,8 +319,11 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def head_name(model: nn.Module) -> str | None:
-    """The final classifier layer: resized to the dataset's classes, never transferred or constrained."""
-    return next((n for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), None)
+    """The final classifier layer: resized to the dataset's classes, never transferred or
+    constrained."""
+    return next(
+        (n for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), None
+    )
 
 
 def constrainable_layers(model: nn.Module, scope: str = "conv") -> list[tuple[str, nn.Module]]:
@@ -185,7 +333,11 @@ def constrainable_layers(model: nn.Module, scope: str = "conv") -> list[tuple[st
         return conv_layers(model)
     if scope == "all":
         head = head_name(model)
-        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+        layers = [
+            (n, m)
+            for n, m in model.named_modules()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        ]
         return [(n, m) for n, m in layers if n != head]
     raise ModelError(f"unknown constrain scope {scope!r}; use 'conv' or 'all'")
 
@@ -195,4 +347,3 @@ def input_size_for(name: str, geometry: str) -> int | None:
     if geometry == "small":
         return None
     return PAPER_NETS[name].geometries["imagenet"].input_size if name in PAPER_NETS else 224
-

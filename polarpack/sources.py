@@ -1,7 +1,7 @@
 """Where weights and distributions come from.
 
-Distributions (`load_distribution`): a `paper:*` preset, an ``hf://owner/repo[@rev]/path``
-reference (downloaded by `polarpack.hub`) or a ``.polar`` / ``.polar.safetensors`` file.
+Distributions (`load_distribution`): a `paper:*` preset, an ``hf://owner/repo[@rev]/path`` reference
+(downloaded by `polarpack.hub`) or a ``.polar`` / ``.polar.safetensors`` file.
 
 Weights (`open_weights`, `load_state_dict`), read lazily, one tensor at a time, in model order:
 
@@ -11,8 +11,8 @@ Weights (`open_weights`, `load_state_dict`), read lazily, one tensor at a time, 
 - ``.pt`` ``.pth`` ``.bin`` ``.ckpt`` ``.tar``: ``torch.load(weights_only=True)``, memory-mapped
   when the file is a zip; a bare state_dict or one under ``state_dict``, ``model_state_dict`` or
   ``model``; a ``module.`` prefix (DataParallel) is stripped;
-- ``.npz`` (numeric arrays; TF/Caffe names such as ``conv1/weights`` read as ``conv1.weight``),
-  or ``.npy`` holding a Caffe-converted dict ``{layer: [kernel, bias]}`` (``bvlc_alexnet.npy``);
+- ``.npz`` (numeric arrays; TF/Caffe names such as ``conv1/weights`` read as ``conv1.weight``), or
+  ``.npy`` holding a Caffe-converted dict ``{layer: [kernel, bias]}`` (``bvlc_alexnet.npy``);
 - an ``nn.Module`` or a ``{name: tensor}`` mapping.
 
 Safety: a file's content must be what its suffix says (a ``.pth`` holding ``.npy`` bytes is an
@@ -24,9 +24,9 @@ Order: as stored for torch files and models; `model_order_key` for safetensors a
 
 Layout: kernels are yielded OIHW and matrices (out, in). ``layout="auto"`` reads torch sources as
 stored; in numpy files and safetensors files not marked ``format: pt`` a 4-D kernel is HWIO when
-`looks_hwio` (e.g. Caffe's (11, 11, 3, 96)), and kernels the rule cannot decide, like
-(3, 3, 64, 64), follow the file's decidable kernels (all HWIO: every kernel and matrix is
-transposed; all OIHW: none is). ``"oihw"`` / ``"hwio"`` force one layout for the whole source.
+`looks_hwio` (e.g. Caffe's (11, 11, 3, 96)), and kernels the rule cannot decide, like (3, 3, 64,
+64), follow the file's decidable kernels (all HWIO: every kernel and matrix is transposed; all OIHW:
+none is). ``"oihw"`` / ``"hwio"`` force one layout for the whole source.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -48,56 +49,71 @@ import torch
 from safetensors import safe_open
 
 from . import format as fmt
-from ._io import sha256_file
+from ._io import check_regular_file, sha256_file
 from .errors import FormatError, SourceError
-from .presets import get_preset, is_preset
+from .presets import get_preset
+from .references import is_hub_reference, is_preset
 
 LAYOUTS = ("auto", "oihw", "hwio")
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
-SUFFIX_FORMATS = {".safetensors": "safetensors", ".npz": "npz", ".npy": "npy",
-                  **dict.fromkeys((".pt", ".pth", ".bin", ".ckpt", ".tar"), "pytorch")}
-FORMAT_NAMES = {"safetensors": "safetensors file", "pytorch": "PyTorch checkpoint", "npz": ".npz archive",
-                "npy": ".npy array file"}
+SUFFIX_FORMATS = {
+    ".safetensors": "safetensors",
+    ".npz": "npz",
+    ".npy": "npy",
+    **dict.fromkeys((".pt", ".pth", ".bin", ".ckpt", ".tar"), "pytorch"),
+}
+FORMAT_NAMES = {
+    "safetensors": "safetensors file",
+    "pytorch": "PyTorch checkpoint",
+    "npz": ".npz archive",
+    "npy": ".npy array file",
+}
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 _HEADS = ("classifier", "fc", "head", "heads", "last_linear", "logits")
 _ST_FLOATS = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-_PICKLE_HINT = "if you trust the file, pass unsafe_allow_pickle=True (polarpack extract --unsafe-allow-pickle)"
+NPZ_MAX_RATIO = 16  # uncompressed : compressed, beyond a 64 MiB allowance
+_PICKLE_HINT = (
+    "if you trust the file, pass unsafe_allow_pickle=True (polarpack extract --unsafe-allow-pickle)"
+)
 
 
 # -- distributions ---------------------------------------------------------------------------
 
 
-def _is_hub(ref: Any) -> bool:
-    """hf:// references; `polarpack.hub` (and huggingface_hub) is imported only when one is used."""
-    return isinstance(ref, str) and ref.startswith("hf://")
-
-
-def load_distribution(ref: Any, *, endpoint: str | None = None, token: str | None = None,
-                      revision: str | None = None) -> fmt.Distribution:
+def load_distribution(
+    ref: Any, *, endpoint: str | None = None, token: str | None = None, revision: str | None = None
+) -> fmt.Distribution:
     """A `Distribution` from a preset, an hf:// reference or a .polar file (one passes through)."""
     return resolve_distribution(ref, endpoint=endpoint, token=token, revision=revision)[0]
 
 
-def resolve_distribution(ref: Any, *, endpoint: str | None = None, token: str | None = None,
-                         revision: str | None = None) -> tuple[fmt.Distribution, Path | None]:
-    """Like `load_distribution`, also returning the local file read (None for presets and objects)."""
+def resolve_distribution(
+    ref: Any, *, endpoint: str | None = None, token: str | None = None, revision: str | None = None
+) -> tuple[fmt.Distribution, Path | None]:
+    """Like `load_distribution`, also returning the local file read (None for presets and
+    objects)."""
     if isinstance(ref, fmt.Distribution):
         return ref, None
     if is_preset(ref):
         return get_preset(ref).distribution, None
-    if _is_hub(ref):  # bounded download; errors name the reference, not the cache path
+    if is_hub_reference(ref):  # bounded download; errors name the reference, not the cache path
         from .hub import pull_file
+
         return pull_file(ref, endpoint=endpoint, token=token, revision=revision)
     if not isinstance(ref, (str, os.PathLike)):
-        raise FormatError(f"cannot read a distribution from a {type(ref).__name__}; pass a path, preset or hf:// "
-                          "reference")
+        raise FormatError(
+            f"cannot read a distribution from a {type(ref).__name__}; pass a path, preset or hf:// "
+            "reference"
+        )
     path = Path(ref)
     try:
         return fmt.load(path), path
     except FormatError as exc:
         if path.is_file() and _weights_format(path):
-            raise FormatError(f"{exc}. {ref} looks like a weights checkpoint, not a .polar distribution: "
-                              f"extract one first with `polarpack extract {ref} --out dist.polar`") from None
+            raise FormatError(
+                f"{exc}. {ref} looks like a weights checkpoint, not a .polar distribution: "
+                f"extract one first with `polarpack extract {ref} --out dist.polar`"
+            ) from None
         raise
 
 
@@ -106,7 +122,8 @@ def resolve_distribution(ref: Any, *, endpoint: str | None = None, token: str | 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A tensor before it is read: `shape` as yielded (OIHW), `transposed` when stored HWIO-style."""
+    """A tensor before it is read: `shape` as yielded (OIHW), `transposed` when stored
+    HWIO-style."""
 
     shape: tuple[int, ...]
     dtype: str  # torch's name ("float32", "int8", ...) or the file's own ("F8_E4M3", "C64", ...)
@@ -129,7 +146,9 @@ class WeightSource(contextlib.AbstractContextManager):
     closer: Callable[[], Any] | None = None
     digest: str | None = None  # the file's sha256, once computed
 
-    name = property(lambda self: str(self.source.get("file") or self.source.get("id") or "weights"))  # for messages
+    name = property(
+        lambda self: str(self.source.get("file") or self.source.get("id") or "weights")
+    )  # for messages
 
     def describe(self, *, sha256: bool = True) -> dict[str, Any]:
         """`source`, with the file's sha256 when asked (hashing reads the whole file, once)."""
@@ -156,8 +175,15 @@ class WeightSource(contextlib.AbstractContextManager):
         self.close()
 
 
-def open_weights(source: Any, *, endpoint: str | None = None, token: str | None = None,
-                 revision: str | None = None, layout: str = "auto", unsafe_allow_pickle: bool = False) -> WeightSource:
+def open_weights(
+    source: Any,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    layout: str = "auto",
+    unsafe_allow_pickle: bool = False,
+) -> WeightSource:
     """Open `source` (see the module docstring) for lazy reading; errors are one-line `SourceError`s
     naming the source and the fix."""
     if layout not in LAYOUTS:
@@ -166,33 +192,62 @@ def open_weights(source: Any, *, endpoint: str | None = None, token: str | None 
         return source
     if isinstance(source, torch.nn.Module):
         info = {"type": "manual", "id": type(source).__name__}
-        return _from_mapping(source.state_dict(), info, layout, native=True, groups=_module_groups(source))
+        return _from_mapping(
+            source.state_dict(), info, layout, native=True, groups=_module_groups(source)
+        )
     if isinstance(source, Mapping):
         return _from_mapping(source, {"type": "manual", "id": "state_dict"}, layout, native=True)
     if not isinstance(source, (str, os.PathLike)):
-        raise SourceError(f"cannot read weights from a {type(source).__name__}; pass a model name, file or hf:// "
-                          "reference")
+        raise SourceError(
+            f"cannot read weights from a {type(source).__name__}; pass a model name, file or hf:// "
+            "reference"
+        )
     text = os.fspath(source)
-    if _is_hub(text):
+    if is_hub_reference(text):
         from .hub import download
-        info = {"type": "hub", "id": text.removeprefix("hf://"), "hub": text, "revision": revision,
-                "endpoint": endpoint}
+
+        info = {
+            "type": "hub",
+            "id": text.removeprefix("hf://"),
+            "hub": text,
+            "revision": revision,
+            "endpoint": endpoint,
+        }
         path = download(text, endpoint=endpoint, token=token, revision=revision)
-        return _open_file(path, {k: v for k, v in info.items() if v}, text, layout, unsafe_allow_pickle)
+        return _open_file(
+            path, {k: v for k, v in info.items() if v}, text, layout, unsafe_allow_pickle
+        )
     if Path(text).exists():
-        return _open_file(Path(text), {"type": "file", "id": Path(text).name}, text, layout, unsafe_allow_pickle)
+        return _open_file(
+            Path(text), {"type": "file", "id": Path(text).name}, text, layout, unsafe_allow_pickle
+        )
     if re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
         return _open_torchvision(text, layout)
-    raise SourceError(f"{text}: no such file; pass an existing weights file (.safetensors, .pt/.pth, .npz, .npy), "
-                      "a torchvision model name (e.g. mobilenet_v2) or an hf://owner/repo/path reference")
+    raise SourceError(
+        f"{text}: no such file; pass an existing weights file (.safetensors, .pt/.pth, .npz, "
+        ".npy), "
+        "a torchvision model name (e.g. mobilenet_v2) or an hf://owner/repo/path reference"
+    )
 
 
-def load_state_dict(source: Any, *, endpoint: str | None = None, token: str | None = None,
-                    revision: str | None = None, layout: str = "auto",
-                    unsafe_allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    source: Any,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    layout: str = "auto",
+    unsafe_allow_pickle: bool = False,
+) -> dict[str, torch.Tensor]:
     """Every tensor of `source` in model order, copied into memory (contiguous, OIHW)."""
-    ws = open_weights(source, endpoint=endpoint, token=token, revision=revision, layout=layout,
-                      unsafe_allow_pickle=unsafe_allow_pickle)
+    ws = open_weights(
+        source,
+        endpoint=endpoint,
+        token=token,
+        revision=revision,
+        layout=layout,
+        unsafe_allow_pickle=unsafe_allow_pickle,
+    )
     try:
         return {name: t.detach().clone(memory_format=torch.contiguous_format) for name, t in ws}
     finally:
@@ -216,7 +271,9 @@ def looks_hwio(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4 and shape[0] == shape[1] <= 11 and shape[2] != shape[3]
 
 
-def _infos(entries: list[tuple[str, tuple[int, ...], str]], layout: str, native: bool) -> dict[str, TensorInfo]:
+def _infos(
+    entries: list[tuple[str, tuple[int, ...], str]], layout: str, native: bool
+) -> dict[str, TensorInfo]:
     """TensorInfos of (name, stored shape, dtype) entries, deciding which to transpose to OIHW."""
     kernels = [shape for _, shape, dtype in entries if dtype in FLOAT_DTYPES and len(shape) == 4]
     hwio, oihw = any(map(looks_hwio, kernels)), any(looks_hwio(s[::-1]) for s in kernels)
@@ -239,18 +296,36 @@ def _infos(entries: list[tuple[str, tuple[int, ...], str]], layout: str, native:
 # -- sources ---------------------------------------------------------------------------------
 
 
-def _from_mapping(tensors: Mapping[str, Any], info: Mapping[str, Any], layout: str, *, native: bool,
-                  path: Path | None = None, groups: Mapping[str, int] | None = None,
-                  sha256: str | None = None) -> WeightSource:
-    tensors = {k: v for k, v in tensors.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+def _from_mapping(
+    tensors: Mapping[str, Any],
+    info: Mapping[str, Any],
+    layout: str,
+    *,
+    native: bool,
+    path: Path | None = None,
+    groups: Mapping[str, int] | None = None,
+    sha256: str | None = None,
+) -> WeightSource:
+    tensors = {
+        k: v for k, v in tensors.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+    }
     entries = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in tensors.items()]
-    return WeightSource(_infos(entries, layout, native), tensors.__getitem__, dict(info), path, dict(groups or {}),
-                        digest=sha256)
+    return WeightSource(
+        _infos(entries, layout, native),
+        tensors.__getitem__,
+        dict(info),
+        path,
+        dict(groups or {}),
+        digest=sha256,
+    )
 
 
 def _module_groups(model: torch.nn.Module) -> dict[str, int]:
-    return {name: int(m.groups) for name, m in model.named_modules()
-            if isinstance(m, torch.nn.modules.conv._ConvNd) and m.groups > 1}
+    return {
+        name: int(m.groups)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.modules.conv._ConvNd) and m.groups > 1
+    }
 
 
 def _content_format(path: Path) -> str | None:
@@ -273,7 +348,8 @@ def _content_format(path: Path) -> str | None:
 
 
 def _weights_format(path: Path) -> str | None:
-    """The format of a file that really is a readable weights file (not a .polar, damaged or not)."""
+    """The format of a file that really is a readable weights file (not a .polar, damaged or
+    not)."""
     kind = _content_format(path)
     if kind != "safetensors":
         return kind
@@ -292,66 +368,125 @@ def _verified_sha256(path: Path, where: str) -> str | None:
         return None
     digest, prefix = sha256_file(path), match.group(1)
     if not digest.startswith(prefix):
-        raise SourceError(f"{where}: the file is corrupt: its name carries sha256 prefix {prefix} but its sha256 is "
-                          f"{digest[:len(prefix)]}...; download it again (or rename it if -{prefix} is not a hash)")
+        raise SourceError(
+            f"{where}: the file is corrupt: its name carries sha256 prefix {prefix} but its sha256 "
+            "is "
+            f"{digest[: len(prefix)]}...; download it again (or rename it if -{prefix} is not a "
+            "hash)"
+        )
     return digest
 
 
-def _open_file(path: Path, info: dict[str, Any], where: str, layout: str, unsafe_allow_pickle: bool) -> WeightSource:
+def _open_file(
+    path: Path, info: dict[str, Any], where: str, layout: str, unsafe_allow_pickle: bool
+) -> WeightSource:
     if path.is_dir():
-        raise SourceError(f"{where}: is a directory; pass one weights file (.safetensors, .pt/.pth, .npz, .npy)")
+        raise SourceError(
+            f"{where}: is a directory; pass one weights file (.safetensors, .pt/.pth, .npz, .npy)"
+        )
+    check_regular_file(path, what="weights")  # a FIFO or /dev/zero would hang or fill memory
     expected, found = SUFFIX_FORMATS.get(path.suffix.lower()), _content_format(path)
     if found is None:
-        what = "it is empty" if path.stat().st_size == 0 else "it is none of safetensors, PyTorch, .npz, .npy"
-        raise SourceError(f"{where}: not a readable {FORMAT_NAMES.get(expected, 'weights file')} ({what}); "
-                          "is it truncated or corrupt?")
+        what = (
+            "it is empty"
+            if path.stat().st_size == 0
+            else "it is none of safetensors, PyTorch, .npz, .npy"
+        )
+        raise SourceError(
+            f"{where}: not a readable {FORMAT_NAMES.get(expected, 'weights file')} ({what}); "
+            "is it truncated or corrupt?"
+        )
     if expected and found != expected:
-        raise SourceError(f"{where}: the name says {FORMAT_NAMES[expected]} ({path.suffix}) but the content is a "
-                          f"{FORMAT_NAMES[found]}; rename the file to match its content")
+        raise SourceError(
+            f"{where}: the name says {FORMAT_NAMES[expected]} ({path.suffix}) but the content is a "
+            f"{FORMAT_NAMES[found]}; rename the file to match its content"
+        )
     sha = _verified_sha256(path, where)
     info = info | {"file": path.name, "format": found}
     opener = {"safetensors": _open_safetensors, "pytorch": _open_torch}.get(found, _open_numpy)
     return opener(path, info, where, layout, sha=sha, unsafe_allow_pickle=unsafe_allow_pickle)
 
 
-def _open_safetensors(path: Path, info: dict, where: str, layout: str, *, sha: str | None, **_: Any) -> WeightSource:
+def _open_safetensors(
+    path: Path, info: dict, where: str, layout: str, *, sha: str | None, **_: Any
+) -> WeightSource:
     try:
         handle = safe_open(str(path), framework="pt")
-        entries = [(k, tuple(s.get_shape()), _ST_FLOATS.get(s.get_dtype(), s.get_dtype()))
-                   for k in handle.keys() for s in [handle.get_slice(k)]]
-        native = str((handle.metadata() or {}).get("format", "")).lower() in ("pt", "pytorch", "torch")
+        entries = [
+            (k, tuple(s.get_shape()), _ST_FLOATS.get(s.get_dtype(), s.get_dtype()))
+            for k in handle.keys()
+            for s in [handle.get_slice(k)]
+        ]
+        native = str((handle.metadata() or {}).get("format", "")).lower() in (
+            "pt",
+            "pytorch",
+            "torch",
+        )
     except Exception as exc:  # SafetensorError, OSError
-        raise SourceError(f"{where}: not a readable safetensors file ({_first_line(exc)}); is it truncated or "
-                          "corrupt?") from None
+        raise SourceError(
+            f"{where}: not a readable safetensors file ({_first_line(exc)}); is it truncated or "
+            "corrupt?"
+        ) from None
     entries.sort(key=lambda e: model_order_key(e[0]))
-    return WeightSource(_infos(entries, layout, native), handle.get_tensor, info, path,
-                        closer=lambda: handle.__exit__(None, None, None), digest=sha)
+    return WeightSource(
+        _infos(entries, layout, native),
+        handle.get_tensor,
+        info,
+        path,
+        closer=lambda: handle.__exit__(None, None, None),
+        digest=sha,
+    )
 
 
-def _open_torch(path: Path, info: dict, where: str, layout: str, *, sha: str | None, **_: Any) -> WeightSource:
+def _open_torch(
+    path: Path, info: dict, where: str, layout: str, *, sha: str | None, **_: Any
+) -> WeightSource:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, BadZipFile, ...
-        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower().replace("_", " "):
-            raise SourceError(f"{where}: holds pickled Python objects, not just tensors; polarpack loads checkpoints "
-                              "with weights_only=True for safety. Re-save it with torch.save(model.state_dict(), path) "
-                              "or as safetensors") from None
-        raise SourceError(f"{where}: not a readable PyTorch checkpoint ({_first_line(exc)}); "
-                          "is it truncated?") from None
-    return _from_mapping(_find_state_dict(obj, where), info, layout, native=True, path=path, sha256=sha)
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower().replace(
+            "_", " "
+        ):
+            raise SourceError(
+                f"{where}: holds pickled Python objects, not just tensors; polarpack loads "
+                "checkpoints "
+                "with weights_only=True for safety. Re-save it with torch.save(model.state_dict(), "
+                "path) "
+                "or as safetensors"
+            ) from None
+        raise SourceError(
+            f"{where}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated?"
+        ) from None
+    return _from_mapping(
+        _find_state_dict(obj, where), info, layout, native=True, path=path, sha256=sha
+    )
 
 
 def _find_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
-    """The tensors of the object itself or under one of STATE_DICT_KEYS; a `module.` prefix stripped."""
+    """The tensors of the object itself or under one of STATE_DICT_KEYS; a `module.` prefix
+    stripped."""
     found = [obj, *(obj.get(k) for k in STATE_DICT_KEYS)] if isinstance(obj, Mapping) else []
-    found = [{k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-             for d in found if isinstance(d, Mapping)]
+    found = [
+        {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        for d in found
+        if isinstance(d, Mapping)
+    ]
     sd = next(filter(None, found), None)
     if sd is None:
-        what = f"a {type(obj).__name__}" if not isinstance(obj, Mapping) else (
-            f"a dict with keys {', '.join(map(repr, list(obj)[:8]))}" if obj else "an empty dict")
-        raise SourceError(f"{where}: holds {what}, not a state_dict; expected {{name: tensor}} or a checkpoint dict "
-                          f"with the state_dict under one of {', '.join(STATE_DICT_KEYS)}")
+        what = (
+            f"a {type(obj).__name__}"
+            if not isinstance(obj, Mapping)
+            else (
+                f"a dict with keys {', '.join(map(repr, list(obj)[:8]))}"
+                if obj
+                else "an empty dict"
+            )
+        )
+        raise SourceError(
+            f"{where}: holds {what}, not a state_dict; expected {{name: tensor}} or a checkpoint "
+            "dict "
+            f"with the state_dict under one of {', '.join(STATE_DICT_KEYS)}"
+        )
     if all(k.startswith("module.") for k in sd):
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
     return sd
@@ -369,38 +504,77 @@ def _np_name(key: str) -> str:
     return key.replace("/", ".").removesuffix(":0")
 
 
-def _open_numpy(path: Path, info: dict, where: str, layout: str, *, sha: str | None,
-                unsafe_allow_pickle: bool) -> WeightSource:
-    """A .npz of arrays (in file order) or a pickled .npy dict of layers (in `model_order_key` order)."""
+def _refuse_zip_bomb(path: Path, where: str) -> None:
+    """An .npz expands to what its zip directory declares; float weights barely compress, even
+    pruned ones only a few times, so a far higher ratio is not a checkpoint but a zip bomb."""
+    with zipfile.ZipFile(path) as zf:
+        expanded = sum(member.file_size for member in zf.infolist())
+    stored = path.stat().st_size
+    if expanded > NPZ_MAX_RATIO * stored + (64 << 20):
+        raise SourceError(
+            f"{where}: its arrays expand to {expanded:,} bytes from {stored:,} "
+            f"({expanded / stored:,.0f}:1): not weights but a zip bomb; polarpack reads .npz files "
+            "that expand at most "
+            f"{NPZ_MAX_RATIO}:1"
+        )
+
+
+def _open_numpy(
+    path: Path, info: dict, where: str, layout: str, *, sha: str | None, unsafe_allow_pickle: bool
+) -> WeightSource:
+    """A .npz of arrays (in file order) or a pickled .npy dict of layers (in `model_order_key`
+    order)."""
+    if info["format"] == "npz":
+        _refuse_zip_bomb(path, where)
     try:  # encoding="latin1" reads the Python 2 pickles of the Caffe converters
         obj = np.load(path, allow_pickle=unsafe_allow_pickle, encoding="latin1")
         if isinstance(obj, np.lib.npyio.NpzFile):
             with obj:
                 obj = {k: obj[k] for k in obj.files}
     except Exception as exc:
-        if isinstance(exc, ValueError) and "allow_pickle" in str(exc):  # numpy refused before unpickling
-            raise SourceError(f"{where}: holds a pickled object array, and unpickling can run arbitrary code; "
-                              f"polarpack reads plain numeric arrays only: {_PICKLE_HINT}") from None
-        raise SourceError(f"{where}: not a readable {FORMAT_NAMES[info['format']]} ({_first_line(exc)}); "
-                          "is it truncated or corrupt?") from None
+        if isinstance(exc, ValueError) and "allow_pickle" in str(
+            exc
+        ):  # numpy refused before unpickling
+            raise SourceError(
+                f"{where}: holds a pickled object array, and unpickling can run arbitrary code; "
+                f"polarpack reads plain numeric arrays only: {_PICKLE_HINT}"
+            ) from None
+        raise SourceError(
+            f"{where}: not a readable {FORMAT_NAMES[info['format']]} ({_first_line(exc)}); "
+            "is it truncated or corrupt?"
+        ) from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()
     if not isinstance(obj, dict):
-        what = f"a single {obj.dtype} array of shape {obj.shape}" if isinstance(obj, np.ndarray) else type(obj).__name__
-        raise SourceError(f"{where}: holds {what}, not a dict of layers; expected {{layer: [kernel, bias]}} (as in "
-                          "Caffe-converted bvlc_alexnet.npy); save several arrays with np.savez instead")
+        what = (
+            f"a single {obj.dtype} array of shape {obj.shape}"
+            if isinstance(obj, np.ndarray)
+            else type(obj).__name__
+        )
+        raise SourceError(
+            f"{where}: holds {what}, not a dict of layers; expected {{layer: [kernel, bias]}} (as "
+            "in "
+            "Caffe-converted bvlc_alexnet.npy); save several arrays with np.savez instead"
+        )
     tensors = {}
-    for layer in obj if info["format"] == "npz" else sorted(obj, key=lambda k: model_order_key(str(k))):
+    for layer in (
+        obj if info["format"] == "npz" else sorted(obj, key=lambda k: model_order_key(str(k)))
+    ):
         value = obj[layer]
         if isinstance(value, dict):
             tensors |= {_np_name(f"{layer}/{k}"): v for k, v in value.items()}
         elif isinstance(value, (list, tuple)):
-            tensors |= {f"{layer}.{('weight', 'bias')[i] if i < 2 else i}": v for i, v in enumerate(value)}
+            tensors |= {
+                f"{layer}.{('weight', 'bias')[i] if i < 2 else i}": v for i, v in enumerate(value)
+            }
         else:
             tensors[_np_name(str(layer))] = value
     arrays = {k: np.asarray(v) for k, v in tensors.items()}
-    arrays = {k: torch.from_numpy(np.require(a, a.dtype.newbyteorder("="), "CW")) for k, a in arrays.items()
-              if a.dtype.kind in "fiubc"}
+    arrays = {
+        k: torch.from_numpy(np.require(a, a.dtype.newbyteorder("="), "CW"))
+        for k, a in arrays.items()
+        if a.dtype.kind in "fiubc"
+    }
     return _from_mapping(arrays, info, layout, native=False, path=path, sha256=sha)
 
 
@@ -412,35 +586,63 @@ def _open_torchvision(name: str, layout: str) -> WeightSource:
     known = torchvision.models.list_models()
     if name not in known:
         close = difflib.get_close_matches(name.lower(), known, n=3)
-        raise SourceError(f"{name!r} is not a file and not a torchvision model name; "
-                          + (f"did you mean {', '.join(close)}? " if close else "")
-                          + "see torchvision.models.list_models(), or pass a weights file or an hf:// reference")
+        raise SourceError(
+            f"{name!r} is not a file and not a torchvision model name; "
+            + (f"did you mean {', '.join(close)}? " if close else "")
+            + "see torchvision.models.list_models(), or pass a weights file or an hf:// reference"
+        )
     try:
         weights = torchvision.models.get_model_weights(name).DEFAULT
     except Exception as exc:
-        raise SourceError(f"torchvision model {name!r} has no pretrained weights ({_first_line(exc)})") from None
+        raise SourceError(
+            f"torchvision model {name!r} has no pretrained weights ({_first_line(exc)})"
+        ) from None
     filename = os.path.basename(urlparse(weights.url).path)
     cached = Path(torch.hub.get_dir(), "checkpoints", filename)
     sha = _verified_sha256(cached, str(cached)) if cached.is_file() else None
     try:
-        sd = weights.get_state_dict(progress=False, check_hash=True, weights_only=True, map_location="cpu")
+        sd = weights.get_state_dict(
+            progress=False, check_hash=True, weights_only=True, map_location="cpu"
+        )
     except OSError as exc:  # URLError, timeouts, disk errors
-        raise SourceError(f"torchvision model {name!r}: downloading {weights.url} failed ({_first_line(exc)}); this "
-                          f"needs network access. Without it, get the file elsewhere and pass it as a local file: "
-                          f"`polarpack extract ./{filename} --out {name}.polar` (or copy it to {cached})") from None
+        raise SourceError(
+            f"torchvision model {name!r}: downloading {weights.url} failed ({_first_line(exc)}); "
+            "this "
+            "needs network access. Without it, get the file elsewhere and pass it as a local "
+            "file: "
+            f"`polarpack extract ./{filename} --out {name}.polar` (or copy it to {cached})"
+        ) from None
     except Exception as exc:  # a hash mismatch of a corrupted download, an unreadable file
-        raise SourceError(f"torchvision model {name!r}: reading {weights.url} failed ({_first_line(exc)}); try again "
-                          f"or pass a local copy of {filename}") from None
+        raise SourceError(
+            f"torchvision model {name!r}: reading {weights.url} failed ({_first_line(exc)}); try "
+            "again "
+            f"or pass a local copy of {filename}"
+        ) from None
     with torch.device("meta"):
         model = torchvision.models.get_model(name)
     keys = list(model.state_dict())
-    if set(sd) != set(keys):  # legacy key names (densenet's 'norm.1'): torchvision's loader remaps them
+    if set(sd) != set(
+        keys
+    ):  # legacy key names (densenet's 'norm.1'): torchvision's loader remaps them
         sd = torchvision.models.get_model(name, weights=weights).state_dict()
-    info = {"type": "torchvision", "id": name, "weights": f"{type(weights).__name__}.{weights.name}",
-            "url": weights.url, "file": filename, "format": "pytorch",
-            "torchvision_version": torchvision.__version__.split("+")[0]}
-    return _from_mapping({k: sd[k] for k in keys}, info, layout, native=True, path=cached,
-                         groups=_module_groups(model), sha256=sha)
+    info = {
+        "type": "torchvision",
+        "id": name,
+        "weights": f"{type(weights).__name__}.{weights.name}",
+        "url": weights.url,
+        "file": filename,
+        "format": "pytorch",
+        "torchvision_version": torchvision.__version__.split("+")[0],
+    }
+    return _from_mapping(
+        {k: sd[k] for k in keys},
+        info,
+        layout,
+        native=True,
+        path=cached,
+        groups=_module_groups(model),
+        sha256=sha,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,8 +12,19 @@ from click.testing import CliRunner
 REPO = Path(__file__).resolve().parents[1]
 # The smallest real training run: the embedded Fashion-MNIST subset, two steps an epoch.
 TINY = dict(dataset="fashion-mnist-mini", train_size=200, val_size=100, batch_size=100, threads=1)
-TINY_ARGS = ["--dataset", "fashion-mnist-mini", "--train-size", "200", "--val-size", "100", "--batch-size", "100",
-             "--threads", "1", "--quiet"]
+TINY_ARGS = [
+    "--dataset",
+    "fashion-mnist-mini",
+    "--train-size",
+    "200",
+    "--val-size",
+    "100",
+    "--batch-size",
+    "100",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="session")
@@ -21,13 +32,16 @@ def shared_data_dir() -> Path:
     """The real data described in ../shared/data/README.md ($POLARPACK_SHARED_DATA overrides)."""
     path = Path(os.environ.get("POLARPACK_SHARED_DATA") or REPO.parent / "shared" / "data")
     if not path.is_dir():
-        pytest.skip(f"real data not found at {path}; set POLARPACK_SHARED_DATA to the shared data folder")
+        pytest.skip(
+            f"real data not found at {path}; set POLARPACK_SHARED_DATA to the shared data folder"
+        )
     return path
 
 
 @pytest.fixture(scope="session")
 def polar_schema_validator():
-    """Validates a JSON object against the shipped schema: every file the project writes must pass."""
+    """Validates a JSON object against the shipped schema: every file the project writes must
+    pass."""
     import jsonschema
 
     from polarpack.format import json_schema
@@ -54,7 +68,14 @@ def hub_env(tmp_path, monkeypatch):
     """Isolate every place huggingface_hub reads or writes user state, and keep it on loopback."""
     from huggingface_hub import constants as hf_constants
 
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_OIDC_RESOURCE", "POLARPACK_MAX_POLAR_BYTES"):
+    for var in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_ENDPOINT",
+        "HF_OIDC_RESOURCE",
+        "POLARPACK_MAX_POLAR_BYTES",
+        "POLARPACK_HUB_TIMEOUT",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
     monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))

@@ -5,18 +5,23 @@ Routes (read from the installed client's source: `hf_api.py`, `_commit_api.py`, 
 
     POST /api/repos/create                        HfApi.create_repo (409 + {"url"} when it exists)
     POST /api/validate-yaml                       create_commit, when README.md is in the commit
-    POST /api/{type}s/{repo}/preupload/{rev}      _fetch_upload_modes: "regular" mode + remote git oid
+    POST /api/{type}s/{repo}/preupload/{rev}      _fetch_upload_modes: "regular" mode + remote git
+    oid
     POST /api/{type}s/{repo}/commit/{rev}         _send_commit: NDJSON header + base64 "file" lines
     POST /api/{type}s/{repo}/branch/{branch}      HfApi.create_branch
     GET  /api/{type}s/{repo}[/revision/{rev}]     HfApi.repo_info / model_info (sha, siblings)
-    HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}  hf_hub_download: X-Repo-Commit, ETag, Content-Length
+    HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}  a file download: X-Repo-Commit, ETag,
+    Content-Length
 
 Errors carry the headers the client maps to its exceptions: `X-Error-Code: RepoNotFound`
 (401 without a token, like the real Hub, 404 with one), `RevisionNotFound`, `EntryNotFound`,
 `GatedRepo` (401 without a token, 403 for a user who has not accepted the conditions).
 Writes need a known token (`Authorization: Bearer ...`); private repos need one to be read.
-`fail(pattern, status, times)` makes the next matching requests fail (fault injection).
-`SilentEndpoint` is the hostile opposite: it accepts TCP connections and never answers.
+`fail(pattern, status, times)` makes the next matching requests fail (fault injection);
+`misbehave(pattern, ...)` makes them hostile or broken: other headers (a path as the ETag, a lying
+size, a redirect anywhere), a different streamed body (endless, or one byte at a time), headers sent
+one byte at a time, or no answer at all. `SilentEndpoint` accepts TCP connections and never
+answers.
 
 State is in memory; commit ids are sha1 hex of the commit content (parent, message, file oids),
 file oids are git blob sha1s, as on the Hub. LFS / Xet uploads are not implemented: every file is
@@ -31,12 +36,15 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_TOKENS = {"hf_fake_write_token": "tester"}
-GITATTRIBUTES = b"*.bin filter=lfs diff=lfs merge=lfs -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n"
+GITATTRIBUTES = (
+    b"*.bin filter=lfs diff=lfs merge=lfs -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n"
+)
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 _TYPE = r"(?P<type>models|datasets|spaces)"
@@ -74,29 +82,67 @@ class Repo:
 
 
 @dataclass
-class Fault:
-    pattern: re.Pattern
-    status: int
-    remaining: int
-    method: str | None
-
-
-@dataclass
 class Reply:
     status: int
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | None] = field(default_factory=dict)  # None: leave the header out
+    chunks: Iterable[bytes] | None = None  # a body sent with chunked encoding instead of `body`
+    pace: float = 0.0  # seconds before each chunk (or each header byte with slow_headers)
+    slow_headers: bool = False  # the status line and headers go one byte at a time
+    stall: bool = False  # never answer; the connection stays open until the server stops
 
     @classmethod
-    def json(cls, status: int, obj, **headers: str) -> "Reply":
-        return cls(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **headers})
+    def json(cls, status: int, obj, **headers: str) -> Reply:
+        return cls(
+            status, json.dumps(obj).encode(), {"Content-Type": "application/json", **headers}
+        )
 
     @classmethod
-    def error(cls, status: int, message: str, code: str | None = None, **headers: str) -> "Reply":
+    def error(cls, status: int, message: str, code: str | None = None, **headers: str) -> Reply:
         extra = {"X-Error-Message": message, **headers}
         if code is not None:
             extra["X-Error-Code"] = code
         return cls.json(status, {"error": message}, **extra)
+
+
+@dataclass
+class Fault:
+    """What the next `remaining` requests matching `pattern` (and `method`) get instead of the usual
+    reply: an injected error (`error`), or the usual reply changed by `apply`."""
+
+    pattern: re.Pattern
+    remaining: int
+    method: str | None
+    status: int | None = None
+    error: bool = False
+    headers: dict[str, str | None] = field(default_factory=dict)
+    body: Iterable[bytes] | None = None
+    pace: float = 0.0
+    slow_headers: bool = False
+    stall: bool = False
+
+    def matches(self, method: str, path: str) -> bool:
+        return (
+            self.remaining > 0
+            and self.method in (None, method)
+            and self.pattern.search(path) is not None
+        )
+
+    def error_reply(self) -> Reply:
+        if self.status == 401:
+            return Reply.error(401, "Invalid credentials in Authorization header")
+        return Reply.error(self.status, f"Injected failure (HTTP {self.status})")
+
+    def apply(self, reply: Reply) -> Reply:
+        return Reply(
+            self.status or reply.status,
+            reply.body if self.body is None else b"",
+            {**reply.headers, **self.headers},
+            chunks=self.body,
+            pace=self.pace,
+            slow_headers=self.slow_headers,
+            stall=self.stall,
+        )
 
 
 class FakeHub:
@@ -107,6 +153,9 @@ class FakeHub:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        self.authorized: list[tuple[str, str]] = []  # (method, path) of requests with a token
+        self.streamed = 0  # body bytes written by replies with `chunks`
+        self.stopping = threading.Event()  # ends stalled and dripping replies
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -120,7 +169,7 @@ class FakeHub:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         hub = self
 
         class Handler(_Handler):
@@ -130,13 +179,16 @@ class FakeHub:
         server.daemon_threads = True
         server.block_on_close = False
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
     def stop(self) -> None:
         if self._server is None:
             return
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
         with self._lock:  # close kept-alive client connections so their handler threads end now
@@ -150,7 +202,7 @@ class FakeHub:
             self._thread.join(timeout=5)
         self._server = None
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -171,14 +223,22 @@ class FakeHub:
         `files` to main; returns the head commit id. A gated repo serves files only to the users in
         `approved` (by user name, see `tokens`)."""
         with self._lock:
-            repo = Repo(repo_id=repo_id, repo_type=repo_type, private=private, gated=gated, approved=set(approved))
+            repo = Repo(
+                repo_id=repo_id,
+                repo_type=repo_type,
+                private=private,
+                gated=gated,
+                approved=set(approved),
+            )
             self.repos[(repo_type, repo_id)] = repo
             self._commit(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit")
             if files:
                 self._commit(repo, "main", files, "add files")
             return repo.branches["main"]
 
-    def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
+    def files(
+        self, repo_id: str, revision: str = "main", repo_type: str = "model"
+    ) -> dict[str, bytes]:
         with self._lock:
             repo = self.repos[(repo_type, repo_id)]
             return dict(repo.commits[repo.resolve(revision)].files)
@@ -191,17 +251,62 @@ class FakeHub:
         with self._lock:
             return len(self.repos[(repo_type, repo_id)].commits)
 
-    def fail(self, pattern: str, status: int = 500, times: int = 1, method: str | None = None) -> None:
-        """Make the next `times` requests whose path matches `pattern` (re.search) answer `status`."""
+    def fail(
+        self, pattern: str, status: int = 500, times: int = 1, method: str | None = None
+    ) -> None:
+        """Make the next `times` requests whose path matches `pattern` (re.search) answer
+        `status`."""
         with self._lock:
-            self.faults.append(Fault(re.compile(pattern), status, times, method.upper() if method else None))
+            self.faults.append(
+                Fault(
+                    re.compile(pattern),
+                    times,
+                    method.upper() if method else None,
+                    status=status,
+                    error=True,
+                )
+            )
+
+    def misbehave(
+        self,
+        pattern: str,
+        *,
+        method: str | None = None,
+        times: int = 1,
+        status: int | None = None,
+        headers: dict[str, str | None] | None = None,
+        body: Iterable[bytes] | None = None,
+        pace: float = 0.0,
+        slow_headers: bool = False,
+        stall: bool = False,
+    ) -> None:
+        """Change the next `times` replies to requests whose path matches `pattern`: another
+        `status`, `headers` set over the usual ones (None removes one), the chunks of `body`
+        streamed instead of the usual body, `pace` seconds before each chunk (or each byte of the
+        status line and headers, with `slow_headers`), or no answer at all (`stall`)."""
+        with self._lock:
+            self.faults.append(
+                Fault(
+                    re.compile(pattern),
+                    times,
+                    method.upper() if method else None,
+                    status=status,
+                    headers=dict(headers or {}),
+                    body=body,
+                    pace=pace,
+                    slow_headers=slow_headers,
+                    stall=stall,
+                )
+            )
 
     def calls(self, method: str, pattern: str) -> list[tuple[str, str, int]]:
         with self._lock:
             return [r for r in self.requests if r[0] == method and re.search(pattern, r[1])]
 
     # -- internals ---------------------------------------------------------------------------
-    def _commit(self, repo: Repo, branch: str, files: dict[str, bytes], message: str, deleted=()) -> str:
+    def _commit(
+        self, repo: Repo, branch: str, files: dict[str, bytes], message: str, deleted=()
+    ) -> str:
         parent = repo.branches.get(branch)
         tree = dict(repo.commits[parent].files) if parent else {}
         for path in deleted:
@@ -210,7 +315,12 @@ class FakeHub:
         self._counter += 1
         digest = hashlib.sha1(
             json.dumps(
-                [parent, message, self._counter, sorted((p, git_blob_sha1(d)) for p, d in tree.items())]
+                [
+                    parent,
+                    message,
+                    self._counter,
+                    sorted((p, git_blob_sha1(d)) for p, d in tree.items()),
+                ]
             ).encode()
         ).hexdigest()
         repo.commits[digest] = Commit(oid=digest, parent=parent, message=message, files=tree)
@@ -226,15 +336,21 @@ class FakeHub:
             return None, Reply.error(401, "Invalid credentials in Authorization header")
         return self.tokens[token], None
 
-    def _readable(self, repo_type: str, repo_id: str, user: str | None) -> tuple[Repo | None, Reply | None]:
+    def _readable(
+        self, repo_type: str, repo_id: str, user: str | None
+    ) -> tuple[Repo | None, Reply | None]:
         repo = self.repos.get((repo_type, repo_id))
         if repo is None or (repo.private and user is None):
-            if user is None:  # like the Hub: unauthenticated callers cannot tell missing from private
+            if (
+                user is None
+            ):  # like the Hub: unauthenticated callers cannot tell missing from private
                 return None, Reply.error(401, "Invalid username or password.", "RepoNotFound")
             return None, Reply.error(404, "Repository not found", "RepoNotFound")
         return repo, None
 
-    def _writable(self, repo_type: str, repo_id: str, user: str | None) -> tuple[Repo | None, Reply | None]:
+    def _writable(
+        self, repo_type: str, repo_id: str, user: str | None
+    ) -> tuple[Repo | None, Reply | None]:
         if user is None:
             return None, Reply.error(401, "You must be authenticated to write to a repository")
         return self._readable(repo_type, repo_id, user)
@@ -243,56 +359,82 @@ class FakeHub:
         split = urlsplit(raw_path)
         path, query = split.path, parse_qs(split.query)
         with self._lock:
-            for fault in self.faults:
-                if fault.remaining > 0 and (fault.method in (None, method)) and fault.pattern.search(path):
-                    fault.remaining -= 1
-                    if fault.status == 401:
-                        reply = Reply.error(401, "Invalid credentials in Authorization header")
-                    else:
-                        reply = Reply.error(fault.status, f"Injected failure (HTTP {fault.status})")
-                    break
+            if headers.get("Authorization"):
+                self.authorized.append((method, path))
+            fault = next((f for f in self.faults if f.matches(method, path)), None)
+            if fault is not None:
+                fault.remaining -= 1
+            if fault is not None and fault.error:
+                reply = fault.error_reply()
             else:
                 reply = self._route(method, path, query, headers, body)
+                reply = reply if fault is None else fault.apply(reply)
             self.requests.append((method, path, reply.status))
             return reply
+
+    # (methods, path pattern, handler name): handlers take (match, user, body)
+    ROUTES = (
+        ({"POST"}, r"/api/repos/create", "_route_create"),
+        ({"POST"}, r"/api/validate-yaml", "_route_validate_yaml"),
+        (
+            {"POST"},
+            rf"/api/{_TYPE}/{_REPO}/(?P<op>preupload|commit|branch)/(?P<rev>[^/]+)",
+            "_route_write",
+        ),
+        ({"GET"}, rf"/api/{_TYPE}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "_route_info"),
+        (
+            {"GET", "HEAD"},
+            rf"/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)",
+            "_route_resolve",
+        ),
+    )
 
     def _route(self, method: str, path: str, query, headers, body: bytes) -> Reply:
         user, bad_token = self._user(headers)
         if bad_token is not None:
             return bad_token
-        if method == "POST" and path == "/api/repos/create":
-            return self._create_repo(json.loads(body or b"{}"), user)
-        if method == "POST" and path == "/api/validate-yaml":
-            return self._validate_yaml(json.loads(body or b"{}"))
-        m = re.fullmatch(rf"/api/{_TYPE}/{_REPO}/(?P<op>preupload|commit|branch)/(?P<rev>[^/]+)", path)
-        if m and method == "POST":
-            repo_type, repo_id, rev = REPO_TYPES[m["type"]], m["repo"], unquote(m["rev"])
-            repo, err = self._writable(repo_type, repo_id, user)
-            if err is not None:
-                return err
-            if m["op"] == "branch":
-                return self._create_branch(repo, rev, json.loads(body or b"{}"))
-            if rev not in repo.branches:
-                return Reply.error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-            if m["op"] == "preupload":
-                return self._preupload(repo, rev, json.loads(body or b"{}"))
-            return self._commit_ndjson(repo, rev, body)
-        m = re.fullmatch(rf"/api/{_TYPE}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", path)
-        if m and method == "GET":
-            repo, err = self._readable(REPO_TYPES[m["type"]], m["repo"], user)
-            if err is not None:
-                return err
-            return self._repo_info(repo, unquote(m["rev"]) if m["rev"] else "main")
-        m = re.fullmatch(rf"/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path)
-        if m and method in ("GET", "HEAD"):
-            repo, err = self._readable(REPO_TYPES[m["type"] or "models"], m["repo"], user)
-            if err is not None:
-                return err
-            if repo.gated and user not in repo.approved:
-                message = f"Access to model {repo.repo_id} is restricted. You must be authenticated and have access"
-                return Reply.error(401 if user is None else 403, message, "GatedRepo")
-            return self._resolve(repo, unquote(m["rev"]), unquote(m["file"]))
+        for methods, pattern, handler in self.ROUTES:
+            match = re.fullmatch(pattern, path)
+            if match and method in methods:
+                return getattr(self, handler)(match, user, body)
         return Reply.error(404, f"fake hub: no route for {method} {path}")
+
+    def _route_create(self, match, user: str | None, body: bytes) -> Reply:
+        return self._create_repo(json.loads(body or b"{}"), user)
+
+    def _route_validate_yaml(self, match, user: str | None, body: bytes) -> Reply:
+        return self._validate_yaml(json.loads(body or b"{}"))
+
+    def _route_write(self, m, user: str | None, body: bytes) -> Reply:
+        repo_type, repo_id, rev = REPO_TYPES[m["type"]], m["repo"], unquote(m["rev"])
+        repo, err = self._writable(repo_type, repo_id, user)
+        if err is not None:
+            return err
+        if m["op"] == "branch":
+            return self._create_branch(repo, rev, json.loads(body or b"{}"))
+        if rev not in repo.branches:
+            return Reply.error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        if m["op"] == "preupload":
+            return self._preupload(repo, rev, json.loads(body or b"{}"))
+        return self._commit_ndjson(repo, rev, body)
+
+    def _route_info(self, m, user: str | None, body: bytes) -> Reply:
+        repo, err = self._readable(REPO_TYPES[m["type"]], m["repo"], user)
+        if err is not None:
+            return err
+        return self._repo_info(repo, unquote(m["rev"]) if m["rev"] else "main")
+
+    def _route_resolve(self, m, user: str | None, body: bytes) -> Reply:
+        repo, err = self._readable(REPO_TYPES[m["type"] or "models"], m["repo"], user)
+        if err is not None:
+            return err
+        if repo.gated and user not in repo.approved:
+            message = (
+                f"Access to model {repo.repo_id} is restricted. You must be "
+                "authenticated and have access"
+            )
+            return Reply.error(401 if user is None else 403, message, "GatedRepo")
+        return self._resolve(repo, unquote(m["rev"]), unquote(m["file"]))
 
     def _create_repo(self, payload: dict, user: str | None) -> Reply:
         if user is None:
@@ -317,9 +459,13 @@ class FakeHub:
         try:
             data = yaml.safe_load(m.group(1)) if m else {}
         except yaml.YAMLError as exc:
-            return Reply.json(400, {"errors": [{"message": f"invalid YAML: {exc}"}], "warnings": []})
+            return Reply.json(
+                400, {"errors": [{"message": f"invalid YAML: {exc}"}], "warnings": []}
+            )
         if data is not None and not isinstance(data, dict):
-            return Reply.json(400, {"errors": [{"message": "metadata must be a mapping"}], "warnings": []})
+            return Reply.json(
+                400, {"errors": [{"message": "metadata must be a mapping"}], "warnings": []}
+            )
         return Reply.json(200, {"errors": [], "warnings": []})
 
     def _create_branch(self, repo: Repo, branch: str, payload: dict) -> Reply:
@@ -363,7 +509,9 @@ class FakeHub:
             elif key in ("deletedFile", "deletedFolder"):
                 deleted.append(value["path"])
             elif key == "lfsFile":
-                return Reply.error(400, "this fake hub does not store LFS files; keep test files small")
+                return Reply.error(
+                    400, "this fake hub does not store LFS files; keep test files small"
+                )
             else:
                 return Reply.error(400, f"unknown commit operation {key!r}")
         if header is None or not header.get("summary"):
@@ -371,13 +519,19 @@ class FakeHub:
         parent = header.get("parentCommit")
         if parent is not None and parent != repo.branches[branch]:
             return Reply.error(412, "A commit has happened since. Please refresh and try again.")
-        message = header["summary"] + ("\n\n" + header["description"] if header.get("description") else "")
+        message = header["summary"] + (
+            "\n\n" + header["description"] if header.get("description") else ""
+        )
         oid = self._commit(repo, branch, files, message, deleted)
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
         return Reply.json(
             200,
-            {"success": True, "commitOid": oid, "commitUrl": f"{self.url}/{prefix}{repo.repo_id}/commit/{oid}",
-             "pullRequestUrl": None},
+            {
+                "success": True,
+                "commitOid": oid,
+                "commitUrl": f"{self.url}/{prefix}{repo.repo_id}/commit/{oid}",
+                "pullRequestUrl": None,
+            },
         )
 
     @staticmethod
@@ -395,8 +549,10 @@ class FakeHub:
                 "private": repo.private,
                 "lastModified": "2024-01-01T00:00:00.000Z",
                 "tags": [],
-                "siblings": [{"rfilename": p, "blobId": git_blob_sha1(d), "size": len(d)}
-                             for p, d in sorted(tree.items())],
+                "siblings": [
+                    {"rfilename": p, "blobId": git_blob_sha1(d), "size": len(d)}
+                    for p, d in sorted(tree.items())
+                ],
             },
         )
 
@@ -458,13 +614,51 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         body = self._body()
         reply = self.fake.handle(method, self.path, self.headers, body)
-        self.send_response(reply.status)
-        for key, value in reply.headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        if method != "HEAD":
+        try:
+            if reply.stall:
+                self.close_connection = True
+                self.fake.stopping.wait()
+                return
+            self._send_head(reply, method)
+            if method != "HEAD":
+                self._send_body(reply)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up: fine
+            self.close_connection = True
+
+    def _send_head(self, reply: Reply, method: str) -> None:
+        headers = dict(reply.headers)
+        if "Content-Length" not in headers and reply.chunks is None:
+            headers["Content-Length"] = str(len(reply.body))
+        elif "Content-Length" not in headers and method != "HEAD":
+            headers["Transfer-Encoding"] = "chunked"
+        lines = [f"HTTP/1.1 {reply.status} {self.responses.get(reply.status, ('',))[0]}"]
+        lines += [f"{key}: {value}" for key, value in headers.items() if value is not None]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if not reply.slow_headers:
+            self.wfile.write(head)
+            return
+        for i in range(len(head)):
+            if self.fake.stopping.wait(reply.pace):
+                return
+            self.wfile.write(head[i : i + 1])
+
+    def _send_body(self, reply: Reply) -> None:
+        """`chunks` go with chunked encoding, or as they are when the reply names its own
+        Content-Length (then the connection closes after them: a short body is a cut one)."""
+        if reply.chunks is None:
             self.wfile.write(reply.body)
+            return
+        raw = "Content-Length" in reply.headers
+        for chunk in reply.chunks:
+            if self.fake.stopping.wait(reply.pace):
+                return
+            self.wfile.write(chunk if raw else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            with self.fake._lock:
+                self.fake.streamed += len(chunk)
+        if raw:
+            self.close_connection = True
+        else:
+            self.wfile.write(b"0\r\n\r\n")
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -477,7 +671,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class SilentEndpoint:
-    """Accepts TCP connections on 127.0.0.1 and never answers: a client without read timeouts hangs."""
+    """Accepts TCP connections on 127.0.0.1 and never answers: a client without read timeouts
+    hangs."""
 
     def __init__(self) -> None:
         self._sock = socket.create_server(("127.0.0.1", 0))
@@ -496,7 +691,7 @@ class SilentEndpoint:
     def connections(self) -> int:
         return len(self._held)
 
-    def __enter__(self) -> "SilentEndpoint":
+    def __enter__(self) -> SilentEndpoint:
         return self
 
     def __exit__(self, *exc) -> None:

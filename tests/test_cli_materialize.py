@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from polarpack_cli.main import cli
 from safetensors.torch import load_file
 
-from polarpack.materialize import materialize
+from polarpack.materialization import materialize
 from polarpack.presets import get_preset
-from polarpack_cli.main import cli
 
 
 def _invoke(*args):
@@ -20,7 +20,9 @@ def _invoke(*args):
 
 def test_writes_weights_and_targets_equal_to_the_python_api(tmp_path):
     out = tmp_path / "init.safetensors"
-    result = _invoke("paper:alexnet", "--model", "zfnet", "--seed", "7", "--out", str(out), "--json")
+    result = _invoke(
+        "paper:alexnet", "--model", "zfnet", "--seed", "7", "--out", str(out), "--json"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert [r["layer"] for r in report["layers"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
@@ -35,7 +37,18 @@ def test_writes_weights_and_targets_equal_to_the_python_api(tmp_path):
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
-        assert _invoke("paper:table1-exp3", "--model", "alexnet", "--seed", seed, "--out", str(tmp_path / f"{name}.safetensors")).exit_code == 0
+        assert (
+            _invoke(
+                "paper:table1-exp3",
+                "--model",
+                "alexnet",
+                "--seed",
+                seed,
+                "--out",
+                str(tmp_path / f"{name}.safetensors"),
+            ).exit_code
+            == 0
+        )
     a, b, c = ((tmp_path / f"{n}.safetensors").read_bytes() for n in "abc")
     assert a == b and a != c
 
@@ -46,24 +59,52 @@ def test_a_polar_file_and_iid_sampling_and_explicit_map(tmp_path):
     dist_path = tmp_path / "d.polar.safetensors"
     save(get_preset("paper:alexnet").distribution, dist_path)
     out = tmp_path / "m.safetensors"
-    result = _invoke(str(dist_path), "--model", "mobilenet_v2", "--seed", "0", "--out", str(out),
-                     "--sampling", "iid", "--map", "features.0.0=conv1,features.18.0=conv5")
+    result = _invoke(
+        str(dist_path),
+        "--model",
+        "mobilenet_v2",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--sampling",
+        "iid",
+        "--map",
+        "features.0.0=conv1,features.18.0=conv5",
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(k for k in load_file(str(out)) if k.endswith(".polarity")) == ["features.0.0.polarity", "features.18.0.polarity"]
+    assert sorted(k for k in load_file(str(out)) if k.endswith(".polarity")) == [
+        "features.0.0.polarity",
+        "features.18.0.polarity",
+    ]
 
 
-@pytest.mark.parametrize("args, message, code", [
-    (["paper:alexnet", "--model", "not_a_net"], "unknown model", 1),
-    (["paper:alexnet", "--model", "mobilenet_v2"], "--map", 1),
-    (["nowhere.polar", "--model", "alexnet"], "nowhere.polar", 1),
-    (["paper:alexnet", "--model", "alexnet", "--map", "conv1"], "TARGET=LAYER", 2),  # click's usage error
-])
+@pytest.mark.parametrize(
+    "args, message, code",
+    [
+        (["paper:alexnet", "--model", "not_a_net"], "unknown model", 1),
+        (["paper:alexnet", "--model", "mobilenet_v2"], "--map", 1),
+        (["nowhere.polar", "--model", "alexnet"], "nowhere.polar", 1),
+        (
+            ["paper:alexnet", "--model", "alexnet", "--map", "conv1"],
+            "TARGET=LAYER",
+            2,
+        ),  # click's usage error
+    ],
+)
 def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, cli_error, args, message, code):
-    cli_error(["materialize", *args, "--seed", "0", "--out", str(tmp_path / "x.safetensors")], message, code=code)
+    cli_error(
+        ["materialize", *args, "--seed", "0", "--out", str(tmp_path / "x.safetensors")],
+        message,
+        code=code,
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_missing_output_folder_is_named(tmp_path, cli_error):
     out = tmp_path / "no" / "dir" / "x.safetensors"
-    cli_error(["materialize", "paper:alexnet", "--model", "alexnet", "--seed", "0", "--out", str(out)], "does not exist")
+    cli_error(
+        ["materialize", "paper:alexnet", "--model", "alexnet", "--seed", "0", "--out", str(out)],
+        "does not exist",
+    )
     assert list(tmp_path.iterdir()) == []

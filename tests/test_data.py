@@ -1,4 +1,5 @@
-"""polarpack.data through its public API: layouts, errors, the decode cache, the seed protocol, batching."""
+"""polarpack.data through its public API: layouts, errors, the decode cache, the seed protocol,
+batching."""
 
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def cache_entries(tmp_path: Path) -> list[Path]:
 
 
 def digest(*tensors: torch.Tensor) -> str:
-    return hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in tensors)).hexdigest()[:16]
+    return hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in tensors)).hexdigest()[
+        :16
+    ]
 
 
 def jpeg_pixels(path: Path) -> torch.Tensor:
@@ -60,7 +63,11 @@ def jpeg_pixels(path: Path) -> torch.Tensor:
 
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool) -> Path:
-    raw = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes() + arr.astype(np.uint8).tobytes()
+    raw = (
+        bytes([0, 0, 0x08, arr.ndim])
+        + np.asarray(arr.shape, dtype=">u4").tobytes()
+        + arr.astype(np.uint8).tobytes()
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     out = Path(f"{path}.gz") if gz else path
     out.write_bytes(gzip.compress(raw) if gz else raw)
@@ -80,7 +87,9 @@ def write_fashion(data_dir: Path, gz: bool = True, n_train: int = 30, n_test: in
     return out
 
 
-def write_imagefolder(root: Path, classes, per_class: int, *, size=(8, 8), grey=False, ext="png") -> dict:
+def write_imagefolder(
+    root: Path, classes, per_class: int, *, size=(8, 8), grey=False, ext="png"
+) -> dict:
     rng = np.random.default_rng(0)
     arrays = {}
     for split in ("train", "test"):
@@ -100,10 +109,14 @@ def write_cifar_batches(folder: Path, per_batch: int = 4, payload=None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        out[name] = {"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
-                     "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)}
+        out[name] = {
+            "labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+        }
         (folder / name).write_bytes(pickle.dumps(payload or out[name], protocol=2))
-    (folder / "batches.meta").write_bytes(pickle.dumps(payload or {"label_names": list(CIFAR10_CLASSES)}, protocol=2))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps(payload or {"label_names": list(CIFAR10_CLASSES)}, protocol=2)
+    )
     return out
 
 
@@ -133,7 +146,11 @@ def test_fashion_mnist_from_torchvision_layout(tmp_path, gz, split):
 
 def test_fashion_mnist_plain_file_wins_over_gz(tmp_path):
     write_fashion(tmp_path, gz=True)
-    write_idx(tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte", np.full(20, 7, np.uint8), gz=False)
+    write_idx(
+        tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte",
+        np.full(20, 7, np.uint8),
+        gz=False,
+    )
     _, test = load_splits("fashion-mnist", data_dir=tmp_path, **WHOLE)
     assert test.labels.tolist() == [7] * 20
 
@@ -147,32 +164,56 @@ def test_cifar10_python_batches_with_official_md5_are_read(tmp_path, monkeypatch
     monkeypatch.setattr(cls, "test_list", [[n, md5[n]] for n, _ in cls.test_list])
     monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5["batches.meta"]})
     train, test = load_splits("cifar10", data_dir=tmp_path, **WHOLE)
-    want = np.concatenate([batches[f"data_batch_{i}"]["data"] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
-    assert train.images.shape == (20, 3, 32, 32) and torch.equal(train.images, torch.from_numpy(want))
-    assert train.labels.tolist() == sum((batches[f"data_batch_{i}"]["labels"] for i in range(1, 6)), [])
-    assert test.labels.dtype == torch.int64 and test.labels.tolist() == batches["test_batch"]["labels"]
-    assert train.classes == list(CIFAR10_CLASSES) and (train.mean, train.std) == (CIFAR10_MEAN, CIFAR10_STD)
+    want = np.concatenate([batches[f"data_batch_{i}"]["data"] for i in range(1, 6)]).reshape(
+        -1, 3, 32, 32
+    )
+    assert train.images.shape == (20, 3, 32, 32) and torch.equal(
+        train.images, torch.from_numpy(want)
+    )
+    assert train.labels.tolist() == sum(
+        (batches[f"data_batch_{i}"]["labels"] for i in range(1, 6)), []
+    )
+    assert (
+        test.labels.dtype == torch.int64 and test.labels.tolist() == batches["test_batch"]["labels"]
+    )
+    assert train.classes == list(CIFAR10_CLASSES) and (train.mean, train.std) == (
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+    )
 
 
 def test_cifar10_python_batches_with_wrong_md5_are_refused_not_unpickled(tmp_path):
     marker = tmp_path / "unpickled"
     write_cifar_batches(tmp_path / "cifar-10-batches-py", payload=TouchOnUnpickle(marker))
-    write_imagefolder(tmp_path / "cifar10-jpeg", CIFAR10_CLASSES, per_class=1, size=(32, 32), ext="jpg")
+    write_imagefolder(
+        tmp_path / "cifar10-jpeg", CIFAR10_CLASSES, per_class=1, size=(32, 32), ext="jpg"
+    )
     with pytest.raises(DataError, match="cifar-10-batches-py: refused, not unpickled .*md5"):
         load_splits("cifar10", data_dir=tmp_path)
     assert not marker.exists()
 
 
 def test_cifar10_jpeg_copy_keeps_libjpeg_turbo_pixels(tmp_path):
-    write_imagefolder(tmp_path / "cifar10-jpeg", CIFAR10_CLASSES, per_class=2, size=(32, 32), ext="jpg")
+    write_imagefolder(
+        tmp_path / "cifar10-jpeg", CIFAR10_CLASSES, per_class=2, size=(32, 32), ext="jpg"
+    )
     train, test = load_splits("cifar10", data_dir=tmp_path, **WHOLE)
-    assert train.images.shape == (20, 3, 32, 32) and train.labels.tolist() == [i // 2 for i in range(20)]
-    assert train.classes == list(CIFAR10_CLASSES) and (test.mean, test.std) == (CIFAR10_MEAN, CIFAR10_STD)
-    assert torch.equal(test.images[5], jpeg_pixels(tmp_path / "cifar10-jpeg" / "test" / "bird" / "0001.jpg"))
+    assert train.images.shape == (20, 3, 32, 32) and train.labels.tolist() == [
+        i // 2 for i in range(20)
+    ]
+    assert train.classes == list(CIFAR10_CLASSES) and (test.mean, test.std) == (
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+    )
+    assert torch.equal(
+        test.images[5], jpeg_pixels(tmp_path / "cifar10-jpeg" / "test" / "bird" / "0001.jpg")
+    )
 
 
 def test_cifar10_jpeg_copy_needs_the_ten_class_folders(tmp_path):
-    write_imagefolder(tmp_path / "cifar10-jpeg", CIFAR10_CLASSES[:9], per_class=1, size=(32, 32), ext="jpg")
+    write_imagefolder(
+        tmp_path / "cifar10-jpeg", CIFAR10_CLASSES[:9], per_class=1, size=(32, 32), ext="jpg"
+    )
     with pytest.raises(DataError, match="class folders .* differ"):
         load_splits("cifar10", data_dir=tmp_path)
 
@@ -186,13 +227,20 @@ def test_imagefolder_png_is_exact_with_train_statistics(tmp_path):
     pixels = train.images.double()
     assert np.allclose(train.mean, pixels.mean(dim=(0, 2, 3)).tolist(), atol=1e-4)
     assert np.allclose(train.std, pixels.std(dim=(0, 2, 3), unbiased=False).tolist(), atol=1e-4)
-    assert (test.mean, test.std) == (train.mean, train.std)  # the test split is normalised like train
+    assert (test.mean, test.std) == (
+        train.mean,
+        train.std,
+    )  # the test split is normalised like train
 
 
 def test_imagefolder_relative_to_data_dir_grey(tmp_path):
     write_imagefolder(tmp_path / "d" / "digits", ["0", "1", "2"], per_class=2, grey=True)
     _, test = load_splits("imagefolder:digits", data_dir=tmp_path / "d", **WHOLE)
-    assert test.images.shape == (6, 1, 8, 8) and len(test.mean) == 1 and test.classes == ["0", "1", "2"]
+    assert (
+        test.images.shape == (6, 1, 8, 8)
+        and len(test.mean) == 1
+        and test.classes == ["0", "1", "2"]
+    )
 
 
 def test_imagefolder_mixing_grey_and_rgb_gives_rgb(tmp_path):
@@ -227,14 +275,17 @@ def no_splits(root: Path) -> None:
     os.rename(root / "test", root / "val")
 
 
-@pytest.mark.parametrize("damage, match", [
-    (mixed_sizes, r"b/0001.png: image is \(9, 8\) but .*resize"),
-    (bad_jpeg, "b/0001.jpg: cannot decode image"),
-    (bad_png, "b/0001.png: cannot decode image"),
-    (empty_class, "train: Found no valid file for the classes c"),
-    (extra_test_class, r"test: class folders \['a', 'b', 'c'\] differ"),
-    (no_splits, "no train/ and test/ subfolders"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (mixed_sizes, r"b/0001.png: image is \(9, 8\) but .*resize"),
+        (bad_jpeg, "b/0001.jpg: cannot decode image"),
+        (bad_png, "b/0001.png: cannot decode image"),
+        (empty_class, "train: Found no valid file for the classes c"),
+        (extra_test_class, r"test: class folders \['a', 'b', 'c'\] differ"),
+        (no_splits, "no train/ and test/ subfolders"),
+    ],
+)
 def test_imagefolder_problems_are_one_line_errors_naming_the_file(tmp_path, damage, match):
     write_imagefolder(tmp_path / "f", ["a", "b"], per_class=2)
     damage(tmp_path / "f")
@@ -243,10 +294,13 @@ def test_imagefolder_problems_are_one_line_errors_naming_the_file(tmp_path, dama
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name, places", [
-    ("cifar10", ["cifar-10-batches-py/", "cifar10-jpeg/"]),
-    ("fashion-mnist", ["FashionMNIST/raw/"]),
-])
+@pytest.mark.parametrize(
+    "name, places",
+    [
+        ("cifar10", ["cifar-10-batches-py/", "cifar10-jpeg/"]),
+        ("fashion-mnist", ["FashionMNIST/raw/"]),
+    ],
+)
 def test_missing_data_lists_where_it_looked_and_the_fix(tmp_path, name, places):
     with pytest.raises(DataError) as err:
         load_splits(name, data_dir=tmp_path)
@@ -300,7 +354,9 @@ def test_failed_download_is_a_data_error(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(DataError, match="cifar10: download into .* failed .*no network.*--data-dir"):
+    with pytest.raises(
+        DataError, match="cifar10: download into .* failed .*no network.*--data-dir"
+    ):
         load_splits("cifar10", data_dir=tmp_path, download=True)
 
 
@@ -308,13 +364,17 @@ def test_mini_dataset_loads_offline_and_uncached(tmp_path, monkeypatch):
     monkeypatch.setenv("POLARPACK_DATA_DIR", str(tmp_path / "does-not-exist"))
     train, test = load_splits("fashion-mnist-mini", **WHOLE)
     assert train.images.shape == (2000, 1, 28, 28) and test.images.shape == (500, 1, 28, 28)
-    assert torch.bincount(train.labels).tolist() == [200] * 10 and torch.bincount(test.labels).tolist() == [50] * 10
+    assert (
+        torch.bincount(train.labels).tolist() == [200] * 10
+        and torch.bincount(test.labels).tolist() == [50] * 10
+    )
     assert train.classes == list(FASHION_MNIST_CLASSES) and train.mean == (72.94,)
     assert not (tmp_path / "cache").exists()
 
 
 def test_mini_seed_protocol_is_pinned():
-    """The bytes the numerics fingerprint trains on: a change here means the experiment grid must restart."""
+    """The bytes the numerics fingerprint trains on: a change here means the experiment grid must
+    restart."""
     train, val = load_splits("fashion-mnist-mini", train_size=300, val_size=100, seed=0)
     assert digest(train.images, train.labels, val.images, val.labels) == "7e02587525773b2d"
 
@@ -351,25 +411,35 @@ def remove_image(path: Path) -> None:
     path.unlink()
 
 
-@pytest.mark.parametrize("change, name, count, sevens", [
-    (edit_image, "0000.png", 4, [2]),
-    (edit_image, "0009.png", 5, [4]),
-    (remove_image, "0001.png", 3, []),
-], ids=["edited", "added", "removed"])
+@pytest.mark.parametrize(
+    "change, name, count, sevens",
+    [
+        (edit_image, "0000.png", 4, [2]),
+        (edit_image, "0009.png", 5, [4]),
+        (remove_image, "0001.png", 3, []),
+    ],
+    ids=["edited", "added", "removed"],
+)
 def test_cache_notices_an_edited_added_or_removed_file(tmp_path, change, name, count, sevens):
     write_imagefolder(tmp_path / "f", ["a", "b"], per_class=2)
     dataset = f"imagefolder:{tmp_path / 'f'}"
     load_splits(dataset, **WHOLE)
     change(tmp_path / "f" / "train" / "b" / name)
     train, _ = load_splits(dataset, **WHOLE)
-    assert len(train.labels) == count and len(cache_entries(tmp_path)) == 2  # the stale entry is gone
+    assert (
+        len(train.labels) == count and len(cache_entries(tmp_path)) == 2
+    )  # the stale entry is gone
     assert [i for i in range(count) if bool((train.images[i] == 7).all())] == sevens
 
 
 def test_cache_notices_a_same_size_change_by_its_mtime(tmp_path):
     write_fashion(tmp_path, gz=False)
     assert load_splits("fashion-mnist", data_dir=tmp_path, **WHOLE)[1].labels[0] == 0
-    path = write_idx(tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte", np.full(20, 9, np.uint8), gz=False)
+    path = write_idx(
+        tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte",
+        np.full(20, 9, np.uint8),
+        gz=False,
+    )
     os.utime(path, ns=(0, 10**18))
     assert load_splits("fashion-mnist", data_dir=tmp_path, **WHOLE)[1].labels.tolist() == [9] * 20
 
@@ -406,15 +476,42 @@ def test_balanced_subset_gives_short_classes_all_they_have():
 @pytest.mark.parametrize("size", [1, 25, 99])
 def test_balanced_subset_counts_differ_by_at_most_one(size):
     labels = torch.arange(100) % 10
-    counts = torch.bincount(labels[balanced_subset(labels, size, torch.Generator().manual_seed(0))], minlength=10)
+    counts = torch.bincount(
+        labels[balanced_subset(labels, size, torch.Generator().manual_seed(0))], minlength=10
+    )
     assert counts.sum() == size and counts.max() - counts.min() <= 1
 
 
 def test_balanced_subset_is_seed_reproducible_and_pinned():
     labels = torch.arange(100) % 10
     pick = balanced_subset(labels, 25, torch.Generator().manual_seed(0))
-    assert pick.tolist() == [8, 19, 26, 35, 37, 42, 44, 53, 56, 57, 69, 71, 74, 76, 78, 80, 82, 85, 89, 90, 91, 93, 95,
-                             97, 98]
+    assert pick.tolist() == [
+        8,
+        19,
+        26,
+        35,
+        37,
+        42,
+        44,
+        53,
+        56,
+        57,
+        69,
+        71,
+        74,
+        76,
+        78,
+        80,
+        82,
+        85,
+        89,
+        90,
+        91,
+        93,
+        95,
+        97,
+        98,
+    ]
     assert not torch.equal(pick, balanced_subset(labels, 25, torch.Generator().manual_seed(1)))
 
 
@@ -425,7 +522,10 @@ def test_balanced_subset_rejects_a_size_beyond_the_split():
 
 def test_load_splits_draws_balanced_seeded_subsets():
     train, val = load_splits("fashion-mnist-mini", train_size=100, val_size=200, seed=5)
-    assert torch.bincount(train.labels).tolist() == [10] * 10 and torch.bincount(val.labels).tolist() == [20] * 10
+    assert (
+        torch.bincount(train.labels).tolist() == [10] * 10
+        and torch.bincount(val.labels).tolist() == [20] * 10
+    )
     again, _ = load_splits("fashion-mnist-mini", train_size=100, val_size=200, seed=5)
     other, _ = load_splits("fashion-mnist-mini", train_size=100, val_size=200, seed=6)
     assert torch.equal(train.images, again.images) and not torch.equal(train.images, other.images)
@@ -456,7 +556,9 @@ def test_subset_size_below_one_is_refused(sizes):
 def test_batch_indices_split_one_permutation():
     batches = batch_indices(10, 4, torch.Generator().manual_seed(0))
     assert [b.tolist() for b in batches] == [[4, 1, 7, 5], [3, 9, 0, 8], [6, 2]]
-    assert torch.equal(torch.cat(batches), torch.randperm(10, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(
+        torch.cat(batches), torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    )
 
 
 @pytest.mark.parametrize("n, batch_size, sizes", [(10, 5, [5, 5]), (3, 8, [3]), (0, 4, [])])
@@ -473,8 +575,9 @@ def test_batch_indices_rejects_bad_arguments(n, batch_size):
 def test_prepare_batch_normalises_per_channel():
     images = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4).to(torch.uint8)
     out = prepare_batch(images, (10.0, 20.0, 30.0), (2.0, 4.0, 5.0))
-    want = (images.float() - torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1)) / torch.tensor([2.0, 4.0, 5.0]).view(
-        1, 3, 1, 1)
+    want = (images.float() - torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1)) / torch.tensor(
+        [2.0, 4.0, 5.0]
+    ).view(1, 3, 1, 1)
     assert out.dtype == torch.float32 and torch.equal(out, want)
     assert images.dtype == torch.uint8  # the stored images are untouched
 
@@ -482,28 +585,37 @@ def test_prepare_batch_normalises_per_channel():
 def test_prepare_batch_resizes_grey_then_expands_to_three_channels():
     import torchvision.transforms.v2.functional as TF
 
-    grey = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    grey = torch.randint(
+        0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     out = prepare_batch(grey, (72.94,), (90.02,), size=227)
-    assert out.shape == (5, 3, 227, 227) and out.is_contiguous() and torch.equal(out[:, 0], out[:, 2])
+    assert (
+        out.shape == (5, 3, 227, 227) and out.is_contiguous() and torch.equal(out[:, 0], out[:, 2])
+    )
     want = TF.resize((grey.float() - 72.94) / 90.02, [227, 227], antialias=True)
     assert torch.allclose(out[:, :1], want, atol=1e-5)
 
 
-@pytest.mark.parametrize("size, channels, shape", [(28, 1, (5, 1, 28, 28)), (None, 1, (5, 1, 28, 28)),
-                                                   (14, 3, (5, 3, 14, 14))])
+@pytest.mark.parametrize(
+    "size, channels, shape",
+    [(28, 1, (5, 1, 28, 28)), (None, 1, (5, 1, 28, 28)), (14, 3, (5, 3, 14, 14))],
+)
 def test_prepare_batch_shapes(size, channels, shape):
     grey = torch.zeros(5, 1, 28, 28, dtype=torch.uint8)
     assert prepare_batch(grey, (72.94,), (90.02,), size=size, channels=channels).shape == shape
 
 
-@pytest.mark.parametrize("images, mean, channels, match", [
-    (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), CIFAR10_MEAN, 1, "only grey -> 3"),
-    (torch.zeros(1, 3, 4, 4), CIFAR10_MEAN, 3, "uint8"),
-    (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), (1.0, 2.0), 3, "mean/std"),
-])
+@pytest.mark.parametrize(
+    "images, mean, channels, match",
+    [
+        (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), CIFAR10_MEAN, 1, "only grey -> 3"),
+        (torch.zeros(1, 3, 4, 4), CIFAR10_MEAN, 3, "uint8"),
+        (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), (1.0, 2.0), 3, "mean/std"),
+    ],
+)
 def test_prepare_batch_errors(images, mean, channels, match):
     with pytest.raises(DataError, match=match):
-        prepare_batch(images, mean, CIFAR10_STD[:len(mean)], channels=channels)
+        prepare_batch(images, mean, CIFAR10_STD[: len(mean)], channels=channels)
 
 
 # --------------------------------------------------------------------------- real data
@@ -523,7 +635,9 @@ def test_real_cifar10_jpeg_slice_is_pinned(shared_data_dir, tmp_path):
         for cls in CIFAR10_CLASSES:
             (tmp_path / "cifar10-jpeg" / split / cls).mkdir(parents=True)
             for name in sorted(os.listdir(source / split / cls))[:3]:
-                os.symlink(source / split / cls / name, tmp_path / "cifar10-jpeg" / split / cls / name)
+                os.symlink(
+                    source / split / cls / name, tmp_path / "cifar10-jpeg" / split / cls / name
+                )
     train, test = load_splits("cifar10", data_dir=tmp_path, **WHOLE)
     assert digest(train.images, test.images) == "afebde464b1ee634"
     assert torch.bincount(test.labels).tolist() == [3] * 10

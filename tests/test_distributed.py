@@ -18,22 +18,35 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from polarpack.distributed import Dist, DistributedError, checksum
+from polarpack.distributed import DistributedError, World, checksum
+from polarpack.methods import initialise
 from polarpack.models import build_model
 from polarpack.runner import launch
-from polarpack.train import TrainConfig, initialise, train
+from polarpack.training import TrainConfig, train
 
-OPTIONS = dict(method="freeze-spin", dist="paper:alexnet", dataset="fashion-mnist-mini", train_size=200, val_size=100,
-               batch_size=100, epochs=2, threads=1, dropout=0.0, optimizer="sgd", precision="fp32")
+OPTIONS = dict(
+    method="freeze-spin",
+    dist="paper:alexnet",
+    dataset="fashion-mnist-mini",
+    train_size=200,
+    val_size=100,
+    batch_size=100,
+    epochs=2,
+    threads=1,
+    dropout=0.0,
+    optimizer="sgd",
+    precision="fp32",
+)
 # SGD, not Adam: Adam divides by the running gradient scale, which turns float-level differences in
-# the all-reduce order into lr-sized steps for weights whose gradient is near zero. fp32, not "auto":
+# the all-reduce order into lr-sized steps for weights whose gradient is near zero. fp32, not
+# "auto":
 # bf16 kernels differ with the batch split (50 images per rank instead of 100), so no two process
 # counts agree to the last bit on a CPU with native bf16.
 
 
 def _assert_same_epoch(got: dict, want: dict) -> None:
-    """Float results differ in the last bits between process counts; a wrong shard or loss scale moves
-    them by far more than one image of the validation (or training) set."""
+    """Float results differ in the last bits between process counts; a wrong shard or loss scale
+    moves them by far more than one image of the validation (or training) set."""
     assert abs(got["val_acc"] - want["val_acc"]) <= 1.0 / OPTIONS["val_size"] + 1e-9
     assert abs(got["train_acc"] - want["train_acc"]) <= 1.0 / OPTIONS["train_size"] + 1e-9
     assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-3)
@@ -46,23 +59,39 @@ def _env() -> dict[str, str]:
 
 def _torchrun(script: str, cwd: Path) -> subprocess.CompletedProcess:
     (cwd / "job.py").write_text(textwrap.dedent(script))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(cwd / "job.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(cwd / "job.py"),
+    ]
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("n, world", [(100, 2), (101, 2), (7, 3), (1, 2)])
 def test_shards_cover_each_index_once(n, world):
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    ranks = [Dist(rank=r, world_size=world) for r in range(world)]
+    ranks = [World(rank=r, world_size=world) for r in range(world)]
     parts = [d.shard(order) for d in ranks]
-    assert sorted(torch.cat(parts).tolist()) == sorted(order.tolist()) and max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert (
+        sorted(torch.cat(parts).tolist()) == sorted(order.tolist())
+        and max(map(len, parts)) - min(map(len, parts)) <= 1
+    )
     assert [i for d in ranks for i in d.shard_range(n)] == list(range(n))
-    assert Dist().shard(order) is order and Dist().shard_range(n) == range(n)
+    assert World().shard(order) is order and World().shard_range(n) == range(n)
 
 
 def test_checksum_is_order_free_and_sensitive():
-    t = {"conv1": torch.tensor([1, -1, 0], dtype=torch.int8), "conv2": torch.ones(2, 2, dtype=torch.int8)}
-    same = {"conv2": torch.ones(2, 2, dtype=torch.int8), "conv1": torch.tensor([1, -1, 0], dtype=torch.int8)}
+    t = {
+        "conv1": torch.tensor([1, -1, 0], dtype=torch.int8),
+        "conv2": torch.ones(2, 2, dtype=torch.int8),
+    }
+    same = {
+        "conv2": torch.ones(2, 2, dtype=torch.int8),
+        "conv1": torch.tensor([1, -1, 0], dtype=torch.int8),
+    }
     assert checksum(t) == checksum(same)
     same["conv1"][2] = 1
     assert checksum(t) != checksum(same)
@@ -73,7 +102,7 @@ def _check_same_worker(rank: int, init_file: str, out_dir: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        ctx = Dist(rank=rank, world_size=2, backend="gloo")
+        ctx = World(rank=rank, world_size=2, backend="gloo")
         ctx.check_same("sign targets", 7, "same seed")  # identical: passes
         try:
             ctx.check_same("sign targets", 7 + rank, "every rank must use the same --seed")
@@ -86,7 +115,9 @@ def _check_same_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_mismatched_targets_fail_on_every_rank(tmp_path):
-    torch.multiprocessing.spawn(_check_same_worker, args=(str(tmp_path / "rdzv"), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(
+        _check_same_worker, args=(str(tmp_path / "rdzv"), str(tmp_path)), nprocs=2
+    )
     for rank in (0, 1):
         message = (tmp_path / f"rank{rank}.txt").read_text()
         assert "sign targets differ across ranks: rank(s) [1]" in message and "--seed" in message
@@ -94,21 +125,28 @@ def test_mismatched_targets_fail_on_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path):
-    proc = _torchrun(f"""
+    proc = _torchrun(
+        f"""
         import os
         from safetensors.torch import save_file
-        from polarpack.train import train
+        from polarpack.training import train
         result = train(out={str(tmp_path / "ddp")!r}, progress=False, **{OPTIONS!r})
         state = {{k: v.contiguous() for k, v in result.model.state_dict().items()}}
         save_file(state, f"rank{{os.environ['RANK']}}.safetensors")
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = train(out=tmp_path / "one", progress=False, **OPTIONS)
     reference = load_file(str(tmp_path / "one" / "model.safetensors"))
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
-    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in reference)  # the ranks never drift apart
-    # Compare what training changed: per-rank backward passes (50 instead of 100 images) run other kernels, whose
-    # float-level differences stay far below a few percent of the update in fp32; a wrong shard or loss scale
+    assert all(
+        torch.equal(ranks[0][k], ranks[1][k]) for k in reference
+    )  # the ranks never drift apart
+    # Compare what training changed: per-rank backward passes (50 instead of 100 images) run other
+    # kernels, whose
+    # float-level differences stay far below a few percent of the update in fp32; a wrong shard or
+    # loss scale
     # changes it by half or more.
     model = build_model("alexnet", num_classes=10, dropout=0.0)
     initialise(model, TrainConfig(**OPTIONS))
@@ -117,25 +155,31 @@ def test_two_ranks_match_one_process(tmp_path):
         assert drift.norm() <= 0.05 * update.norm(), key
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["resolved"]["distributed"] == {"world_size": 2, "backend": "gloo"}
-    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    ]
     for got, want in zip(rows, single.metrics, strict=True):
         _assert_same_epoch(got, want)
 
 
 @pytest.mark.slow
 def test_a_run_whose_rank_died_resumes_under_torchrun(tmp_path):
-    options = dict(OPTIONS, method="scratch", dist=None, epochs=2)
-    proc = _torchrun(f"""
+    options = dict(OPTIONS, method="scratch", dist=None, epochs=2, checkpoint_seconds=0)
+    state = str(tmp_path / "run" / "training_state.safetensors")
+    proc = _torchrun(
+        f"""
         import os, pathlib, time
-        from polarpack.train import train
+        from polarpack.training import train
         def on_epoch(row):
             if os.environ["RANK"] == "1":  # rank 1 dies after epoch 1, once rank 0 has saved it
-                while not pathlib.Path({str(tmp_path / "run" / "training_state.safetensors")!r}).exists():
+                while not pathlib.Path({state!r}).exists():
                     time.sleep(0.1)
                 time.sleep(1)
                 os._exit(3)
         train(out={str(tmp_path / "run")!r}, progress=False, on_epoch=on_epoch, **{options!r})
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode != 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "running"
     result = launch(options, tmp_path / "run", 2, resume=True, timeout=300)
@@ -150,11 +194,26 @@ def test_experiment_grid_hands_each_run_two_processes(tmp_path):
     from polarpack_cli.main import cli
 
     (tmp_path / "grid.toml").write_text(
-        '[defaults]\nmodel = "alexnet"\ndataset = "fashion-mnist-mini"\nmethod = "scratch"\nepochs = 1\nbatch_size = 100\n'
-        "train_size = 200\nval_size = 100\ndropout = 0.0\n[grid]\nseeds = [0]\n")
-    result = CliRunner().invoke(cli, ["experiment", str(tmp_path / "grid.toml"), "--results", str(tmp_path / "res"),
-                                      "--nproc-per-run", "2", "--json"])
+        '[defaults]\nmodel = "alexnet"\ndataset = "fashion-mnist-mini"\nmethod = "scratch"\nepochs '
+        "= 1\nbatch_size = 100\n"
+        "train_size = 200\nval_size = 100\ndropout = 0.0\n[grid]\nseeds = [0]\n"
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "experiment",
+            str(tmp_path / "grid.toml"),
+            "--results",
+            str(tmp_path / "res"),
+            "--nproc-per-run",
+            "2",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = [p for p in (tmp_path / "res" / "runs").iterdir() if p.is_dir()]
-    assert json.loads((run_dir / "config.json").read_text())["resolved"]["distributed"]["world_size"] == 2
+    assert (
+        json.loads((run_dir / "config.json").read_text())["resolved"]["distributed"]["world_size"]
+        == 2
+    )
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

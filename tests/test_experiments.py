@@ -1,6 +1,7 @@
 """Experiment grids: expansion and identity (grid), the results store (runner), statistics and
 comparisons (report). Real runs use torchvision's squeezenet1_1 (0.7 M parameters) on the embedded
-data, so a cell takes seconds; the report's arithmetic is checked on run directories written by hand."""
+data, so a cell takes seconds; the report's arithmetic is checked on run directories written by
+hand."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from polarpack_cli.main import cli
 
 from polarpack import format as fmt
 from polarpack.errors import ConfigError
 from polarpack.grid import config_hash, defaults, load_experiment
 from polarpack.models import build_model
-from polarpack.report import aggregate, compare, report, t_interval
+from polarpack.reporting import aggregate, compare, report
 from polarpack.runner import ResultsStore, plan, run_experiment
-from polarpack_cli.main import cli
+from polarpack.statistics import t_interval, tost
 
 GRID = """
 [experiment]
@@ -50,7 +52,7 @@ b = { method = "scratch" }
 @pytest.fixture(scope="module")
 def grid_file(tmp_path_factory) -> Path:
     """A grid file with a distribution extracted from a fresh squeezenet1_1 (no download needed)."""
-    from polarpack.extract import extract
+    from polarpack.extraction import extract
 
     root = tmp_path_factory.mktemp("grid")
     fmt.save(extract(build_model("squeezenet1_1")), root / "sq.polar")
@@ -73,41 +75,81 @@ def finished(grid_file, tmp_path_factory) -> tuple[Path, dict]:
 def test_expansion_is_seed_major_drops_unused_options_and_skips_missing_weights(grid_file):
     exp = load_experiment(grid_file)
     assert [(c.config["method"], c.seed) for c in exp.cells] == [
-        ("freeze-spin", 0), ("scratch", 0), ("fluid-in", 0), ("freeze-spin", 1), ("scratch", 1), ("fluid-in", 1)]
+        ("freeze-spin", 0),
+        ("scratch", 0),
+        ("fluid-in", 0),
+        ("freeze-spin", 1),
+        ("scratch", 1),
+        ("fluid-in", 1),
+    ]
     assert exp.cells[1].config["dist"] is None  # scratch ignores dist: one cell, not one per dist
-    assert "needs transferred weights" in exp.cells[2].skip_reason and exp.cells[0].skip_reason is None
-    assert all(c.run_id.endswith(f"-{c.config['precision']}-s{c.seed}-{config_hash(c.config)[:8]}") for c in exp.cells)
+    assert (
+        "needs transferred weights" in exp.cells[2].skip_reason and exp.cells[0].skip_reason is None
+    )
+    assert all(
+        c.run_id.endswith(f"-{c.config['precision']}-s{c.seed}-{config_hash(c.config)[:8]}")
+        for c in exp.cells
+    )
 
 
 def test_identity_ignores_where_and_how_fast_and_new_neutral_options(grid_file):
     cell = load_experiment(grid_file).cells[0]
-    moved = {**cell.config, "data_dir": "/elsewhere", "threads": 7, "download": True, "checkpoint_every": 5}
+    moved = {
+        **cell.config,
+        "data_dir": "/elsewhere",
+        "threads": 7,
+        "download": True,
+        "checkpoint_every": 5,
+    }
     assert config_hash(moved) == config_hash(cell.config)
-    # a config written before an option existed (the option absent) has the id it has with the option at its default
-    assert config_hash({k: v for k, v in cell.config.items() if v != defaults()[k]}) == config_hash(cell.config)
+    # a config written before an option existed (the option absent) has the id it has with the
+    # option at its default
+    assert config_hash({k: v for k, v in cell.config.items() if v != defaults()[k]}) == config_hash(
+        cell.config
+    )
     assert config_hash({**cell.config, "seed": 5}) != config_hash(cell.config)
 
 
-@pytest.mark.parametrize("sets, check", [
-    (["epochs=3"], lambda cells: {c.config["epochs"] for c in cells} == {3}),
-    (["seeds=[4]"], lambda cells: {c.seed for c in cells} == {4}),
-    (["grid.zeros=['pin','free']"], lambda cells: {c.config["zeros"] for c in cells if c.config["method"] == "freeze-spin"} == {"pin", "free"}),
-    (["weights.squeezenet1_1=x.pth"], lambda cells: all("not found" in c.skip_reason for c in cells if c.config["method"] == "fluid-in")),
-    # a grid that ran on a GPU is planned and reported anywhere once its precision is pinned
-    (["device=cuda", "precision=bf16"], lambda cells: {c.config["precision"] for c in cells} == {"bf16"}),
-])
+@pytest.mark.parametrize(
+    "sets, check",
+    [
+        (["epochs=3"], lambda cells: {c.config["epochs"] for c in cells} == {3}),
+        (["seeds=[4]"], lambda cells: {c.seed for c in cells} == {4}),
+        (
+            ["grid.zeros=['pin','free']"],
+            lambda cells: (
+                {c.config["zeros"] for c in cells if c.config["method"] == "freeze-spin"}
+                == {"pin", "free"}
+            ),
+        ),
+        (
+            ["weights.squeezenet1_1=x.pth"],
+            lambda cells: all(
+                "not found" in c.skip_reason for c in cells if c.config["method"] == "fluid-in"
+            ),
+        ),
+        # a grid that ran on a GPU is planned and reported anywhere once its precision is pinned
+        (
+            ["device=cuda", "precision=bf16"],
+            lambda cells: {c.config["precision"] for c in cells} == {"bf16"},
+        ),
+    ],
+)
 def test_set_overrides(grid_file, sets, check):
     assert check(load_experiment(grid_file, sets).cells)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[defaults]\nepochz = 3\n", "unknown key 'epochz' in [defaults]"),
-    ("[grid]\nseeds = []\n", "empty list"),
-    ("[grid\n", "not a TOML experiment file"),
-    ("[results]\nx = 1\n", "unknown top-level key"),
-    ("[defaults]\nmethod = 'dance'\n", "unknown method"),
-    ("[defaults]\nmethod = 'scratch'\nlr = -1.0\n", "--lr must be"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[defaults]\nepochz = 3\n", "unknown key 'epochz' in [defaults]"),
+        ("[grid]\nseeds = []\n", "empty list"),
+        ("[grid\n", "not a TOML experiment file"),
+        ("[results]\nx = 1\n", "unknown top-level key"),
+        ("[defaults]\nmethod = 'dance'\n", "unknown method"),
+        ("[defaults]\nmethod = 'scratch'\nlr = -1.0\n", "--lr must be"),
+    ],
+)
 def test_bad_experiment_files_name_the_file_and_the_key(tmp_path, text, message):
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(ConfigError) as info:
@@ -128,7 +170,11 @@ def test_a_finished_grid_is_done_and_its_committed_files_alone_count(finished, g
         target.mkdir(parents=True)
         for name in ("config.json", "metrics.jsonl", "metrics.csv", "summary.json"):
             (target / name).write_bytes((run / name).read_bytes())
-    assert [r["action"] for r in plan(exp, ResultsStore(tmp_path / "clone"))] == ["done", "done", "skip"] * 2
+    assert [r["action"] for r in plan(exp, ResultsStore(tmp_path / "clone"))] == [
+        "done",
+        "done",
+        "skip",
+    ] * 2
 
 
 def test_interrupted_and_failed_cells_resume_and_retry(grid_file, tmp_path):
@@ -150,10 +196,24 @@ def test_interrupted_and_failed_cells_resume_and_retry(grid_file, tmp_path):
 
 
 def test_a_failed_cell_is_recorded_and_the_cli_exits_1(grid_file, tmp_path):
-    text = grid_file.read_text().replace('dists = ["', 'dists = ["paper:alexnet", "')  # 5 conv layers: no fit
+    text = grid_file.read_text().replace(
+        'dists = ["', 'dists = ["paper:alexnet", "'
+    )  # 5 conv layers: no fit
     (tmp_path / "g.toml").write_text(text)
-    result = CliRunner().invoke(cli, ["experiment", str(tmp_path / "g.toml"), "--results", str(tmp_path / "r"),
-                                      "--set", "seeds=[0]", "--set", "methods=['freeze-spin']", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "experiment",
+            str(tmp_path / "g.toml"),
+            "--results",
+            str(tmp_path / "r"),
+            "--set",
+            "seeds=[0]",
+            "--set",
+            "methods=['freeze-spin']",
+            "--json",
+        ],
+    )
     assert result.exit_code == 1, result.output
     runs = json.loads(result.stdout)["runs"]
     failed = [r for r in runs if r["status"] == "failed"]
@@ -163,13 +223,15 @@ def test_a_failed_cell_is_recorded_and_the_cli_exits_1(grid_file, tmp_path):
 def test_one_writer_per_results_folder(grid_file, tmp_path):
     store = ResultsStore(tmp_path)
     with store.lock():
-        with pytest.raises(ConfigError, match="another polarpack experiment .* is writing"):
+        with pytest.raises(ConfigError, match="another polarpack experiment is writing"):
             run_experiment(load_experiment(grid_file), tmp_path, progress=False)
 
 
 def test_dry_run_through_the_cli(grid_file, finished):
     results, _ = finished
-    result = CliRunner().invoke(cli, ["experiment", str(grid_file), "--results", str(results), "--dry-run"])
+    result = CliRunner().invoke(
+        cli, ["experiment", str(grid_file), "--results", str(results), "--dry-run"]
+    )
     assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("done ")
 
 
@@ -179,48 +241,105 @@ def test_dry_run_through_the_cli(grid_file, finished):
 def test_t_interval_by_hand():
     paired = t_interval([0.5, 0.6, 0.7], [0.4, 0.4, 0.5], paired=True)  # differences 0.1, 0.2, 0.2
     half = 4.303 * (math.sqrt(((0.1 - 0.5 / 3) ** 2 + 2 * (0.2 - 0.5 / 3) ** 2) / 2) / math.sqrt(3))
-    assert paired["diff"] == pytest.approx(0.5 / 3) and paired["high"] - paired["diff"] == pytest.approx(half)
+    assert paired.diff == pytest.approx(0.5 / 3)
+    assert paired.high - paired.diff == pytest.approx(half, rel=1e-4)
     welch = t_interval([1.0, 2.0, 3.0], [1.0, 1.0, 1.5], paired=False)
-    assert welch["test"] == "Welch t" and welch["df"] == 2 and welch["low"] < welch["diff"] < welch["high"]
+    assert welch.test == "Welch t" and welch.df == 2 and welch.low < welch.diff < welch.high
     one = t_interval([0.5], [0.4], paired=True)  # one seed: the difference, no spread, no interval
-    assert one["diff"] == pytest.approx(0.1) and one["low"] is None and one["high"] is None
-    assert t_interval([0.5], [0.4, 0.3], paired=False)["low"] is None and t_interval([], [0.4], paired=False) is None
+    assert one.diff == pytest.approx(0.1) and one.low is None and one.high is None
+    assert t_interval([0.5], [0.4, 0.3], paired=False).low is None
+    assert t_interval([], [0.4], paired=False) is None
 
 
-def _write_run(root: Path, name: str, config: dict, accs: list[float], status: str = "completed",
-               cpu: str = "AVX512") -> None:
+def test_tost_by_hand():
+    """Differences 0.01, -0.01, 0.0, 0.005, -0.005 (sd 0.0079, se 0.00354, t(4) 95% = 2.132): the
+    90% interval [-0.0075, +0.0075] lies inside +-0.02 but not inside +-0.005."""
+    a, b = [0.51, 0.49, 0.50, 0.505, 0.495], [0.50] * 5
+    inside, outside = tost(a, b, paired=True, margin=0.02), tost(a, b, paired=True, margin=0.005)
+    assert inside.equivalent and inside.p_value < 0.05
+    assert inside.high == pytest.approx(2.132 * 0.0079057 / math.sqrt(5), rel=1e-3)
+    assert not outside.equivalent and outside.low == inside.low
+    far = tost([0.6, 0.62, 0.61], [0.5, 0.5, 0.5], paired=True, margin=0.02)
+    assert not far.equivalent and far.p_value > 0.5
+    assert tost([0.5], [0.4], paired=True, margin=0.02).equivalent is False  # no spread, no test
+
+
+def _write_run(
+    root: Path,
+    name: str,
+    config: dict,
+    accs: list[float],
+    status: str = "completed",
+    cpu: str = "AVX512",
+) -> None:
     run = root / "runs" / name
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"config": {**defaults(), "precision": "fp32", **config},
-                                                 "resolved": {"device": "cpu"}, "environment": {"cpu_capability": cpu}}))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "train_acc": a, "val_acc": a}) + "\n"
-                                               for i, a in enumerate(accs)))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "config": {**defaults(), "precision": "fp32", **config},
+                "resolved": {"device": "cpu", "num_classes": 10},
+                "environment": {"cpu_capability": cpu},
+                "run_token": "t",
+            }
+        )
+    )
+    (run / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"epoch": i + 1, "train_acc": a, "val_acc": a}) + "\n"
+            for i, a in enumerate(accs)
+        )
+    )
     (run / "summary.json").write_text(json.dumps({"status": status, "final_val_acc": accs[-1]}))
 
 
 def test_aggregation_and_comparison_by_hand(tmp_path):
-    runs = {("freeze-spin", 0): [0.3, 0.45, 0.5], ("freeze-spin", 1): [0.35, 0.41, 0.6], ("freeze-spin", 2): [0.1, 0.2, 0.3],
-            ("scratch", 0): [0.2, 0.3, 0.4], ("scratch", 1): [0.25, 0.35, 0.5], ("scratch", 2): [0.1, 0.1, 0.12]}
+    runs = {
+        ("freeze-spin", 0): [0.3, 0.45, 0.5],
+        ("freeze-spin", 1): [0.35, 0.41, 0.6],
+        ("freeze-spin", 2): [0.1, 0.2, 0.3],
+        ("scratch", 0): [0.2, 0.3, 0.4],
+        ("scratch", 1): [0.25, 0.35, 0.5],
+        ("scratch", 2): [0.1, 0.1, 0.12],
+    }
     for (method, seed), accs in runs.items():
-        config = {"method": method, "seed": seed, "dist": "paper:alexnet" if method != "scratch" else None}
-        _write_run(tmp_path, f"{method}-s{seed}-{seed}", config, accs, cpu="AVX2" if (method, seed) == ("scratch", 2) else "AVX512")
-    text = report(tmp_path)["markdown"]
+        config = {
+            "method": method,
+            "seed": seed,
+            "dist": "paper:alexnet" if method != "scratch" else None,
+        }
+        _write_run(
+            tmp_path,
+            f"{method}-s{seed}-{seed}",
+            config,
+            accs,
+            cpu="AVX2" if (method, seed) == ("scratch", 2) else "AVX512",
+        )
+    text = report(tmp_path).markdown
     groups = aggregate(*_cells(tmp_path))
-    spin = next(g for g in groups if g["config"]["method"] == "freeze-spin")
-    assert spin["final_val_mean"] == pytest.approx(0.4667, abs=1e-4) and spin["final_val_std"] == pytest.approx(0.1528, abs=1e-4)
-    assert spin["epochs_to_40"] == 3 and spin["epochs_to_40_per_seed"] == [2, 2, None]  # mean 0.353 at epoch 2
-    assert spin["converged"] == 3 and spin["dips_mean"] == 0
-    scratch = next(g for g in groups if g["config"]["method"] == "scratch")
-    assert scratch["converged"] == 2  # 0.12 < 0.15: hovering at chance does not count
-    (c,) = compare(groups, [{"name": "d", "a": {"method": "freeze-spin"}, "b": {"method": "scratch"}}])
-    assert c["final_val_acc"]["test"] == "paired t" and c["final_val_acc"]["diff"] == pytest.approx((0.1 + 0.1 + 0.18) / 3)
-    assert c["censored"] and c["epochs_to_40"] is None
+    spin = next(g for g in groups if g.config["method"] == "freeze-spin")
+    assert spin.final_val_mean == pytest.approx(0.4667, abs=1e-4)
+    assert spin.final_val_std == pytest.approx(0.1528, abs=1e-4)
+    assert spin.epochs_to_threshold == 3  # the mean is 0.353 at epoch 2
+    assert spin.epochs_to_threshold_per_seed == [2, 2, None]
+    assert spin.converged == 3 and spin.dips_mean == 0
+    scratch = next(g for g in groups if g.config["method"] == "scratch")
+    assert scratch.converged == 2  # 0.12 < 0.15: hovering at chance does not count
+    (c,) = compare(
+        groups, [{"name": "d", "a": {"method": "freeze-spin"}, "b": {"method": "scratch"}}]
+    )
+    # seed 2's pair ran on two kinds of machine: left out, the other two seeds stay paired
+    assert c.final_val_acc.test == "paired t" and c.seeds == [0, 1]
+    assert c.final_val_acc.diff == pytest.approx((0.1 + 0.1) / 2)
+    assert "left out (a and b on different machines): s2" in c.pairing
+    assert not c.censored and c.epochs_to_threshold.diff == -1  # both pairs: epoch 2 vs 3
     assert "freeze-spin" in text and "| fp32 | 3/3 |" in text
-    assert spin["machines"] == ["cpu AVX512"] and text.count("mixed machines: cpu AVX2, cpu AVX512") == 1  # scratch
+    assert spin.machines == ["cpu AVX512 (CPU model not recorded)"]
+    assert text.count("mixed machines: cpu AVX2") == 1  # scratch
 
 
 def _cells(root: Path):
-    from polarpack.report import load_cells
+    from polarpack.reporting import load_cells
 
     _, cells, store, _ = load_cells(root)
     return cells, store
@@ -229,17 +348,30 @@ def _cells(root: Path):
 def test_report_files_and_a_torn_metrics_line(finished, grid_file, tmp_path):
     results, _ = finished
     out = report(grid_file, results=results, out=tmp_path / "rep")
-    assert sorted(Path(f).name for f in out["files"]) == ["figure.png", "report.json", "report.md", "runs.jsonl"]
-    assert out["comparisons"] and out["comparisons"][0]["name"] == "SPIN - scratch"
+    assert sorted(Path(f).name for f in out.files) == [
+        "figure.png",
+        "report.json",
+        "report.md",
+        "runs.jsonl",
+    ]
+    assert out.comparisons and out.comparisons[0].name == "SPIN - scratch"
     assert (tmp_path / "rep" / "figure.png").read_bytes()[:4] == b"\x89PNG"
     _write_run(tmp_path / "torn", "x-1", {"method": "scratch"}, [0.2])
     with open(tmp_path / "torn" / "runs" / "x-1" / "metrics.jsonl", "a") as fh:
         fh.write('{"epoch": 2, "val_')
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "torn")])
-    assert result.exit_code == 1 and "line 2 is not valid JSON" in result.output and "Traceback" not in result.output
+    assert (
+        result.exit_code == 1
+        and "line 2 is not valid JSON" in result.output
+        and "Traceback" not in result.output
+    )
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("examples/*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(Path(__file__).resolve().parents[1].glob("examples/*.toml")),
+    ids=lambda p: p.name,
+)
 def test_shipped_experiment_files_expand(path, monkeypatch):
     monkeypatch.chdir(path.parents[1])  # their relative paths are written from the repository root
     exp = load_experiment(path)
@@ -248,19 +380,38 @@ def test_shipped_experiment_files_expand(path, monkeypatch):
 
 
 def test_comparisons_match_groups_on_every_option_the_methods_use(tmp_path):
-    """zeros free - pin pairs each distribution with itself; SPIN - scratch ignores what scratch does not use."""
+    """zeros free - pin pairs each distribution with itself; SPIN - scratch ignores what scratch
+    does not use."""
     for dist, accs in (("paper:alexnet", (0.5, 0.4)), ("paper:table1-exp3", (0.3, 0.2))):
-        for zeros, acc in zip(("free", "pin"), accs):
+        for zeros, acc in zip(("free", "pin"), accs, strict=True):
             for seed in (0, 1):
-                _write_run(tmp_path, f"{dist[-4:]}-{zeros}-s{seed}-{dist[-1]}{zeros[0]}{seed}",
-                           {"method": "freeze-spin", "dist": dist, "zeros": zeros, "seed": seed}, [acc + seed / 100])
+                _write_run(
+                    tmp_path,
+                    f"{dist[-4:]}-{zeros}-s{seed}-{dist[-1]}{zeros[0]}{seed}",
+                    {"method": "freeze-spin", "dist": dist, "zeros": zeros, "seed": seed},
+                    [acc + seed / 100],
+                )
     for seed in (0, 1):
-        _write_run(tmp_path, f"scratch-s{seed}-x{seed}", {"method": "scratch", "seed": seed}, [0.1 + seed / 100])
+        _write_run(
+            tmp_path,
+            f"scratch-s{seed}-x{seed}",
+            {"method": "scratch", "seed": seed},
+            [0.1 + seed / 100],
+        )
     groups = aggregate(*_cells(tmp_path))
     zeros = compare(groups, [{"a": {"zeros": "free"}, "b": {"zeros": "pin"}}])
-    assert sorted((c["a"], c["b"], round(c["final_val_acc"]["diff"], 6)) for c in zeros) == [
+    assert sorted((c.a, c.b, round(c.final_val_acc.diff, 6)) for c in zeros) == [
         ("freeze-spin paper:alexnet zeros=free", "freeze-spin paper:alexnet zeros=pin", 0.1),
-        ("freeze-spin paper:table1-exp3 zeros=free", "freeze-spin paper:table1-exp3 zeros=pin", 0.1)]
-    spin = compare(groups, [{"a": {"method": "freeze-spin", "zeros": "pin"}, "b": {"method": "scratch"}}])
-    assert sorted(round(c["final_val_acc"]["diff"], 6) for c in spin) == [0.1, 0.3]
-    assert {c["b"] for c in spin} == {"scratch"}  # labels leave out what a method ignores (its zeros, its dist)
+        (
+            "freeze-spin paper:table1-exp3 zeros=free",
+            "freeze-spin paper:table1-exp3 zeros=pin",
+            0.1,
+        ),
+    ]
+    spin = compare(
+        groups, [{"a": {"method": "freeze-spin", "zeros": "pin"}, "b": {"method": "scratch"}}]
+    )
+    assert sorted(round(c.final_val_acc.diff, 6) for c in spin) == [0.1, 0.3]
+    assert {c.b for c in spin} == {
+        "scratch"
+    }  # labels leave out what a method ignores (its zeros, its dist)

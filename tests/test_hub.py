@@ -2,35 +2,49 @@
 
 The real huggingface_hub client talks real HTTP to the fake server through the `endpoint`
 argument; no client function is patched. Only huggingface_hub *constants* are set, to isolate the
-cache and token paths, shorten timeouts and keep the client off huggingface.co (see `hub_env`).
+cache and token paths and keep the client off huggingface.co (see `hub_env`); time limits are
+shortened through POLARPACK_HUB_TIMEOUT. The last sections make the server hostile or broken
+(`FakeHub.misbehave`): names that would step out of the cache, lying sizes, endless or dripping
+bodies, answers that never come.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import signal
 import threading
 import time
 
 import pytest
 from click.testing import CliRunner
-from huggingface_hub import ModelCard
+from hub_server import FakeHub, SilentEndpoint, git_blob_sha1
+from huggingface_hub import ModelCard, hf_hub_download, try_to_load_from_cache
 from huggingface_hub import constants as hf_constants
-
-from polarpack import format as fmt
-from polarpack.errors import FormatError, HubError
-from polarpack.format import Distribution, LayerDistribution
-from polarpack.hub import HubReference, download, is_hub_reference, parse_reference, pull, push
 from polarpack_cli.hub import pull as pull_cmd
 from polarpack_cli.hub import push as push_cmd
 from polarpack_cli.main import cli
 
-from hub_server import FakeHub, SilentEndpoint, git_blob_sha1
+from polarpack import format as fmt
+from polarpack.errors import FormatError, HubError
+from polarpack.format import Distribution, LayerDistribution
+from polarpack.hub import (
+    HubReference,
+    download,
+    is_hub_reference,
+    parse_reference,
+    pull,
+    pull_file,
+    push,
+)
 
 TOKEN = "hf_fake_write_token"
 REPO = "owner/dists"
 SOURCE_SHA = "ab" * 32
 FORM = "hf://owner/repo[@revision]/path/to/file.polar"
-SILENT_TIMEOUT = 1  # seconds: HF_HUB_ETAG_TIMEOUT in the silent-endpoint tests
+LIMIT = 1  # seconds: POLARPACK_HUB_TIMEOUT in the tests of time limits
+REF = f"hf://{REPO}/mnv2.polar"
 
 
 def make_dist(**source) -> Distribution:
@@ -50,14 +64,29 @@ def make_dist(**source) -> Distribution:
 @pytest.fixture
 def published(hub):
     """A repository holding one distribution in both encodings."""
-    hub.add_repo(REPO, {"mnv2.polar": fmt.encode(make_dist(), "json"),
-                        "mnv2.polar.safetensors": fmt.encode(make_dist(), "safetensors")})
+    hub.add_repo(
+        REPO,
+        {
+            "mnv2.polar": fmt.encode(make_dist(), "json"),
+            "mnv2.polar.safetensors": fmt.encode(make_dist(), "safetensors"),
+        },
+    )
     return hub
 
 
+@pytest.fixture(autouse=True)
+def default_time_limit(monkeypatch):
+    monkeypatch.delenv("POLARPACK_HUB_TIMEOUT", raising=False)
+
+
 @pytest.fixture
-def silent(hub_env, monkeypatch):
-    monkeypatch.setattr(hf_constants, "HF_HUB_ETAG_TIMEOUT", SILENT_TIMEOUT)
+def time_limit(monkeypatch):
+    """Every Hub call must end within LIMIT seconds."""
+    monkeypatch.setenv("POLARPACK_HUB_TIMEOUT", str(LIMIT))
+
+
+@pytest.fixture
+def silent(hub_env, time_limit):
     with SilentEndpoint() as endpoint:
         yield endpoint
 
@@ -75,8 +104,15 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
+def cache_files(hub_env) -> list[str]:
+    """Every file and link in the cache (folders left empty are not files)."""
+    cache = hub_env / "hf_cache"
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if not p.is_dir())
+
+
 def raised_within(seconds: float, fn, *args, **kwargs) -> BaseException:
-    """Run fn in a thread; the exception it raised, failing the test if it takes longer than `seconds`."""
+    """Run fn in a thread; the exception it raised, failing the test if it takes longer than
+    `seconds`."""
     outcome: list = []
 
     def target():
@@ -100,9 +136,18 @@ def raised_within(seconds: float, fn, *args, **kwargs) -> BaseException:
     "ref, expected",
     [
         ("hf://owner/repo/file.polar", HubReference("owner/repo", None, "file.polar")),
-        ("hf://owner/repo@v1/sub/dir/file.polar", HubReference("owner/repo", "v1", "sub/dir/file.polar")),
-        ("hf://owner/repo@refs/pr/3/file.polar", HubReference("owner/repo", "refs/pr/3", "file.polar")),
-        ("hf://datasets/owner/repo/d.polar", HubReference("owner/repo", None, "d.polar", "dataset")),
+        (
+            "hf://owner/repo@v1/sub/dir/file.polar",
+            HubReference("owner/repo", "v1", "sub/dir/file.polar"),
+        ),
+        (
+            "hf://owner/repo@refs/pr/3/file.polar",
+            HubReference("owner/repo", "refs/pr/3", "file.polar"),
+        ),
+        (
+            "hf://datasets/owner/repo/d.polar",
+            HubReference("owner/repo", None, "d.polar", "dataset"),
+        ),
     ],
 )
 def test_parse_reference(ref, expected):
@@ -113,10 +158,21 @@ def test_parse_reference(ref, expected):
 @pytest.mark.parametrize(
     "ref",
     [
-        "hf://", "hf://owner", "hf://owner/repo", "hf://owner/repo/", "hf://owner/repo@/f.polar", "hf://a b/c/f",
-        "owner/repo/f", "hf://buckets/owner/b/f.polar",
-        "hf://owner/repo/../x.polar", "hf://owner/repo/sub/../../x.polar", "hf://owner/repo/./x.polar",
-        "hf://owner/repo@../x.polar", "hf://owner/repo@refs/../../x/f.polar",
+        "hf://",
+        "hf://owner",
+        "hf://owner/repo",
+        "hf://owner/repo/",
+        "hf://owner/repo@/f.polar",
+        "hf://a b/c/f",
+        "owner/repo/f",
+        "hf://buckets/owner/b/f.polar",
+        "hf://owner/repo/../x.polar",
+        "hf://owner/repo/sub/../../x.polar",
+        "hf://owner/repo/./x.polar",
+        "hf://owner/repo@../x.polar",
+        "hf://owner/repo@refs/../../x/f.polar",
+        "hf://owner/repo/..\\..\\x.polar",
+        "hf://owner/repo/x\x1b[2J.polar",
     ],
 )
 def test_parse_reference_refuses(ref):
@@ -130,8 +186,10 @@ def test_is_hub_reference_false(value):
     assert not is_hub_reference(value)
 
 
-@pytest.mark.parametrize("ref, revision", [("hf://owner/dists/../dists/mnv2.polar", None),
-                                           ("hf://owner/dists/mnv2.polar", "../main")])
+@pytest.mark.parametrize(
+    "ref, revision",
+    [("hf://owner/dists/../dists/mnv2.polar", None), ("hf://owner/dists/mnv2.polar", "../main")],
+)
 def test_dot_dot_is_refused_before_any_request(published, ref, revision):
     with pytest.raises(HubError, match=r"'\.\.' path segments are not allowed") as err:
         pull(ref, revision=revision, endpoint=published.url)
@@ -161,9 +219,12 @@ def test_model_card(hub, polar_file):
     assert {"polarpack", "polarity-distribution"} <= set(card.data.tags)
     assert card.data.base_model == "timm/resnet18.a1_in1k"
     expected = [
-        "| `features.0` | conv | 4x1x5x5 | 100 | 0.02 | 0.5 | 0.48 |", SOURCE_SHA,
-        f"polarpack train --dist hf://{REPO}/mnv2.polar", f"polarpack inspect hf://{REPO}/mnv2.polar",
-        f"| `mnv2.polar` | {len(polar_file.read_bytes()):,} |", "| the float32 weights | 720 |",
+        "| `features.0` | conv | 4x1x5x5 | 100 | 0.02 | 0.5 | 0.48 |",
+        SOURCE_SHA,
+        f"polarpack train --dist hf://{REPO}/mnv2.polar",
+        f"polarpack inspect hf://{REPO}/mnv2.polar",
+        f"| `mnv2.polar` | {len(polar_file.read_bytes()):,} |",
+        "| the float32 weights | 720 |",
     ]
     assert [line for line in expected if line not in card.text] == []
 
@@ -178,8 +239,10 @@ def test_model_card_without_a_hub_source(hub):
 
 def test_a_pattern_distribution_is_pushed_as_safetensors_only(hub):
     signs = [[1, -1, 0, 1], [0, 0, -1, 1]]
-    dist = Distribution(layers=(LayerDistribution.from_signs("conv1", signs, granularity="pattern"),),
-                        granularity="pattern")
+    dist = Distribution(
+        layers=(LayerDistribution.from_signs("conv1", signs, granularity="pattern"),),
+        granularity="pattern",
+    )
     result = push(dist, REPO, token=TOKEN, endpoint=hub.url, stem="signs")
     assert result.files == ["signs.polar.safetensors", "README.md"]
     assert pull(f"hf://{REPO}/signs.polar.safetensors", endpoint=hub.url) == dist
@@ -200,8 +263,10 @@ def test_push_of_new_content_under_the_same_name_commits(hub, polar_file):
     assert hub.files(REPO)["mnv2.polar"] == polar_file.read_bytes()
 
 
-@pytest.mark.parametrize("status, needles", [(500, ("HTTP 500", "try again")),
-                                             (401, ("--token", "HF_TOKEN", "write access"))])
+@pytest.mark.parametrize(
+    "status, needles",
+    [(500, ("HTTP 500", "try again")), (401, ("--token", "HF_TOKEN", "write access"))],
+)
 def test_failed_commit_leaves_local_file_and_retry_works(hub, polar_file, status, needles):
     before, mtime = polar_file.read_bytes(), polar_file.stat().st_mtime_ns
     hub.fail(r"/api/models/owner/dists/commit/", status=status)
@@ -219,8 +284,11 @@ def test_failed_commit_leaves_local_file_and_retry_works(hub, polar_file, status
 
 @pytest.mark.parametrize(
     "exists, token, needle",
-    [(False, None, "authentication required"), (True, None, "authentication required"),
-     (True, "hf_wrong", "token rejected")],
+    [
+        (False, None, "authentication required"),
+        (True, None, "authentication required"),
+        (True, "hf_wrong", "token rejected"),
+    ],
 )
 def test_push_auth_errors_say_how_to_authenticate(hub, polar_file, exists, token, needle):
     if exists:
@@ -228,7 +296,12 @@ def test_push_auth_errors_say_how_to_authenticate(hub, polar_file, exists, token
     with pytest.raises(HubError) as err:
         push(polar_file, REPO, endpoint=hub.url, token=token)
     message = one_line(err.value)
-    assert needle in message and "--token" in message and "hf auth login" in message and "write access" in message
+    assert (
+        needle in message
+        and "--token" in message
+        and "hf auth login" in message
+        and "write access" in message
+    )
 
 
 def test_push_to_a_branch(hub, polar_file):
@@ -247,7 +320,9 @@ def test_push_to_a_branch(hub, polar_file):
         (f"hf://{REPO}/mnv2.polar", REPO, HubError, "already on the Hub"),
     ],
 )
-def test_push_rejects_bad_input_before_any_request(hub, tmp_path, monkeypatch, source, repo_id, error, match):
+def test_push_rejects_bad_input_before_any_request(
+    hub, tmp_path, monkeypatch, source, repo_id, error, match
+):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(error, match=match) as err:
         push(source, repo_id, token=TOKEN, endpoint=hub.url)
@@ -263,11 +338,15 @@ def test_pull_each_encoding_through_the_cache(published, name):
     path = download(f"hf://{REPO}/{name}", endpoint=published.url)
     assert path.read_bytes() == published.files(REPO)[name]
     assert str(path).startswith(hf_constants.HF_HUB_CACHE)
-    assert path.resolve().name == git_blob_sha1(path.read_bytes())  # blobs are stored under their ETag
+    assert path.resolve().name == git_blob_sha1(
+        path.read_bytes()
+    )  # blobs are stored under their ETag
     assert pull(f"hf://{REPO}/{name}", endpoint=published.url) == make_dist()
 
 
-@pytest.mark.parametrize("ref, revision", [(f"hf://{REPO}@v1/mnv2.polar", None), (f"hf://{REPO}/mnv2.polar", "v1")])
+@pytest.mark.parametrize(
+    "ref, revision", [(f"hf://{REPO}@v1/mnv2.polar", None), (f"hf://{REPO}/mnv2.polar", "v1")]
+)
 def test_pull_from_a_branch(hub, polar_file, ref, revision):
     push(polar_file, REPO, revision="v1", token=TOKEN, endpoint=hub.url)
     assert pull(ref, revision=revision, endpoint=hub.url) == fmt.load(polar_file)
@@ -281,9 +360,17 @@ def test_two_different_revisions_are_an_error(published):
 @pytest.mark.parametrize(
     "ref, token, needles",
     [
-        ("hf://ghost/nothing/x.polar", None, ("repository ghost/nothing not found", "--token", "private")),
+        (
+            "hf://ghost/nothing/x.polar",
+            None,
+            ("repository ghost/nothing not found", "--token", "private"),
+        ),
         ("hf://ghost/nothing/x.polar", TOKEN, ("repository ghost/nothing not found",)),
-        ("hf://owner/dists/nope.polar", None, ("file 'nope.polar' not found in owner/dists", "/owner/dists/tree/main")),
+        (
+            "hf://owner/dists/nope.polar",
+            None,
+            ("file 'nope.polar' not found in owner/dists", "/owner/dists/tree/main"),
+        ),
         ("hf://owner/dists@v9/mnv2.polar", None, ("revision 'v9' not found in owner/dists",)),
     ],
 )
@@ -300,7 +387,12 @@ def test_private_repo_without_a_token_says_how_to_authenticate(hub):
     with pytest.raises(HubError) as err:
         pull(f"hf://{REPO}/mnv2.polar", endpoint=hub.url)
     message = one_line(err.value)
-    assert "private" in message and "--token" in message and "HF_TOKEN" in message and "hf auth login" in message
+    assert (
+        "private" in message
+        and "--token" in message
+        and "HF_TOKEN" in message
+        and "hf auth login" in message
+    )
 
 
 def test_private_repo_with_a_token(hub):
@@ -318,14 +410,20 @@ def test_gated_repo_says_to_accept_and_authenticate(hub, token):
 
 
 def test_gated_repo_serves_an_approved_user(hub):
-    hub.add_repo(REPO, {"mnv2.polar": fmt.encode(make_dist(), "json")}, gated=True, approved={"tester"})
+    hub.add_repo(
+        REPO, {"mnv2.polar": fmt.encode(make_dist(), "json")}, gated=True, approved={"tester"}
+    )
     assert pull(f"hf://{REPO}/mnv2.polar", endpoint=hub.url, token=TOKEN) == make_dist()
 
 
 @pytest.mark.parametrize(
     "name, content",
-    [("bad.polar", b'{"format_version": 1, "layers": []}\n'), ("bad.polar", b"garbage"),
-     ("bad.polar.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "), ("notes.txt", b"hello")],
+    [
+        ("bad.polar", b'{"format_version": 1, "layers": []}\n'),
+        ("bad.polar", b"garbage"),
+        ("bad.polar.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "),
+        ("notes.txt", b"hello"),
+    ],
 )
 def test_a_bad_file_is_named_by_its_reference(hub, name, content):
     hub.add_repo(REPO, {name: content})
@@ -387,22 +485,28 @@ def test_push_offline_is_refused_without_a_request(hub, polar_file, monkeypatch)
 # -- an endpoint that never answers --------------------------------------------------------
 
 
-def assert_fails_in_time(silent, fn, *args, **kwargs) -> None:
-    """The call gives up after one timed request: HF_HUB_ETAG_TIMEOUT, not huggingface_hub's 6 x 60 s retry."""
+def fails_in_time(fn, *args, **kwargs) -> str:
+    """The one-line HubError of a call that must give up at the time limit: after LIMIT seconds,
+    well before 3 x LIMIT."""
     start = time.monotonic()
-    error = raised_within(10 * SILENT_TIMEOUT, fn, *args, endpoint=silent.url, **kwargs)
+    error = raised_within(3 * LIMIT, fn, *args, **kwargs)
     elapsed = time.monotonic() - start
-    assert isinstance(error, HubError) and f"no usable answer from {silent.url}" in one_line(error)
-    assert silent.connections == 1 and SILENT_TIMEOUT <= elapsed < 3 * SILENT_TIMEOUT
+    assert isinstance(error, HubError), repr(error)
+    assert LIMIT * 0.9 <= elapsed < 3 * LIMIT, elapsed
+    return one_line(error)
 
 
 @pytest.mark.parametrize("fetch", [pull, download])
 def test_a_silent_endpoint_fails_a_download_in_time(silent, fetch):
-    assert_fails_in_time(silent, fetch, f"hf://{REPO}/mnv2.polar")
+    message = fails_in_time(fetch, f"hf://{REPO}/mnv2.polar", endpoint=silent.url)
+    assert f"no usable answer from {silent.url}" in message and "POLARPACK_HUB_TIMEOUT" in message
+    assert silent.connections == 1
 
 
 def test_a_silent_endpoint_fails_a_push_in_time(silent, polar_file):
-    assert_fails_in_time(silent, push, polar_file, REPO, token=TOKEN)
+    message = fails_in_time(push, polar_file, REPO, token=TOKEN, endpoint=silent.url)
+    assert f"no usable answer from {silent.url} within the 1 s limit" in message
+    assert "pushing again is safe" in message and silent.connections == 1
 
 
 def test_a_silent_endpoint_falls_back_to_the_cache(published, silent):
@@ -415,30 +519,46 @@ def test_a_silent_endpoint_falls_back_to_the_cache(published, silent):
 
 def test_cli_push_prints_the_commit_then_unchanged(hub, polar_file):
     runner = CliRunner()
-    first = runner.invoke(push_cmd, [str(polar_file), REPO, "--endpoint", hub.url, "--token", TOKEN])
+    first = runner.invoke(
+        push_cmd, [str(polar_file), REPO, "--endpoint", hub.url, "--token", TOKEN]
+    )
     assert first.exit_code == 0, first.output
     assert first.stdout.strip() == f"{hub.url}/{REPO}/commit/{hub.head(REPO)}"
     assert f"polarpack inspect hf://{REPO}/mnv2.polar" in first.stderr
-    again = runner.invoke(push_cmd, [str(polar_file), REPO, "--json"], env={"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.url})
+    again = runner.invoke(
+        push_cmd, [str(polar_file), REPO, "--json"], env={"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.url}
+    )
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["changed"] is False
 
 
-@pytest.mark.parametrize("out_name, json_encoded", [("copy.polar", True), ("copy.polar.safetensors", False)])
+@pytest.mark.parametrize(
+    "out_name, json_encoded", [("copy.polar", True), ("copy.polar.safetensors", False)]
+)
 def test_cli_pull_writes_a_copy(published, tmp_path, out_name, json_encoded):
     out = tmp_path / out_name
-    result = CliRunner().invoke(pull_cmd, [f"hf://{REPO}/mnv2.polar", "--out", str(out), "--json"],
-                                env={"HF_ENDPOINT": published.url})
+    result = CliRunner().invoke(
+        pull_cmd,
+        [f"hf://{REPO}/mnv2.polar", "--out", str(out), "--json"],
+        env={"HF_ENDPOINT": published.url},
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["path"] == str(out) and report["layers"] == 2 and report["names"] == ["features.0", "classifier.1"]
+    assert (
+        report["path"] == str(out)
+        and report["layers"] == 2
+        and report["names"] == ["features.0", "classifier.1"]
+    )
     assert fmt.load(out) == make_dist() and (out.read_bytes()[:1] == b"{") == json_encoded
 
 
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["hf://ghost/nothing/x.polar"], "Error: cannot download hf://ghost/nothing/x.polar: repository"),
+        (
+            ["hf://ghost/nothing/x.polar"],
+            "Error: cannot download hf://ghost/nothing/x.polar: repository",
+        ),
         (["hf://owner/dists/../x.polar"], "'..' path segments are not allowed"),
         (["hf://owner/dists/mnv2.polar", "--out", "no/such/dir/x.polar"], "does not exist"),
     ],
@@ -450,11 +570,10 @@ def test_cli_pull_errors_are_one_line(published, args, needle):
     assert published.calls("GET", r"/resolve/") == []
 
 
-def test_cli_push_server_error_is_one_line(hub, polar_file):
+def test_cli_push_server_error_is_one_line(hub, polar_file, cli_error):
     hub.fail(r"/commit/", status=500)
-    result = CliRunner().invoke(push_cmd, [str(polar_file), REPO, "--endpoint", hub.url, "--token", TOKEN])
-    progress, error = result.stderr.splitlines()
-    assert result.exit_code == 1 and error.startswith(f"Error: cannot push {polar_file}") and "HTTP 500" in error
+    error = cli_error(["push", str(polar_file), REPO, "--endpoint", hub.url, "--token", TOKEN])
+    assert error.startswith(f"Error: cannot push {polar_file}") and "HTTP 500" in error
 
 
 def test_main_cli_has_push_and_pull():
@@ -462,6 +581,290 @@ def test_main_cli_has_push_and_pull():
 
 
 def test_cli_inspect_reads_an_hf_reference(published):
-    result = CliRunner().invoke(cli, ["inspect", f"hf://{REPO}/mnv2.polar", "--endpoint", published.url])
+    result = CliRunner().invoke(
+        cli, ["inspect", f"hf://{REPO}/mnv2.polar", "--endpoint", published.url]
+    )
     assert result.exit_code == 0, result.output
     assert "features.0" in result.output and "classifier.1" in result.output
+
+
+# -- the cache is huggingface_hub's ----------------------------------------------------------
+
+
+def test_a_download_leaves_the_huggingface_hub_cache_layout(published, hub_env):
+    path = download(REF, endpoint=published.url)
+    data, head = published.files(REPO)["mnv2.polar"], published.head(REPO)
+    assert cache_files(hub_env) == [
+        f"models--owner--dists/blobs/{git_blob_sha1(data)}",
+        "models--owner--dists/refs/main",
+        f"models--owner--dists/snapshots/{head}/mnv2.polar",
+    ]  # and no temporary file
+    assert path.is_symlink() and path.read_bytes() == data
+    assert try_to_load_from_cache(REPO, "mnv2.polar") == str(path)
+    assert hf_hub_download(REPO, "mnv2.polar", local_files_only=True) == str(path)
+
+
+def test_a_file_huggingface_hub_downloaded_serves_offline(published, monkeypatch):
+    cached = hf_hub_download(REPO, "mnv2.polar.safetensors", endpoint=published.url)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    assert str(download(f"hf://{REPO}/mnv2.polar.safetensors")) == cached
+    assert pull(f"hf://{REPO}/mnv2.polar.safetensors") == make_dist()
+
+
+def test_datasets_and_pull_request_revisions(hub, hub_env, monkeypatch):
+    head = hub.add_repo(REPO, {"d.polar": fmt.encode(make_dist(), "json")}, repo_type="dataset")
+    hub.repos[("dataset", REPO)].branches["refs/pr/1"] = head
+    ref = f"hf://datasets/{REPO}@refs/pr/1/d.polar"
+    assert pull(ref, endpoint=hub.url) == make_dist()
+    assert "datasets--owner--dists/refs/refs/pr/1" in cache_files(hub_env)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    assert pull(ref, endpoint=hub.url) == make_dist()
+
+
+@pytest.mark.parametrize(
+    "revision", ["ma in", "a..b", "x:y", "main/", ".hidden", "v1.lock", "a@{1"]
+)
+def test_a_bad_revision_is_refused_before_any_request(published, revision):
+    with pytest.raises(HubError, match="not a valid branch, tag or commit name") as err:
+        pull(REF, revision=revision, endpoint=published.url)
+    one_line(err.value)
+    assert published.requests == []
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
+def test_a_bad_time_limit_is_refused_before_any_request(published, monkeypatch, value):
+    monkeypatch.setenv("POLARPACK_HUB_TIMEOUT", value)
+    with pytest.raises(HubError, match=r"\$POLARPACK_HUB_TIMEOUT must be a number of seconds"):
+        pull(REF, endpoint=published.url)
+    assert published.requests == []
+
+
+# -- a hostile server: names that would step out of the cache --------------------------------
+
+ESCAPE = "../../../escaped"  # from <cache>/models--owner--dists/blobs/ to the test's folder
+
+
+@pytest.mark.parametrize(
+    "headers, named",
+    [
+        ({"ETag": f'"{ESCAPE}"'}, "as the ETag"),
+        ({"X-Linked-Etag": f'"{ESCAPE}"'}, "as the ETag"),
+        ({"ETag": '"' + "ab" * 32 + '/x"'}, "as the ETag"),
+        ({"X-Repo-Commit": ESCAPE}, "as X-Repo-Commit"),
+        ({"X-Repo-Commit": None}, "nothing as X-Repo-Commit"),
+        ({"X-Linked-Size": "-1"}, "as the file size"),
+        ({"X-Linked-Size": "1e3"}, "as the file size"),
+    ],
+)
+def test_server_names_are_checked_before_anything_is_written(published, hub_env, headers, named):
+    published.misbehave(r"/resolve/", headers=headers, times=10)
+    with pytest.raises(HubError) as err:
+        download(REF, endpoint=published.url)
+    message = one_line(err.value)
+    assert message.startswith(f"cannot download {REF}: the server sent ") and named in message
+    assert "nothing was written" in message and "HF_ENDPOINT" in message
+    assert cache_files(hub_env) == [] and not (hub_env / "escaped").exists()
+    assert published.calls("GET", r"/resolve/") == []
+
+
+def test_another_commit_than_the_one_asked_for_is_refused(published, hub_env):
+    head = published.head(REPO)
+    published.misbehave(r"/resolve/", headers={"X-Repo-Commit": "0" * 40})
+    with pytest.raises(HubError, match=f"which is not the commit asked for, {head}") as err:
+        download(f"hf://{REPO}@{head}/mnv2.polar", endpoint=published.url)
+    assert "nothing was written" in one_line(err.value) and cache_files(hub_env) == []
+
+
+@pytest.mark.parametrize(
+    "method, status, location, needle",
+    [
+        ("HEAD", 302, "file:///etc/passwd", "which is not an http(s) address"),
+        ("GET", 302, "ftp://127.0.0.1/x", "which is not an http(s) address"),
+        ("GET", 307, "http://[::1", f"cannot download {REF}: "),  # httpx may refuse it first
+    ],
+)
+def test_a_redirect_is_checked(published, hub_env, method, status, location, needle):
+    published.misbehave(r"/resolve/", method=method, status=status, headers={"Location": location})
+    with pytest.raises(HubError) as err:
+        download(REF, endpoint=published.url)
+    assert needle in one_line(err.value) and cache_files(hub_env) == []
+
+
+def test_endless_redirects_end(published, hub_env):
+    here = f"/{REPO}/resolve/main/mnv2.polar"
+    published.misbehave(
+        r"/resolve/", method="HEAD", status=307, headers={"Location": here}, times=9
+    )
+    with pytest.raises(HubError, match="more than 5 redirects"):
+        download(REF, endpoint=published.url)
+    assert len(published.calls("HEAD", r"/resolve/")) == 6 and cache_files(hub_env) == []
+
+
+def test_the_token_is_not_sent_where_the_hub_redirects(published, hub_env):
+    """The Hub sends large files from another host (its CDN): that host gets no token."""
+    data = published.files(REPO)["mnv2.polar"]
+    with FakeHub() as cdn:
+        cdn.add_repo(REPO, {"mnv2.polar": data})
+        published.misbehave(
+            r"/resolve/",
+            method="HEAD",
+            status=302,
+            headers={"Location": f"{cdn.url}/{REPO}/resolve/main/mnv2.polar"},
+        )
+        assert download(REF, endpoint=published.url, token=TOKEN).read_bytes() == data
+        assert cdn.calls("GET", r"/resolve/") and cdn.authorized == []
+    assert published.authorized == [("HEAD", f"/{REPO}/resolve/main/mnv2.polar")]
+
+
+def test_the_servers_warnings_are_not_printed(published, caplog):
+    published.misbehave(r"/resolve/", status=404, headers={"X-HF-Warning": "x; \x1b[2Jfake"})
+    with pytest.raises(HubError):
+        download(REF, endpoint=published.url)
+    assert "fake" not in caplog.text
+
+
+# -- a broken or hostile server: sizes and contents ------------------------------------------
+
+ENDLESS = 1 << 15  # chunks of 64 KiB: 2 GiB, made as they are sent
+CHUNK = b"\0" * (1 << 16)
+
+
+def test_a_body_longer_than_announced_is_cut_off(published, hub_env):
+    """HEAD announces the real size; GET streams 2 GiB: reading stops after one chunk."""
+    published.misbehave(r"/resolve/", method="GET", body=itertools.repeat(CHUNK, ENDLESS))
+    start = time.monotonic()
+    with pytest.raises(HubError) as err:
+        pull(REF, endpoint=published.url)
+    message = one_line(err.value)
+    size = len(published.files(REPO)["mnv2.polar"])
+    assert f"the server announced {size:,} bytes but sent more; stopped reading" in message
+    assert "16,777,216 bytes, POLARPACK_MAX_POLAR_BYTES" in message
+    assert time.monotonic() - start < LIMIT and published.streamed < 64 << 20
+    assert cache_files(hub_env) == []
+
+
+def test_a_body_of_unknown_size_stops_at_the_limit(published, hub_env, monkeypatch):
+    monkeypatch.setenv("POLARPACK_MAX_POLAR_BYTES", "100000")
+    published.misbehave(r"/resolve/", method="HEAD", headers={"Content-Length": None})
+    published.misbehave(r"/resolve/", method="GET", body=itertools.repeat(CHUNK, ENDLESS))
+    with pytest.raises(HubError) as err:
+        pull(REF, endpoint=published.url)
+    message = one_line(err.value)
+    assert "more than the 100,000-byte limit for .polar files arrived; stopped reading" in message
+    assert "POLARPACK_MAX_POLAR_BYTES" in message and published.streamed < 64 << 20
+    assert cache_files(hub_env) == []
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        (lambda data: [data[:-1] + b"?"], "do not match the ETag"),
+        (lambda data: [data[:100]], "the connection ended after 100 of"),
+    ],
+)
+def test_a_wrong_or_short_body_is_not_kept(published, hub_env, body, needle):
+    data = published.files(REPO)["mnv2.polar"]
+    published.misbehave(r"/resolve/", method="GET", body=body(data))
+    with pytest.raises(HubError, match=needle) as err:
+        download(REF, endpoint=published.url)
+    assert "kept nothing" in one_line(err.value) and cache_files(hub_env) == []
+    assert download(REF, endpoint=published.url).read_bytes() == data  # the next try works
+
+
+def test_ctrl_c_during_a_download_leaves_nothing(published, hub_env):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("SIGINT reaches the main thread only")
+    published.misbehave(r"/resolve/", method="GET", body=itertools.repeat(b"x"), pace=0.05)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        download(REF, endpoint=published.url)
+    assert published.streamed > 0 and cache_files(hub_env) == []
+
+
+def test_a_connection_cut_mid_body_leaves_nothing(published, hub_env):
+    data = published.files(REPO)["mnv2.polar"]
+    published.misbehave(
+        r"/resolve/",
+        method="GET",
+        headers={"Content-Length": str(len(data))},
+        body=[data[:100]],
+    )
+    with pytest.raises(HubError, match=r"did not complete \(RemoteProtocolError\)") as err:
+        download(REF, endpoint=published.url)
+    one_line(err.value)
+    assert cache_files(hub_env) == []
+
+
+# -- a slow or silent server: every call ends within POLARPACK_HUB_TIMEOUT --------------------
+
+
+def test_a_dripping_download_ends_in_time(published, hub_env, time_limit):
+    """One byte every 0.2 s: never silent long enough for a per-read timeout."""
+    published.misbehave(r"/resolve/", method="GET", body=itertools.repeat(b"x"), pace=0.2)
+    message = fails_in_time(pull, REF, endpoint=published.url)
+    assert "the download did not complete (not done within the 1 s limit" in message
+    assert "POLARPACK_HUB_TIMEOUT=<seconds>" in message and cache_files(hub_env) == []
+
+
+def test_headers_dripping_end_in_time(published, hub_env, time_limit):
+    published.misbehave(r"/resolve/", method="HEAD", slow_headers=True, pace=0.05)
+    message = fails_in_time(pull, REF, endpoint=published.url)
+    assert f"no usable answer from {published.url} (not done within the 1 s limit" in message
+    assert cache_files(hub_env) == []
+
+
+def test_a_hub_that_keeps_failing_ends_in_time(published, time_limit):
+    published.fail(r"/resolve/", status=503, times=100)
+    assert "not done within the 1 s limit" in fails_in_time(pull, REF, endpoint=published.url)
+
+
+def test_a_get_that_never_answers_ends_in_time(published, hub_env, time_limit):
+    published.misbehave(r"/resolve/", method="GET", stall=True)
+    message = fails_in_time(download, REF, endpoint=published.url)
+    assert "did not complete (not done within the 1 s limit, POLARPACK_HUB_TIMEOUT)" in message
+    assert "nothing was kept" in message and cache_files(hub_env) == []
+
+
+def test_a_download_silent_past_hf_hub_download_timeout_ends_then(published, monkeypatch):
+    monkeypatch.setattr(hf_constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.5)
+    published.misbehave(r"/resolve/", method="GET", stall=True)
+    error = raised_within(3 * LIMIT, download, REF, endpoint=published.url)
+    assert isinstance(error, HubError)
+    assert "(ReadTimeout: silent for 0.5 s, HF_HUB_DOWNLOAD_TIMEOUT)" in one_line(error)
+
+
+def test_a_push_whose_commit_never_answers_ends_in_time(hub, polar_file, time_limit):
+    before, mtime = polar_file.read_bytes(), polar_file.stat().st_mtime_ns
+    hub.misbehave(r"/commit/", stall=True)
+    message = fails_in_time(push, polar_file, REPO, token=TOKEN, endpoint=hub.url)
+    assert message.startswith(f"cannot push {polar_file} to {REPO}: no usable answer from ")
+    assert "the Hub may still apply the commit, and pushing again is safe" in message
+    assert polar_file.read_bytes() == before and polar_file.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in polar_file.parent.iterdir()) == ["mnv2.polar"]
+
+
+def cli_fails_in_time(cli_error, args: list[str], *needles: str) -> str:
+    start = time.monotonic()
+    line = cli_error(args, *needles)
+    assert time.monotonic() - start < 3 * LIMIT
+    return line
+
+
+@pytest.mark.parametrize("command", ["pull", "inspect"])
+def test_cli_reads_end_in_time_with_one_line(published, time_limit, cli_error, command):
+    published.misbehave(r"/resolve/", method="GET", stall=True)
+    args = [command, REF, "--endpoint", published.url]
+    cli_fails_in_time(cli_error, args, f"Error: cannot download {REF}", "1 s limit")
+
+
+def test_cli_push_ends_in_time_with_one_line(hub, polar_file, time_limit, cli_error):
+    hub.misbehave(r"/preupload/", stall=True)
+    args = ["push", str(polar_file), REPO, "--endpoint", hub.url, "--token", TOKEN]
+    cli_fails_in_time(cli_error, args, f"Error: cannot push {polar_file}", "1 s limit")
+
+
+def test_an_explicit_time_limit_wins(published, monkeypatch):
+    monkeypatch.setenv("POLARPACK_HUB_TIMEOUT", "600")
+    published.misbehave(r"/resolve/", method="GET", stall=True)
+    with pytest.raises(HubError, match="0.5 s limit"):
+        pull_file(REF, endpoint=published.url, timeout=0.5)

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from polarpack.errors import ModelError
 from polarpack.format import Distribution, LayerDistribution
-from polarpack.materialize import (
-    sample_channel_signs,
+from polarpack.materialization import (
     TRUNCATION_CORRECTION,
     apply_distribution,
     fans,
@@ -20,14 +19,21 @@ from polarpack.materialize import (
     largest_remainder_counts,
     map_layers,
     materialize,
+    sample_channel_signs,
     sample_signs,
 )
 from polarpack.models import build_model, conv_layers
 from polarpack.presets import get_preset
 
-proportions = st.tuples(
-    st.floats(0, 1, allow_nan=False), st.floats(0, 1, allow_nan=False), st.floats(0, 1, allow_nan=False)
-).filter(lambda p: sum(p) > 1e-6).map(lambda p: tuple(x / sum(p) for x in p))
+proportions = (
+    st.tuples(
+        st.floats(0, 1, allow_nan=False),
+        st.floats(0, 1, allow_nan=False),
+        st.floats(0, 1, allow_nan=False),
+    )
+    .filter(lambda p: sum(p) > 1e-6)
+    .map(lambda p: tuple(x / sum(p) for x in p))
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -35,7 +41,7 @@ proportions = st.tuples(
 def test_largest_remainder_counts_sum_to_n_and_round(p, n):
     counts = largest_remainder_counts(p, n)
     assert sum(counts) == n
-    for c, pi in zip(counts, p):
+    for c, pi in zip(counts, p, strict=True):
         # each count is floor or ceil of p * n (largest-remainder apportionment)
         assert math.floor(pi * n) <= c <= math.floor(pi * n) + 1
 
@@ -56,7 +62,7 @@ def test_iid_sampling_matches_proportions_statistically(p, seed):
     n = 20_000
     t = sample_signs(n, p, torch.Generator().manual_seed(seed), "iid")
     assert set(t.unique().tolist()) <= {-1, 0, 1}
-    for value, pi in zip((0, -1, 1), p):
+    for value, pi in zip((0, -1, 1), p, strict=True):
         freq = float((t == value).float().mean())
         assert abs(freq - pi) <= 6 * math.sqrt(pi * (1 - pi) / n) + 3 / n
 
@@ -65,7 +71,9 @@ def test_exact_positions_are_uniform():
     # each position is zero with probability p0: average over many seeds
     hits = torch.zeros(50)
     for seed in range(400):
-        hits += (sample_signs(50, (0.2, 0.4, 0.4), torch.Generator().manual_seed(seed)) == 0).float()
+        hits += (
+            sample_signs(50, (0.2, 0.4, 0.4), torch.Generator().manual_seed(seed)) == 0
+        ).float()
     freq = hits / 400
     assert freq.min() > 0.1 and freq.max() < 0.3
 
@@ -90,7 +98,11 @@ def test_materialize_paper_alexnet_signs_follow_targets_and_counts():
         t, w = m.targets[layer.name], m.weights[layer.name]
         assert tuple(t.shape) == layer.shape
         assert torch.equal(torch.sign(w).to(torch.int8), t)  # zero targets give zero weights
-        assert (int((t == 0).sum()), int((t == -1).sum()), int((t == 1).sum())) == largest_remainder_counts(layer.proportions, t.numel())
+        assert (
+            int((t == 0).sum()),
+            int((t == -1).sum()),
+            int((t == 1).sum()),
+        ) == largest_remainder_counts(layer.proportions, t.numel())
 
 
 def test_same_seed_bit_identical_different_seed_differs(tmp_path):
@@ -117,9 +129,11 @@ def test_apply_in_place_and_state_dict_loads():
 def test_mapping_by_name_order_explicit_and_mismatch():
     dist = Distribution(layers=[LayerDistribution(f"l{i}", 0.0, 0.5, 0.5) for i in range(5)])
     targets = [(f"conv{i}", (4, 3, 3, 3)) for i in range(1, 6)]
-    assert [t for t, _ in map_layers(dist, targets)] == [f"conv{i}" for i in range(1, 6)]  # by order
+    assert [t for t, _ in map_layers(dist, targets)] == [
+        f"conv{i}" for i in range(1, 6)
+    ]  # by order
     pairs = map_layers(dist, targets, {"conv2": "l4"})
-    assert [(t, l.name) for t, l in pairs] == [("conv2", "l4")]
+    assert [(t, layer.name) for t, layer in pairs] == [("conv2", "l4")]
     with pytest.raises(ModelError, match=r"5 layers .* 52 constrained layers"):
         materialize(dist, "mobilenet_v2", seed=0)
     with pytest.raises(ModelError, match="no layer 'nope'"):
@@ -148,7 +162,9 @@ def test_channel_sampling_gives_every_channel_its_exact_counts(seed, shape):
     signs = sample_channel_signs(shape, counts, torch.Generator().manual_seed(seed))
     rows = signs.view(shape[0], -1)
     assert [[int((r == 0).sum()), int((r < 0).sum()), int((r > 0).sum())] for r in rows] == counts
-    assert torch.equal(signs, sample_channel_signs(shape, counts, torch.Generator().manual_seed(seed)))
+    assert torch.equal(
+        signs, sample_channel_signs(shape, counts, torch.Generator().manual_seed(seed))
+    )
 
 
 def _ternary(shape, seed):
@@ -157,24 +173,44 @@ def _ternary(shape, seed):
 
 def test_pattern_and_channel_distributions_materialize_what_they_hold():
     model = build_model("alexnet")
-    layers = {name: _ternary(tuple(m.weight.shape), i) for i, (name, m) in enumerate(conv_layers(model))}
-    pattern = Distribution([LayerDistribution.from_signs(n, t.numpy()) for n, t in layers.items()], granularity="pattern")
+    layers = {
+        name: _ternary(tuple(m.weight.shape), i) for i, (name, m) in enumerate(conv_layers(model))
+    }
+    pattern = Distribution(
+        [LayerDistribution.from_signs(n, t.numpy()) for n, t in layers.items()],
+        granularity="pattern",
+    )
     mat = materialize(pattern, "alexnet", seed=3)
-    assert all(torch.equal(mat.targets[n], t) for n, t in layers.items())  # the exact signs: Freeze IN-Polarity
+    assert all(
+        torch.equal(mat.targets[n], t) for n, t in layers.items()
+    )  # the exact signs: Freeze IN-Polarity
     assert all(torch.equal(torch.sign(mat.weights[n]).to(torch.int8), t) for n, t in layers.items())
-    channel = Distribution([LayerDistribution.from_signs(n, t.numpy(), granularity="channel") for n, t in layers.items()],
-                           granularity="channel")
+    channel = Distribution(
+        [
+            LayerDistribution.from_signs(n, t.numpy(), granularity="channel")
+            for n, t in layers.items()
+        ],
+        granularity="channel",
+    )
     drawn = materialize(channel, "alexnet", seed=3).targets
     for name, t in layers.items():
         assert not torch.equal(drawn[name], t)  # a new arrangement, with each channel's counts
-        for a, b in zip(drawn[name].view(t.shape[0], -1), t.view(t.shape[0], -1)):
-            assert [int((a == v).sum()) for v in (0, -1, 1)] == [int((b == v).sum()) for v in (0, -1, 1)]
+        for a, b in zip(drawn[name].view(t.shape[0], -1), t.view(t.shape[0], -1), strict=True):
+            assert [int((a == v).sum()) for v in (0, -1, 1)] == [
+                int((b == v).sum()) for v in (0, -1, 1)
+            ]
 
 
 @pytest.mark.parametrize("granularity", ["channel", "pattern"])
 def test_a_pattern_or_channel_file_on_another_architecture_names_the_layer(granularity):
     zfnet = build_model("zfnet")
-    layers = [LayerDistribution.from_signs(n, _ternary(tuple(m.weight.shape), 0).numpy(), granularity=granularity)
-              for n, m in conv_layers(zfnet)]
-    with pytest.raises(ModelError, match=r"layer 'conv1'.*\[96, 3, 7, 7\].*\[96, 3, 11, 11\].*architecture"):
+    layers = [
+        LayerDistribution.from_signs(
+            n, _ternary(tuple(m.weight.shape), 0).numpy(), granularity=granularity
+        )
+        for n, m in conv_layers(zfnet)
+    ]
+    with pytest.raises(
+        ModelError, match=r"layer 'conv1'.*\[96, 3, 7, 7\].*\[96, 3, 11, 11\].*architecture"
+    ):
         materialize(Distribution(layers, granularity=granularity), "alexnet", seed=0)

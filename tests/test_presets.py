@@ -11,8 +11,16 @@ import jsonschema
 import pytest
 
 from polarpack.errors import FormatError
-from polarpack.format import decode, encode_json, encode_safetensors, size_report, validate, json_schema
-from polarpack.presets import ALEXNET_CONV_SHAPES, PRESETS, get_preset, is_preset, list_presets
+from polarpack.format import (
+    decode,
+    encode_json,
+    encode_safetensors,
+    json_schema,
+    size_report,
+    validate,
+)
+from polarpack.presets import ALEXNET_CONV_SHAPES, PRESETS, get_preset, list_presets
+from polarpack.references import is_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = Path("/work/shared/seed/000_a6039f395b9f8faf.txt")
@@ -33,9 +41,21 @@ TABLE1 = {  # name: (layers set -> values, converged, accuracy %)
     "paper:table1-exp2": ({k: (0, 1, 0) for k in ALEXNET}, False, 10),
     "paper:table1-exp3": ({k: (0.1, 0.45, 0.45) for k in ("conv2", "conv4", "conv5")}, True, 55),
     "paper:table1-exp4": ({k: (0.01, 0.45, 0.45) for k in ("conv2", "conv4", "conv5")}, False, 10),
-    "paper:table1-exp5": ({"conv2": (0.6, 0.22, 0.18), "conv4": (0.6, 0.23, 0.17), "conv5": (0.6, 0.24, 0.16)}, True, 49),
-    "paper:table1-exp6": ({"conv2": (0.7, 0.16, 0.14), "conv4": (0.7, 0.17, 0.13), "conv5": (0.7, 0.18, 0.12)}, True, 50),
-    "paper:table1-exp7": ({"conv2": (0.8, 0.11, 0.09), "conv4": (0.8, 0.11, 0.09), "conv5": (0.8, 0.12, 0.08)}, False, 10),
+    "paper:table1-exp5": (
+        {"conv2": (0.6, 0.22, 0.18), "conv4": (0.6, 0.23, 0.17), "conv5": (0.6, 0.24, 0.16)},
+        True,
+        49,
+    ),
+    "paper:table1-exp6": (
+        {"conv2": (0.7, 0.16, 0.14), "conv4": (0.7, 0.17, 0.13), "conv5": (0.7, 0.18, 0.12)},
+        True,
+        50,
+    ),
+    "paper:table1-exp7": (
+        {"conv2": (0.8, 0.11, 0.09), "conv4": (0.8, 0.11, 0.09), "conv5": (0.8, 0.12, 0.08)},
+        False,
+        10,
+    ),
 }
 # The BVLC/Caffe ImageNet AlexNet conv kernels [out, in/groups, kh, kw] and their groups.
 CAFFE_ALEXNET = {
@@ -59,7 +79,9 @@ def test_every_preset_is_valid_and_round_trips(name):
     data = encode_json(dist)
     SCHEMA.validate(json.loads(data))
     assert decode(data) == dist == decode(encode_safetensors(dist))
-    assert dist.names == list(ALEXNET) and all(l.kind == "conv" and l.counts is None for l in dist)
+    assert dist.names == list(ALEXNET) and all(
+        layer.kind == "conv" and layer.counts is None for layer in dist
+    )
     for layer in dist:
         assert abs(math.fsum(layer.proportions) - 1.0) <= 1e-9
 
@@ -78,7 +100,12 @@ def test_presets_have_the_papers_numbers(name):
             assert layer.proportions == pytest.approx(expected, abs=1e-12), layer.name
     result = dist.metadata["paper_result"]
     assert (result["converged"], result["val_accuracy"]) == (converged, accuracy)
-    assert (result["model"], result["dataset"], result["epochs"], result["method"]) == ("zfnet", "cifar10", 20, "freeze-spin")
+    assert (result["model"], result["dataset"], result["epochs"], result["method"]) == (
+        "zfnet",
+        "cifar10",
+        20,
+        "freeze-spin",
+    )
     assert dist.metadata["layers_set"] == sorted(values)
 
 
@@ -87,8 +114,15 @@ def test_a_few_numbers_straight_from_the_seed_table():
         pytest.skip("seed paper text not available")
     text = SEED.read_text("utf-8")
     table = text[text.index("Freeze\tconv2") - 200 : text.index("Table 1:")]
-    printed = {tuple(float(x) for x in m.groups()) for m in re.finditer(r"\[([\d.]+), ([\d.]+), ([\d.]+)\]", table)}
-    assert (0.5, 0.27, 0.23) in printed and (0.01, 0.45, 0.45) in printed and (0.8, 0.12, 0.08) in printed
+    printed = {
+        tuple(float(x) for x in m.groups())
+        for m in re.finditer(r"\[([\d.]+), ([\d.]+), ([\d.]+)\]", table)
+    }
+    assert (
+        (0.5, 0.27, 0.23) in printed
+        and (0.01, 0.45, 0.45) in printed
+        and (0.8, 0.12, 0.08) in printed
+    )
     for name, preset in PRESETS.items():
         for layer in preset.distribution:
             row = layer.proportions
@@ -107,14 +141,23 @@ def test_shapes_are_the_caffe_alexnet_conv_shapes_with_groups_expanded():
         # expanded grouped kernels are zero off their diagonal blocks: p0 = 1 - 1/groups exactly
         assert layer.p0 == 1 - 1 / groups
     for name in NAMES:
-        assert {l.name: l.shape for l in get_preset(name).distribution} == dict(ALEXNET_CONV_SHAPES)
+        assert {layer.name: layer.shape for layer in get_preset(name).distribution} == dict(
+            ALEXNET_CONV_SHAPES
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_provenance_names_the_paper(name):
     source = get_preset(name).distribution.source
     assert source["type"] == "paper" and source["id"] == name
-    for fragment in ("Igoe", "Biswas", "Basu", "A Study on Polarity Distributions for Network Learning", "ICLR 2024", "Table 1"):
+    for fragment in (
+        "Igoe",
+        "Biswas",
+        "Basu",
+        "A Study on Polarity Distributions for Network Learning",
+        "ICLR 2024",
+        "Table 1",
+    ):
         assert fragment in source["citation"]
     assert source["description"].startswith("Table 1") or name == "paper:alexnet"
 
@@ -130,7 +173,9 @@ def test_unknown_preset_lists_the_presets():
 
 def test_rand_control_is_fifty_fifty_everywhere_and_cites_the_prior_work():
     dist = get_preset("paper:rand").distribution
-    assert [layer.proportions for layer in dist] == [(0.0, 0.5, 0.5)] * 5 and dist.names == list(ALEXNET)
+    assert [layer.proportions for layer in dist] == [(0.0, 0.5, 0.5)] * 5 and dist.names == list(
+        ALEXNET
+    )
     assert "Wang" in dist.source["citation"] and "paper_result" not in dist.metadata
 
 

@@ -10,15 +10,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import TINY, TINY_ARGS
+from polarpack_cli.main import cli
 from safetensors.torch import load_file
 from torch import nn
 
 from polarpack.format import Distribution, LayerDistribution, save
-from polarpack.materialize import materialize
+from polarpack.materialization import materialize
 from polarpack.models import build_model
 from polarpack.presets import get_preset
-from polarpack.train import STATE_FILE, TrainConfig, cpu_has_native_bf16, resolve_precision, train
-from polarpack_cli.main import cli
+from polarpack.training import (
+    STATE_FILE,
+    TrainConfig,
+    cpu_has_native_bf16,
+    resolve_precision,
+    train,
+)
 
 TIMING = {"epoch_seconds", "train_seconds", "images_per_second"}
 
@@ -33,26 +39,42 @@ def _comparable(rows):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-@pytest.mark.parametrize("method, extra", [
-    ("freeze-spin", ["--dist", "paper:alexnet"]),
-    ("fluid-spin", ["--dist", "paper:alexnet", "--zeros", "free", "--fluid-mode", "reset"]),
-    ("freeze-in", ["--weights", "WEIGHTS"]),
-    ("fluid-in", ["--weights", "WEIGHTS"]),
-    ("scratch", []),
-])
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("freeze-spin", ["--dist", "paper:alexnet"]),
+        ("fluid-spin", ["--dist", "paper:alexnet", "--zeros", "free", "--fluid-mode", "reset"]),
+        ("freeze-in", ["--weights", "WEIGHTS"]),
+        ("fluid-in", ["--weights", "WEIGHTS"]),
+        ("scratch", []),
+    ],
+)
 def test_every_method_end_to_end_through_the_cli(tmp_path, alexnet_weights, method, extra):
     extra = [str(alexnet_weights) if a == "WEIGHTS" else a for a in extra]
     out = tmp_path / "run"
-    summary = _cli_json(["--method", method, *extra, "--epochs", "2", "--out", str(out), *TINY_ARGS])
-    assert summary["status"] == "completed" and summary["epochs_done"] == 2 and summary["precision"] in ("fp32", "bf16")
+    summary = _cli_json(
+        ["--method", method, *extra, "--epochs", "2", "--out", str(out), *TINY_ARGS]
+    )
+    assert (
+        summary["status"] == "completed"
+        and summary["epochs_done"] == 2
+        and summary["precision"] in ("fp32", "bf16")
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert (out / "metrics.csv").read_text().startswith("epoch,train_loss,train_acc,val_loss,val_acc,")
+    assert (
+        (out / "metrics.csv").read_text().startswith("epoch,train_loss,train_acc,val_loss,val_acc,")
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["method"] == method and config["run_token"] == summary["run_token"]
-    assert config["environment"]["git_commit"] is None or len(config["environment"]["git_commit"]) >= 40
+    assert (
+        config["environment"]["git_commit"] is None
+        or len(config["environment"]["git_commit"]) >= 40
+    )
     model = build_model("alexnet", num_classes=10)
-    model.load_state_dict(load_file(str(out / "model.safetensors")))  # loads without polarpack's help
+    model.load_state_dict(
+        load_file(str(out / "model.safetensors"))
+    )  # loads without polarpack's help
     assert not (out / STATE_FILE).exists()  # a finished run keeps its weights, not its resume state
     if method == "fluid-in":  # started from the transferred weights, all but the head
         assert config["resolved"]["transferred"][:2] == ["conv1.weight", "conv1.bias"]
@@ -77,13 +99,28 @@ def test_no_constrained_weight_has_the_wrong_sign_after_any_step(tmp_path, zeros
     epochs, size = (1, 100) if precision == "bf16" else (2, TINY["train_size"])
     handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
     try:
-        result = train(TrainConfig(method="freeze-spin", dist="paper:alexnet", seed=5, zeros=zeros, epochs=epochs,
-                                   precision=precision, **{**TINY, "train_size": size}), out=tmp_path, progress=False)
+        result = train(
+            TrainConfig(
+                method="freeze-spin",
+                dist="paper:alexnet",
+                seed=5,
+                zeros=zeros,
+                epochs=epochs,
+                precision=precision,
+                **{**TINY, "train_size": size},
+            ),
+            out=tmp_path,
+            progress=False,
+        )
     finally:
         handle.remove()
     assert result.status == "completed" and result.config.precision == precision
-    assert len(seen) == 5 * epochs * (size // 100 + 1)  # 5 convs x epochs x (steps + 1 validation batch)
-    assert result.metrics[-1]["projection_resets"] > 0  # Adam moves weights across zero: the projection works
+    assert len(seen) == 5 * epochs * (
+        size // 100 + 1
+    )  # 5 convs x epochs x (steps + 1 validation batch)
+    assert (
+        result.metrics[-1]["projection_resets"] > 0
+    )  # Adam moves weights across zero: the projection works
 
 
 def test_fluid_spin_flips_half_the_nonzero_targets_at_the_second_epoch(tmp_path):
@@ -94,10 +131,21 @@ def test_fluid_spin_flips_half_the_nonzero_targets_at_the_second_epoch(tmp_path)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(method="fluid-spin", dist="paper:alexnet", seed=2, epochs=3, **TINY), out=tmp_path,
-              progress=False, on_epoch=stop)
+        train(
+            TrainConfig(
+                method="fluid-spin",
+                dist="paper:alexnet",
+                seed=2,
+                epochs=3,
+                checkpoint_seconds=0,
+                **TINY,
+            ),
+            out=tmp_path,
+            progress=False,
+            on_epoch=stop,
+        )
     state = load_file(str(tmp_path / STATE_FILE))
-    final = {k[len("target."):]: v for k, v in state.items() if k.startswith("target.")}
+    final = {k[len("target.") :]: v for k, v in state.items() if k.startswith("target.")}
     changed = sum(int((final[k] != initial[k]).sum()) for k in initial)
     nonzero = sum(int((t != 0).sum()) for t in initial.values())
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -106,8 +154,19 @@ def test_fluid_spin_flips_half_the_nonzero_targets_at_the_second_epoch(tmp_path)
 
 
 def test_spin_run_starts_from_what_materialize_gives(tmp_path):
-    train(TrainConfig(method="freeze-spin", dist="paper:table1-exp5", model="zfnet", seed=9, epochs=1, save_init=True, **TINY),
-          out=tmp_path, progress=False)
+    train(
+        TrainConfig(
+            method="freeze-spin",
+            dist="paper:table1-exp5",
+            model="zfnet",
+            seed=9,
+            epochs=1,
+            save_init=True,
+            **TINY,
+        ),
+        out=tmp_path,
+        progress=False,
+    )
     saved = load_file(str(tmp_path / "init.safetensors"))
     outside = materialize(get_preset("paper:table1-exp5").distribution, "zfnet", seed=9)
     for name in outside.targets:
@@ -115,23 +174,48 @@ def test_spin_run_starts_from_what_materialize_gives(tmp_path):
         assert torch.equal(saved[f"{name}.polarity"], outside.targets[name])
 
 
-def test_freeze_in_from_a_pattern_file_equals_freeze_in_from_the_checkpoint(tmp_path, alexnet_weights):
+def test_freeze_in_from_a_pattern_file_equals_freeze_in_from_the_checkpoint(
+    tmp_path, alexnet_weights
+):
     """The pattern .polar carries everything Freeze IN-Polarity needs: no float checkpoint."""
     state = load_file(str(alexnet_weights))
-    layers = [LayerDistribution.from_signs(f"conv{i}", torch.sign(state[f"conv{i}.weight"]).to(torch.int8).numpy())
-              for i in range(1, 6)]
-    pattern = save(Distribution(layers, granularity="pattern"), tmp_path / "alexnet.polar.safetensors")
-    runs = [train(TrainConfig(method="freeze-in", weights=str(source), epochs=1, save_init=True, **TINY),
-                  out=tmp_path / name, progress=False) for name, source in (("ckpt", alexnet_weights), ("pattern", pattern))]
+    layers = [
+        LayerDistribution.from_signs(
+            f"conv{i}", torch.sign(state[f"conv{i}.weight"]).to(torch.int8).numpy()
+        )
+        for i in range(1, 6)
+    ]
+    pattern = save(
+        Distribution(layers, granularity="pattern"), tmp_path / "alexnet.polar.safetensors"
+    )
+    runs = [
+        train(
+            TrainConfig(method="freeze-in", weights=str(source), epochs=1, save_init=True, **TINY),
+            out=tmp_path / name,
+            progress=False,
+        )
+        for name, source in (("ckpt", alexnet_weights), ("pattern", pattern))
+    ]
     assert _comparable(runs[0].metrics) == _comparable(runs[1].metrics)
     a, b = (load_file(str(tmp_path / n / "init.safetensors")) for n in ("ckpt", "pattern"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("epochs, every, stop", [(3, 1, 2), (4, 2, 3)], ids=["checkpoint-each-epoch", "every-2"])
-def test_resume_ends_with_the_metrics_and_weights_of_an_uninterrupted_run(tmp_path, epochs, every, stop):
-    config = TrainConfig(method="fluid-spin", dist="paper:alexnet", seed=4, epochs=epochs, checkpoint_every=every,
-                         **TINY)
+@pytest.mark.parametrize(
+    "epochs, every, stop", [(3, 1, 2), (4, 2, 3)], ids=["checkpoint-each-epoch", "every-2"]
+)
+def test_resume_ends_with_the_metrics_and_weights_of_an_uninterrupted_run(
+    tmp_path, epochs, every, stop
+):
+    config = TrainConfig(
+        method="fluid-spin",
+        dist="paper:alexnet",
+        seed=4,
+        epochs=epochs,
+        checkpoint_every=every,
+        checkpoint_seconds=0,
+        **TINY,
+    )
     whole = train(config, out=tmp_path / "whole", progress=False)
 
     def interrupt(row):  # with every=2 the last checkpoint is epoch 2: the resume repeats epoch 3
@@ -142,10 +226,14 @@ def test_resume_ends_with_the_metrics_and_weights_of_an_uninterrupted_run(tmp_pa
         train(config, out=tmp_path / "cut", progress=False, on_epoch=interrupt)
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "running"
     resumed = train(resume=tmp_path / "cut", progress=False)
-    assert resumed.status == "completed" and _comparable(resumed.metrics) == _comparable(whole.metrics)
+    assert resumed.status == "completed" and _comparable(resumed.metrics) == _comparable(
+        whole.metrics
+    )
     a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert train(resume=tmp_path / "cut", progress=False).summary == resumed.summary  # a finished run stays as it is
+    assert (
+        train(resume=tmp_path / "cut", progress=False).summary == resumed.summary
+    )  # a finished run stays as it is
 
 
 def test_seed_fixes_everything_and_a_new_seed_changes_it(tmp_path):
@@ -156,14 +244,35 @@ def test_seed_fixes_everything_and_a_new_seed_changes_it(tmp_path):
 
 
 def test_divergence_is_recorded_and_exits_3(tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--method", "scratch", "--epochs", "3", "--lr", "1e12", "--optimizer", "sgd",
-                                      "--out", str(tmp_path), *TINY_ARGS])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--method",
+            "scratch",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e12",
+            "--optimizer",
+            "sgd",
+            "--out",
+            str(tmp_path),
+            *TINY_ARGS,
+        ],
+    )
     assert result.exit_code == 3, result.output
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
 
-@pytest.mark.parametrize("cpuinfo, native", [("flags : fpu avx2 fma", False), ("flags : avx512f avx512_bf16", True),
-                                              ("flags : amx_bf16 amx_tile", True)])
+@pytest.mark.parametrize(
+    "cpuinfo, native",
+    [
+        ("flags : fpu avx2 fma", False),
+        ("flags : avx512f avx512_bf16", True),
+        ("flags : amx_bf16 amx_tile", True),
+    ],
+)
 def test_bf16_is_native_only_where_the_cpu_says_so(cpuinfo, native):
     assert cpu_has_native_bf16(cpuinfo) is native
 
@@ -171,20 +280,91 @@ def test_bf16_is_native_only_where_the_cpu_says_so(cpuinfo, native):
 def test_precision_auto_resolves_and_is_recorded(tmp_path):
     result = train(TrainConfig(method="scratch", epochs=1, **TINY), out=tmp_path, progress=False)
     assert result.config.precision == resolve_precision("auto", torch.device("cpu")) != "auto"
-    assert json.loads((tmp_path / "config.json").read_text())["config"]["precision"] == result.config.precision
+    assert (
+        json.loads((tmp_path / "config.json").read_text())["config"]["precision"]
+        == result.config.precision
+    )
 
 
 def test_train_config_file_and_overrides(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps({"method": "scratch", "epochs": 1, "seed": 3, **TINY}))
-    summary = _cli_json(["--config", str(tmp_path / "c.json"), "--seed", "4", "--out", str(tmp_path / "run"), "--quiet"])
+    (tmp_path / "c.json").write_text(
+        json.dumps({"method": "scratch", "epochs": 1, "seed": 3, **TINY})
+    )
+    summary = _cli_json(
+        [
+            "--config",
+            str(tmp_path / "c.json"),
+            "--seed",
+            "4",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
     config = json.loads(Path(summary["run_dir"], "config.json").read_text())["config"]
     assert (config["method"], config["seed"], config["epochs"]) == ("scratch", 4, 1)
 
 
 def test_cifar10_slice_from_the_shared_data(tmp_path, shared_data_dir):
-    summary = _cli_json(["--dist", "paper:alexnet", "--model", "zfnet", "--dataset", "cifar10", "--data-dir", str(shared_data_dir),
-                         "--train-size", "300", "--val-size", "200", "--batch-size", "100", "--epochs", "1", "--threads", "1",
-                         "--quiet", "--out", str(tmp_path / "run")])
+    summary = _cli_json(
+        [
+            "--dist",
+            "paper:alexnet",
+            "--model",
+            "zfnet",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(shared_data_dir),
+            "--train-size",
+            "300",
+            "--val-size",
+            "200",
+            "--batch-size",
+            "100",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert summary["status"] == "completed"
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["resolved"]["train_images"] == 300 and config["resolved"]["input_size"] == 32
+
+
+def test_checkpoints_follow_the_clock_and_a_run_without_one_starts_over(tmp_path, monkeypatch):
+    """The resume state is written once `checkpoint_seconds` have passed since the last one (a short
+    run writes none, only its weights at the end); a run killed before its first checkpoint is
+    resumed by starting over, and ends as an uninterrupted run does."""
+    import polarpack.runs
+
+    written = []
+    real = polarpack.runs.save_checkpoint
+    monkeypatch.setattr(
+        polarpack.runs,
+        "save_checkpoint",
+        lambda run_dir, **kw: written.append(kw["epoch"]) or real(run_dir, **kw),
+    )
+    config = TrainConfig(method="scratch", epochs=3, **TINY)
+    whole = train(config, out=tmp_path / "whole", progress=False)
+    assert written == [] and (tmp_path / "whole" / "model.safetensors").exists()
+    train(
+        TrainConfig(method="scratch", epochs=3, checkpoint_seconds=0, **TINY),
+        out=tmp_path / "every",
+        progress=False,
+    )
+    assert written == [1, 2]  # never after the last epoch: the weights are written instead
+
+    def stop(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out=tmp_path / "cut", progress=False, on_epoch=stop)
+    assert not (tmp_path / "cut" / STATE_FILE).exists()
+    resumed = train(resume=tmp_path / "cut", progress=False)
+    assert _comparable(resumed.metrics) == _comparable(whole.metrics)

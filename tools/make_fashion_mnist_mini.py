@@ -14,7 +14,7 @@ Inputs (md5 of the uncompressed IDX content, as in ../shared/data/README.md):
 
 Run from the repository root (the md5s and the seeds are also stored in the file's `meta`):
 
-    python benchmarks/make_fashion_mnist_mini.py --source ../shared/data/FashionMNIST/raw
+    python tools/make_fashion_mnist_mini.py --source ../shared/data/FashionMNIST/raw
 
 Output with torch 2.14.1 / numpy 2.4: 1,094,574 bytes, md5 5850d992345842afcad5f7361674b088.
 """
@@ -46,7 +46,9 @@ def _find(folder: Path, stem: str) -> Path:
     for path in (folder / stem, folder / f"{stem}.gz"):
         if path.is_file():
             return path
-    raise SystemExit(f"{folder}: {stem}[.gz] not found; pass --source DIR holding the Fashion-MNIST IDX files")
+    raise SystemExit(
+        f"{folder}: {stem}[.gz] not found; pass --source DIR holding the Fashion-MNIST IDX files"
+    )
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -71,7 +73,11 @@ def build(source: Path, out: Path, train_size: int, test_size: int) -> dict:
             # read_idx drops the header; rebuild it to hash exactly the uncompressed file.
             md5[stem] = hashlib.md5(_idx_bytes(arr)).hexdigest()
         size = train_size if split == "train" else test_size
-        idx = balanced_subset(torch.from_numpy(labels.astype(np.int64)), size, torch.Generator().manual_seed(SEEDS[split]))
+        idx = balanced_subset(
+            torch.from_numpy(labels.astype(np.int64)),
+            size,
+            torch.Generator().manual_seed(SEEDS[split]),
+        )
         arrays[f"{split}_images"] = images[idx.numpy()]
         arrays[f"{split}_labels"] = labels[idx.numpy()].astype(np.uint8)
         arrays[f"{split}_source_index"] = idx.numpy().astype(np.int32)
@@ -81,8 +87,9 @@ def build(source: Path, out: Path, train_size: int, test_size: int) -> dict:
         "license": "MIT, Copyright (c) 2017 Zalando SE",
         "source_md5_uncompressed": md5,
         "seeds": SEEDS,
-        "selection": "polarpack.data.balanced_subset(labels, size, torch.Generator().manual_seed(seed))",
-        "builder": "benchmarks/make_fashion_mnist_mini.py",
+        "selection": "polarpack.data.balanced_subset(labels, size, "
+        "torch.Generator().manual_seed(seed))",
+        "builder": "tools/make_fashion_mnist_mini.py",
     }
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
     atomic_write_bytes(out, _npz_bytes(arrays))
@@ -97,10 +104,18 @@ def _idx_bytes(arr: np.ndarray) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "data" / "FashionMNIST" / "raw")
-    parser.add_argument("--out", type=Path, default=REPO / "polarpack" / "assets" / "fashion_mnist_mini.npz")
-    parser.add_argument("--train", type=int, default=2000, help="training images (balanced over the 10 classes)")
-    parser.add_argument("--test", type=int, default=500, help="test images (balanced over the 10 classes)")
+    parser.add_argument(
+        "--source", type=Path, default=REPO.parent / "shared" / "data" / "FashionMNIST" / "raw"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "polarpack" / "assets" / "fashion_mnist_mini.npz"
+    )
+    parser.add_argument(
+        "--train", type=int, default=2000, help="training images (balanced over the 10 classes)"
+    )
+    parser.add_argument(
+        "--test", type=int, default=500, help="test images (balanced over the 10 classes)"
+    )
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = build(args.source, args.out, args.train, args.test)

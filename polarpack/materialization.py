@@ -12,13 +12,13 @@ does not depend on the device either.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,9 @@ def glorot_normal(shape: Sequence[int], generator: torch.Generator) -> torch.Ten
     flat, bound = out.view(-1), 2.0 * scale
     redo = torch.from_numpy(np.flatnonzero(np.abs(flat.numpy()) > bound))
     while redo.numel():
-        flat[redo] = torch.empty(redo.numel(), dtype=torch.float32).normal_(0.0, scale, generator=generator)
+        flat[redo] = torch.empty(redo.numel(), dtype=torch.float32).normal_(
+            0.0, scale, generator=generator
+        )
         redo = redo[flat[redo].abs() > bound]
     return out
 
@@ -80,8 +82,12 @@ def largest_remainder_counts(proportions: Sequence[float], n: int) -> tuple[int,
     return tuple(counts)  # type: ignore[return-value]
 
 
-def sample_signs(shape: Sequence[int] | int, proportions: Sequence[float], generator: torch.Generator,
-                 sampling: str = "exact") -> torch.Tensor:
+def sample_signs(
+    shape: Sequence[int] | int,
+    proportions: Sequence[float],
+    generator: torch.Generator,
+    sampling: str = "exact",
+) -> torch.Tensor:
     """An int8 target pattern with values in {0, -1, +1}.
 
     'iid': each weight independently, so counts vary around p * n. 'exact': exactly
@@ -151,8 +157,11 @@ def signed_glorot(targets: torch.Tensor, seed: int, layer: str) -> torch.Tensor:
 # -- layer mapping ---------------------------------------------------------------------------
 
 
-def map_layers(dist: Distribution, targets: Sequence[tuple[str, tuple[int, ...]]],
-               mapping: Mapping[str, str] | None = None) -> list[tuple[str, LayerDistribution]]:
+def map_layers(
+    dist: Distribution,
+    targets: Sequence[tuple[str, tuple[int, ...]]],
+    mapping: Mapping[str, str] | None = None,
+) -> list[tuple[str, LayerDistribution]]:
     """Pair each target layer with a distribution layer.
 
     An explicit `mapping` (target layer -> distribution layer) wins and may cover a subset;
@@ -164,22 +173,28 @@ def map_layers(dist: Distribution, targets: Sequence[tuple[str, tuple[int, ...]]
         pairs = []
         for target, source in mapping.items():
             if target not in target_names:
-                raise ModelError(f"--map: target layer {target!r} is not in the model; its layers are {target_names}")
+                raise ModelError(
+                    f"--map: target layer {target!r} is not in the model; its layers are "
+                    f"{target_names}"
+                )
             try:
                 pairs.append((target, dist[source]))
             except KeyError:
-                raise ModelError(f"--map: distribution has no layer {source!r}; its layers are {dist.names}") from None
+                raise ModelError(
+                    f"--map: distribution has no layer {source!r}; its layers are {dist.names}"
+                ) from None
         order = {name: i for i, name in enumerate(target_names)}
         return sorted(pairs, key=lambda p: order[p[0]])
     by_name = {layer.name: layer for layer in dist.layers}
     if all(name in by_name for name in target_names):
         return [(name, by_name[name]) for name in target_names]
     if len(dist.layers) == len(target_names):
-        return list(zip(target_names, dist.layers))
+        return list(zip(target_names, dist.layers, strict=True))
     raise ModelError(
         f"the distribution has {len(dist.layers)} layers {dist.names} but the model has "
         f"{len(target_names)} constrained layers {_abbrev(target_names)}; the names do not match "
-        "either; pass an explicit mapping (--map TARGET=LAYER,...) or use --constrain to pick layers"
+        "either; pass an explicit mapping (--map TARGET=LAYER,...) or use --constrain to pick "
+        "layers"
     )
 
 
@@ -193,7 +208,8 @@ def _abbrev(names: Sequence[str], limit: int = 12) -> str:
 
 @dataclass
 class Materialized:
-    """Initial kernels and their int8 sign targets, keyed by layer name (parameter minus .weight)."""
+    """Initial kernels and their int8 sign targets, keyed by layer name (parameter minus
+    .weight)."""
 
     weights: dict[str, torch.Tensor]
     targets: dict[str, torch.Tensor]
@@ -211,8 +227,10 @@ class Materialized:
             for name, w in self.weights.items():
                 param = modules[name].weight
                 if tuple(param.shape) != tuple(w.shape):
-                    raise ModelError(f"layer {name!r}: model kernel {tuple(param.shape)} but materialized "
-                                     f"{tuple(w.shape)}")
+                    raise ModelError(
+                        f"layer {name!r}: model kernel {tuple(param.shape)} but materialized "
+                        f"{tuple(w.shape)}"
+                    )
                 param.copy_(w.to(param.device, param.dtype))
         return model
 
@@ -221,13 +239,21 @@ class Materialized:
         from safetensors.torch import save
 
         check_output_path(path)
-        tensors = {**self.state_dict(), **{f"{n}.polarity": t.contiguous() for n, t in self.targets.items()}}
-        meta = {"polarpack": json.dumps({**self.info, "mapping": self.mapping}, sort_keys=True, separators=(",", ":"))}
+        tensors = {
+            **self.state_dict(),
+            **{f"{n}.polarity": t.contiguous() for n, t in self.targets.items()},
+        }
+        meta = {
+            "polarpack": json.dumps(
+                {**self.info, "mapping": self.mapping}, sort_keys=True, separators=(",", ":")
+            )
+        }
         return atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
-def sample_channel_signs(shape: Sequence[int], channel_counts: Sequence[Sequence[int]],
-                         generator: torch.Generator) -> torch.Tensor:
+def sample_channel_signs(
+    shape: Sequence[int], channel_counts: Sequence[Sequence[int]], generator: torch.Generator
+) -> torch.Tensor:
     """An int8 pattern whose output channel c holds exactly channel_counts[c] = [n0, n_neg, n_pos],
     uniformly over such arrangements: each row ranks its positions by uniform keys, and the ranks
     below n0 become zero, the next n_neg negative, the rest positive."""
@@ -235,24 +261,52 @@ def sample_channel_signs(shape: Sequence[int], channel_counts: Sequence[Sequence
     rows, per_row = counts.shape[0], math.prod(shape[1:])
     order = torch.rand(rows, per_row, generator=generator).argsort(dim=1)
     rank = torch.arange(per_row).expand(rows, -1)
-    by_rank = torch.where(rank < counts[:, :1], 0, torch.where(rank < counts[:, :2].sum(1, keepdim=True), -1, 1))
-    return torch.empty(rows, per_row, dtype=torch.int8).scatter_(1, order, by_rank.to(torch.int8)).view(tuple(shape))
+    by_rank = torch.where(
+        rank < counts[:, :1], 0, torch.where(rank < counts[:, :2].sum(1, keepdim=True), -1, 1)
+    )
+    return (
+        torch.empty(rows, per_row, dtype=torch.int8)
+        .scatter_(1, order, by_rank.to(torch.int8))
+        .view(tuple(shape))
+    )
 
 
-def _check_fits(dist: Distribution, target: str, layer: LayerDistribution, shape: tuple[int, ...]) -> None:
-    """Channel and pattern distributions carry the shape they were extracted from; only that fits."""
-    fits = {"layer": True, "channel": layer.shape is not None and (layer.shape[0], math.prod(layer.shape[1:])) ==
-            (shape[0], math.prod(shape[1:])), "pattern": layer.shape == shape}[dist.granularity]
+def _check_fits(
+    dist: Distribution, target: str, layer: LayerDistribution, shape: tuple[int, ...]
+) -> None:
+    """Channel, pattern and scaled distributions carry the shape they were extracted from; only
+    that fits."""
+    if dist.granularity == "layer":
+        return
+    if dist.granularity == "channel":
+        fits = layer.shape is not None and (layer.shape[0], math.prod(layer.shape[1:])) == (
+            shape[0],
+            math.prod(shape[1:]),
+        )
+    else:
+        fits = layer.shape == shape
     if not fits:
-        raise ModelError(f"layer {target!r}: the distribution's layer {layer.name!r} has shape "
-                         f"{list(layer.shape or [])} but the model's kernel is {list(shape)}; {dist.granularity} "
-                         "distributions fit only the architecture they were extracted from (use a "
-                         "layer-granularity .polar for another model)")
+        raise ModelError(
+            f"layer {target!r}: the distribution's layer {layer.name!r} has shape "
+            f"{list(layer.shape or [])} but the model's kernel is {list(shape)}; "
+            f"{dist.granularity} "
+            "distributions fit only the architecture they were extracted from (use a "
+            "layer-granularity .polar for another model)"
+        )
 
 
-def materialize(dist: Distribution, model: nn.Module | str, *, seed: int, sampling: str = "exact",
-                mapping: Mapping[str, str] | None = None, scope: str = "conv", geometry: str = "small",
-                num_classes: int = 10, in_channels: int = 3) -> Materialized:
+def materialize(
+    dist: Distribution,
+    model: nn.Module | str,
+    *,
+    seed: int,
+    sampling: str = "exact",
+    mapping: Mapping[str, str] | None = None,
+    scope: str = "conv",
+    geometry: str = "small",
+    num_classes: int = 10,
+    in_channels: int = 3,
+) -> Materialized:
     """Sign targets from `dist` and signed Glorot kernels for `model`'s constrained layers.
 
     Layer granularity draws a random pattern with each layer's proportions (`sampling`); channel
@@ -261,8 +315,11 @@ def materialize(dist: Distribution, model: nn.Module | str, *, seed: int, sampli
     """
     if sampling not in SAMPLING_MODES:
         raise ModelError(f"unknown sampling {sampling!r}; use one of {list(SAMPLING_MODES)}")
-    module = model if isinstance(model, nn.Module) else build_model(
-        model, geometry=geometry, num_classes=num_classes, in_channels=in_channels)
+    module = (
+        model
+        if isinstance(model, nn.Module)
+        else build_model(model, geometry=geometry, num_classes=num_classes, in_channels=in_channels)
+    )
     layers = [(name, tuple(m.weight.shape)) for name, m in constrainable_layers(module, scope)]
     shapes = dict(layers)
     pairs = map_layers(dist, layers, mapping)
@@ -272,6 +329,9 @@ def materialize(dist: Distribution, model: nn.Module | str, *, seed: int, sampli
     def draw(pair: tuple[str, LayerDistribution]) -> tuple[torch.Tensor, torch.Tensor]:
         target, layer = pair
         generator = generator_for(seed, "signs", target)
+        if dist.granularity == "scaled":  # the 1-bit checkpoint: signs times channel scales
+            weights = layer.scaled_weights()
+            return torch.sign(weights).to(torch.int8), weights
         if dist.granularity == "pattern":
             pattern = layer.signs()
         elif dist.granularity == "channel":
@@ -284,14 +344,22 @@ def materialize(dist: Distribution, model: nn.Module | str, *, seed: int, sampli
     # numpy release the GIL) and still give the same bits in any order.
     with ThreadPoolExecutor(max_workers=max(1, min(len(pairs), torch.get_num_threads()))) as pool:
         drawn = list(pool.map(draw, pairs))
-    targets = {target: pattern for (target, _), (pattern, _) in zip(pairs, drawn)}
-    weights = {target: w for (target, _), (_, w) in zip(pairs, drawn)}
-    info = {"seed": int(seed), "sampling": sampling, "granularity": dist.granularity, "distribution": dict(dist.source),
-            "model": model if isinstance(model, str) else type(model).__name__, "torch": torch.__version__}
+    targets = {target: pattern for (target, _), (pattern, _) in zip(pairs, drawn, strict=True)}
+    weights = {target: w for (target, _), (_, w) in zip(pairs, drawn, strict=True)}
+    info = {
+        "seed": int(seed),
+        "sampling": sampling,
+        "granularity": dist.granularity,
+        "distribution": dict(dist.source),
+        "model": model if isinstance(model, str) else type(model).__name__,
+        "torch": torch.__version__,
+    }
     return Materialized(weights, targets, {target: layer.name for target, layer in pairs}, info)
 
 
-def apply_distribution(module: nn.Module, dist: Distribution, *, seed: int, **kwargs) -> Materialized:
+def apply_distribution(
+    module: nn.Module, dist: Distribution, *, seed: int, **kwargs
+) -> Materialized:
     """`materialize` for an existing module, applied in place; returns the targets as well."""
     result = materialize(dist, module, seed=seed, **kwargs)
     result.apply_(module)
@@ -302,5 +370,9 @@ def materialize_pattern(targets: Mapping[str, torch.Tensor], *, seed: int) -> Ma
     """Glorot magnitudes on a given pattern (Algorithm 2); the same magnitudes `materialize`
     draws for the same seed and layer, so Freeze IN and Freeze SPIN differ only in the pattern."""
     weights = {name: signed_glorot(t.to(torch.int8), seed, name) for name, t in targets.items()}
-    return Materialized(weights, {n: t.to(torch.int8) for n, t in targets.items()}, {n: n for n in targets},
-                        {"seed": int(seed)})
+    return Materialized(
+        weights,
+        {n: t.to(torch.int8) for n, t in targets.items()},
+        {n: n for n in targets},
+        {"seed": int(seed)},
+    )

@@ -1,0 +1,330 @@
+"""The options of a training run: `TrainConfig`, each field with the help `polarpack train --help`
+shows and the values `validate` allows, so the CLI, experiment files and the Python API check
+them in one place.
+
+Defaults follow the seed where it speaks (20 epochs, batch 1000, 10k train / 10k validation
+images, conv layers constrained, FC layers free) and the prior-work code where it is silent (Adam,
+lr 1e-3, eps 1e-3, dropout 0.5 after fc6 and fc7, no weight decay).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .constraints import FLUID_MODES, ZERO_MODES
+from .errors import ConfigError
+from .materialization import SAMPLING_MODES
+from .models import GEOMETRIES
+from .references import names_distribution
+
+METHODS = {
+    "freeze-spin": "Alg. 1: Glorot magnitudes, a random pattern with the distribution's "
+    "proportions, held fixed",
+    "fluid-spin": "Alg. 3: as freeze-spin, and each epoch a fraction of the non-zero weights "
+    "change (--fluid-mode)",
+    "freeze-in": "Alg. 2: the exact sign pattern of --weights (a checkpoint, or a pattern or "
+    "scaled .polar), held fixed; Glorot magnitudes (a scaled .polar: its channel scales)",
+    "fluid-in-polarity": "the start of freeze-in, then unconstrained training (the prior work's "
+    "Fluid IN-Polarity)",
+    "fluid-in": "Alg. 4: start from the transferred weights (--weights) and train freely "
+    "(fine-tuning)",
+    "scratch": "control: Glorot initialisation, no constraint",
+}
+SPIN_METHODS = ("freeze-spin", "fluid-spin")  # need --dist
+POLARITY_METHODS = ("freeze-in", "fluid-in-polarity")  # the transferred signs, Glorot magnitudes
+IN_METHODS = (*POLARITY_METHODS, "fluid-in")  # need --weights
+CONSTRAINED_METHODS = ("freeze-spin", "fluid-spin", "freeze-in")
+OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16")
+CONSTRAIN_SCOPES = ("conv", "all")
+LAYOUTS = ("auto", "oihw", "hwio")
+DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # adam: prior-work code; sgd: the Keras default
+MAX_IMAGE_SIZE = 1024
+
+
+def _opt(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    open_ends: str = "",
+) -> Any:
+    """A TrainConfig field with what `polarpack train --help` shows and what `validate` allows:
+    `choices`, or bounds `low`/`high` (exclusive where `open_ends` holds "low"/"high")."""
+    bounds = (low, high, open_ends)
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Sizes in images, rates per optimizer step."""
+
+    method: str = _opt(
+        "freeze-spin", "; ".join(f"{k}: {v}" for k, v in METHODS.items()), tuple(METHODS)
+    )
+    dist: str | None = _opt(
+        None,
+        "Distribution for the SPIN methods: a .polar file, a preset "
+        "(paper:alexnet) or hf://owner/repo/file.polar.",
+    )
+    weights: str | None = _opt(
+        None,
+        "Transferred weights for the IN methods: a checkpoint, a "
+        "torchvision model name, an hf:// reference, or a pattern or scaled "
+        ".polar (freeze-in, fluid-in-polarity).",
+    )
+    norms: str | None = _opt(
+        None,
+        "Also transfer the normalisation layers' weights, biases and "
+        "running statistics from this checkpoint or .polar file (one "
+        "extracted with --norms), whatever the method.",
+    )
+    model: str = _opt(
+        "alexnet",
+        "alexnet, zfnet, a torchvision classifier or, with timm "
+        "installed, a timm model (its head is resized to the dataset).",
+    )
+    geometry: str = _opt(
+        "small",
+        "small: 32x32/28x28 inputs with the seed's conv shapes; "
+        "imagenet: the seed's 227/224 networks, images resized.",
+        GEOMETRIES,
+    )
+    image_size: int | None = _opt(
+        None,
+        "Resize images to this size (e.g. 64 for torchvision models).",
+        low=8,
+        high=MAX_IMAGE_SIZE,
+    )
+    dataset: str = _opt(
+        "fashion-mnist-mini",
+        "cifar10, fashion-mnist, imagefolder:PATH, or the embedded fashion-mnist-mini (offline).",
+    )
+    data_dir: str | None = _opt(
+        None, "Where datasets live (default: $POLARPACK_DATA_DIR, then ~/.cache/polarpack/data)."
+    )
+    download: bool = _opt(False, "Download a missing dataset with torchvision (needs network).")
+    epochs: int = _opt(20, "Epochs (the seed: 20).", low=1)
+    batch_size: int = _opt(
+        1000, "Global batch size, split across ranks when distributed (the seed: 1000).", low=1
+    )
+    train_size: int | None = _opt(
+        10_000, "Class-balanced seeded subset of the train split, or all (the seed: 10,000).", low=1
+    )
+    val_size: int | None = _opt(
+        10_000, "Class-balanced subset of the test split for validation (the seed: 10,000).", low=1
+    )
+    seed: int = _opt(
+        0,
+        "Fixes the pattern, magnitudes, data subset and order, dropout and reset values.",
+        low=0,
+        high=2**63 - 1,
+    )
+    optimizer: str = _opt(
+        "adam",
+        "adam: the prior-work code; sgd: the seed's Algorithms name "
+        "stochastic gradient descent (without settings).",
+        OPTIMIZERS,
+    )
+    lr: float | None = _opt(
+        None,
+        "Learning rate; default 1e-3 for adam (prior-work code), 1e-2 for sgd (Keras).",
+        low=0,
+        open_ends="low",
+    )
+    momentum: float = _opt(0.0, "SGD momentum (Keras default 0).", low=0, high=1, open_ends="high")
+    weight_decay: float = _opt(0.0, "L2 weight decay (prior-work code: none).", low=0)
+    dropout: float = _opt(
+        0.5,
+        "Dropout after fc6 and fc7 of alexnet/zfnet (prior-work: 0.5).",
+        low=0,
+        high=1,
+        open_ends="high",
+    )
+    eps: float = _opt(
+        1e-3,
+        "Wrong-signed weights are reset to target * U(0, eps) (prior-work code: 1e-3).",
+        low=0,
+        open_ends="low",
+    )
+    zeros: str = _opt(
+        "pin",
+        "pin: zero targets hold their weights at 0 (the seed's Alg. 1); "
+        "free: they train (prior-work code).",
+        ZERO_MODES,
+    )
+    constrain: str = _opt(
+        "conv",
+        "conv: conv kernels only, FC free (the seed); all: FC too, "
+        "except the head (prior-work code).",
+        CONSTRAIN_SCOPES,
+    )
+    fluid_fraction: float = _opt(
+        0.5,
+        "fluid-spin: fraction of the non-zero weights changed each epoch (the seed: 0.5).",
+        low=0,
+        high=1,
+    )
+    fluid_mode: str = _opt(
+        "flip",
+        "fluid-spin: flip = weights and targets change sign (the "
+        "pattern moves); permute = signs shuffled among the chosen "
+        "(proportions exact); reset = only the weights flip, and the "
+        "projection resets them to target * U(0, eps) (the pattern stays).",
+        FLUID_MODES,
+    )
+    sampling: str = _opt(
+        "exact", "exact: round(p*n) weights of each sign; iid: independent draws.", SAMPLING_MODES
+    )
+    layer_map: dict[str, str] | None = _opt(
+        None, "Model layer -> distribution layer (default: by name, else by order)."
+    )
+    threshold: float = _opt(
+        0.40,
+        "Report the first epoch whose validation accuracy reaches this (the seed's 40%).",
+        low=0,
+        high=1,
+        open_ends="low",
+    )
+    precision: str = _opt(
+        "auto",
+        "auto: bf16 where the hardware computes it natively (CUDA with "
+        "bf16, CPUs with avx512_bf16/AMX), else fp32; bf16 autocast keeps fp32 "
+        "master weights and optimizer state. CPUs run mobilenet_v2 faster in "
+        "fp32.",
+        PRECISIONS,
+    )
+    device: str = _opt(
+        "auto",
+        "auto (the accelerator torch finds: cuda, mps, ..., else cpu), cpu, cuda, cuda:N, mps.",
+    )
+    threads: int | None = _opt(
+        None, "Torch CPU threads (default: torch's choice).", low=1, high=1024
+    )
+    eval_batch_size: int = _opt(1000, "Batch size of the validation pass.", low=1)
+    bn_batches: int = _opt(
+        2,
+        "BatchNorm models: training batches whose statistics replace the "
+        "running averages before each validation (ten steps an epoch leave "
+        "those far behind); 0 keeps them.",
+        low=0,
+    )
+    checkpoint_every: int = _opt(1, "Write the resume checkpoint at most every N epochs.", low=1)
+    checkpoint_seconds: float = _opt(
+        60.0,
+        "... and only once this many seconds have passed "
+        "since the last one (0: after every epoch). A resume "
+        "repeats the epochs since the last checkpoint; the metrics "
+        "are written every epoch, the weights at every checkpoint "
+        "and at the end.",
+        low=0,
+    )
+    save_init: bool = _opt(
+        False, "Also write init.safetensors (initial kernels and targets) to the run directory."
+    )
+    layout: str = _opt("auto", "Kernel layout of .npy/.npz --weights.", LAYOUTS)
+    unsafe_allow_pickle: bool = _opt(
+        False,
+        "Let --weights unpickle .npy object arrays. UNSAFE: a "
+        "pickle can run any code; only for files you trust.",
+    )
+    endpoint: str | None = _opt(None, "Hub endpoint for hf:// references (default: $HF_ENDPOINT).")
+    revision: str | None = _opt(None, "Hub revision for hf:// references without @rev.")
+
+    def validate(self) -> TrainConfig:
+        """Check every option's type and value, then the options that go together; a
+        ConfigError names the option, the value and what is allowed."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value, f.type)
+            if value is not None:
+                _check_value(f.name, value, f.metadata, f.type)
+        if self.method in SPIN_METHODS and not self.dist:
+            raise ConfigError(
+                f"--method {self.method} needs a distribution: pass --dist FILE or "
+                "a preset such as paper:alexnet"
+            )
+        if self.method in IN_METHODS and not self.weights:
+            raise ConfigError(
+                f"--method {self.method} needs transferred weights: pass --weights "
+                "SOURCE (a checkpoint file, a torchvision model name or an hf:// "
+                "reference)"
+            )
+        if self.method == "fluid-in" and names_distribution(self.weights):
+            raise ConfigError(
+                f"--method fluid-in fine-tunes float weights, but --weights "
+                f"{self.weights} is a distribution; use freeze-in or "
+                "fluid-in-polarity for a .polar file"
+            )
+        return self
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"training options must be a JSON object of options, got {type(data).__name__}"
+            )
+        known = sorted(f.name for f in fields(cls))
+        if unknown := sorted(set(data) - set(known)):
+            raise ConfigError(f"unknown training option(s) {unknown}; known options are {known}")
+        return cls(**dict(data))
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """Values come from JSON and TOML files too: `"save_init": "no"` must not turn an option on."""
+    option = f"--{name.replace('_', '-')}"
+    base, _, optional = annotation.partition(" | ")
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(f"{option} must be given (got null)")
+    if base.startswith("dict"):
+        ok = isinstance(value, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        )
+        what = "a mapping of layer names (TARGET=LAYER,...)"
+    else:
+        wanted = _TYPES[base]
+        ok = isinstance(value, wanted) and (base == "bool" or not isinstance(value, bool))
+        what = {
+            "str": "a string",
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+        }[base]
+    if not ok:
+        raise ConfigError(f"{option} must be {what} (got {value!r} of type {type(value).__name__})")
+
+
+def _check_value(name: str, value: Any, meta: Mapping[str, Any], annotation: str) -> None:
+    option = f"--{name.replace('_', '-')}"
+    choices, (low, high, open_ends) = meta["choices"], meta["bounds"]
+    if choices and value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+    if low is None:
+        return
+    ok = math.isfinite(value) and (value > low if "low" in open_ends else value >= low)
+    ok = ok and (high is None or (value < high if "high" in open_ends else value <= high))
+    if not ok:
+        left, right = "(" if "low" in open_ends else "[", ")" if "high" in open_ends else "]"
+        allowed = (
+            f"{'>' if 'low' in open_ends else '>='} {low}"
+            if high is None
+            else (f"in {left}{low}, {high}{right}")
+        )
+        kind = "an integer" if annotation.startswith("int") else "a finite number"
+        raise ConfigError(f"{option} must be {kind} {allowed} (got {value!r})")

@@ -1,0 +1,747 @@
+"""Reports over a results store: per-group statistics over seeds, comparisons with 95% intervals
+and equivalence tests, the seed's Table 1 side by side, and Figure 1/2-style plots.
+
+Definitions. A *group* is the cells that differ only in ``seed``. Per group and epoch: the mean
+and sample standard deviation (n - 1) of train and validation accuracy over the seeds that reached
+the epoch. *Epochs to threshold* is the first epoch whose *mean* validation accuracy reaches the
+runs' `threshold` option (the seed's 40%). A run *converged* when its final validation accuracy is
+at least chance (1 / the number of classes) + 5 points and it did not diverge (the seed's
+criterion is "above 10%" on ten classes; the margin keeps a run that hovers at chance from
+counting). A *dip* is an epoch whose validation accuracy falls 2 points or more below the
+previous epoch's.
+
+Comparisons (``[[compare]]`` in the experiment file: `a` and `b` select groups by options; each
+a-group is matched with the b-group that agrees on every other option) give the difference a - b
+of the final validation accuracy and of the per-seed epochs to threshold, with a 95% Student t
+interval: paired over the seeds both groups ran (same data subset and batch order per seed), where
+each seed's two runs computed on one kind of machine (kernels round differently between CPU kinds
+and GPUs); else Welch's. A `margin = { final_val_acc = 0.02, epochs_to_40 = 1 }` adds two
+one-sided tests (TOST, `polarpack.statistics`). Epochs to threshold has no interval when a run
+never got there (censored). Every comparison says which machines and commits its pairs used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import runs
+from ._io import atomic_write_text, printable, read_json
+from .errors import ConfigError, PolarpackError
+from .grid import NOT_HASHED, UNUSED, Cell, config_hash, load_experiment
+from .runner import ResultsStore
+from .runs import FINISHED, EpochRow
+from .statistics import Equivalence, Interval, mean_std, t_interval, tost
+
+CONVERGED_MARGIN = 0.05  # above chance
+DIP = 0.02
+_IGNORED = (*NOT_HASHED, "seed")  # options that never split a group
+
+
+@dataclass
+class Run:
+    """One finished (or, with `partial`, unfinished) run of a group."""
+
+    seed: int
+    status: str  # completed | diverged | partial
+    metrics: list[EpochRow]
+    machine: str  # the kind of machine it computed on
+    commit: str | None
+    chance: float
+
+    @property
+    def final(self) -> float | None:
+        return self.metrics[-1]["val_acc"] if self.metrics else None
+
+
+@dataclass
+class CurvePoint:
+    epoch: int
+    n: int
+    train_mean: float | None
+    train_std: float | None
+    val_mean: float | None
+    val_std: float | None
+
+
+@dataclass
+class Group:
+    """The cells that differ only in seed, and their statistics."""
+
+    label: str
+    config: dict[str, Any]  # the options, without the seed
+    planned: int = 0
+    runs: list[Run] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
+    curve: list[CurvePoint] = field(default_factory=list)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.get("threshold", 0.40))
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def finished(self) -> int:
+        return len(self.runs)
+
+    @property
+    def final_val_accs(self) -> list[float | None]:
+        return [r.final for r in self.runs]
+
+    @property
+    def final_val_mean(self) -> float | None:
+        return mean_std(self.final_val_accs)[0]
+
+    @property
+    def final_val_std(self) -> float | None:
+        return mean_std(self.final_val_accs)[1]
+
+    @property
+    def best_val_mean(self) -> float | None:
+        return max((p.val_mean for p in self.curve if p.val_mean is not None), default=None)
+
+    @property
+    def converged(self) -> int:
+        return sum(
+            r.status != "diverged"
+            and r.final is not None
+            and r.final >= r.chance + CONVERGED_MARGIN
+            for r in self.runs
+        )
+
+    @property
+    def diverged(self) -> int:
+        return sum(r.status == "diverged" for r in self.runs)
+
+    @property
+    def partial(self) -> list[str]:
+        return [f"s{r.seed}: {len(r.metrics)} epochs" for r in self.runs if r.status == "partial"]
+
+    @property
+    def epochs_to_threshold(self) -> int | None:
+        return next((p.epoch for p in self.curve if (p.val_mean or 0) >= self.threshold), None)
+
+    @property
+    def epochs_to_threshold_per_seed(self) -> list[int | None]:
+        return [
+            next((m["epoch"] for m in r.metrics if (m["val_acc"] or 0) >= self.threshold), None)
+            for r in self.runs
+        ]
+
+    @property
+    def dips_mean(self) -> float | None:
+        dips = [
+            sum(b["val_acc"] <= a["val_acc"] - DIP for a, b in itertools.pairwise(r.metrics))
+            for r in self.runs
+        ]
+        return mean_std(dips)[0]
+
+    @property
+    def machines(self) -> list[str]:
+        return sorted({r.machine for r in self.runs})
+
+    @property
+    def commits(self) -> list[str]:
+        return sorted({(r.commit or "unknown")[:8] for r in self.runs})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the fields and the statistics."""
+        names = (
+            "threshold",
+            "seeds",
+            "finished",
+            "final_val_accs",
+            "final_val_mean",
+            "final_val_std",
+            "best_val_mean",
+            "converged",
+            "diverged",
+            "partial",
+            "epochs_to_threshold",
+            "epochs_to_threshold_per_seed",
+            "dips_mean",
+            "machines",
+            "commits",
+        )
+        return asdict(self) | {name: getattr(self, name) for name in names}
+
+
+@dataclass
+class Comparison:
+    name: str
+    a: str
+    b: str
+    n: tuple[int, int]  # runs of a and b
+    seeds: list[int]  # the seeds paired (empty: unpaired)
+    final_val_acc: Interval | None
+    epochs_to_threshold: Interval | None
+    censored: bool
+    pairing: str  # which machines and commits the pairs used
+    equivalence: dict[str, Equivalence | None] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    name: str
+    results: str
+    groups: list[Group]
+    comparisons: list[Comparison]
+    markdown: str = ""
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "results": self.results,
+            "groups": [g.to_dict() for g in self.groups],
+            "comparisons": [asdict(c) for c in self.comparisons],
+            "files": self.files,
+        }
+
+
+# -- loading and grouping ------------------------------------------------------------------------
+
+
+def load_cells(
+    target: str | os.PathLike, results: str | os.PathLike | None = None, sets: Sequence[str] = ()
+) -> tuple[str, list[Cell], ResultsStore, list[dict]]:
+    """The cells of an experiment FILE (with its results store), or every run of a RESULTS
+    dir."""
+    target = Path(target)
+    if not target.is_dir():
+        exp = load_experiment(target, sets)
+        return exp.name, exp.cells, ResultsStore(results or Path("results")), exp.compare
+    store = ResultsStore(target)
+    dirs = sorted(p.parent for p in store.runs.glob("*/config.json")) if store.runs.is_dir() else []
+    if not dirs:
+        raise ConfigError(f"{target}: no runs/<run_id>/config.json here; is it a results folder?")
+    return target.name, [Cell(_options(d), d.name) for d in dirs], store, []
+
+
+def _options(run_dir: Path) -> dict[str, Any]:
+    saved = read_json(run_dir / runs.CONFIG_FILE)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ConfigError(
+            f"{run_dir / runs.CONFIG_FILE}: not a polarpack run config (an object "
+            "with the run's 'config' options); restore or remove that run"
+        )
+    return saved["config"]
+
+
+def _group_key(config: Mapping[str, Any]) -> str:
+    return config_hash({k: v for k, v in config.items() if k not in _IGNORED})
+
+
+def _varying(cells: Sequence[Cell]) -> list[str]:
+    keys = [k for k in cells[0].config if k not in _IGNORED] if cells else []
+    return [k for k in keys if len({json.dumps(c.config.get(k), default=str) for c in cells}) > 1]
+
+
+def _label(config: Mapping[str, Any], varying: Sequence[str]) -> str:
+    parts = []
+    for key in varying:
+        value = config.get(key)
+        if value is None or config.get("method") in UNUSED.get(key, ()):
+            continue
+        text = str(value)
+        if "/" in text and not text.startswith("hf://"):
+            text = Path(text).name
+        named = key in ("model", "dataset", "method", "dist", "weights")
+        parts.append(text if named else f"{key}={text}")
+    return printable(" ".join(parts) or str(config.get("method")))
+
+
+def machine_kind(environment: Mapping[str, Any], device: str) -> str:
+    """Where a run computed: kernels differ by GPU and by CPU kind."""
+    if environment.get("cuda_device"):
+        return str(environment["cuda_device"])
+    cpu = environment.get("cpu") or "CPU model not recorded"
+    return f"{device} {environment.get('cpu_capability', '?')} ({cpu})"
+
+
+def _run(cell: Cell, run_dir: Path, status: str, rows: list[EpochRow]) -> Run:
+    saved = read_json(run_dir / runs.CONFIG_FILE)
+    env = saved.get("environment", {}) if isinstance(saved, dict) else {}
+    resolved = saved.get("resolved", {}) if isinstance(saved, dict) else {}
+    classes = resolved.get("num_classes") or 10
+    return Run(
+        cell.seed,
+        status if status in FINISHED else "partial",
+        rows,
+        machine_kind(env, str(resolved.get("device", "?"))),
+        env.get("git_commit"),
+        1.0 / classes,
+    )
+
+
+def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = False) -> list[Group]:
+    """The groups with their runs and curves. `partial` also counts unfinished runs at their last
+    finished epoch (the group says so)."""
+    varying, groups = _varying(cells), {}
+    for cell in cells:
+        config = {k: v for k, v in cell.config.items() if k != "seed"}
+        group = groups.setdefault(
+            _group_key(cell.config), Group(_label(cell.config, varying), config)
+        )
+        group.planned += 1
+        if cell.skip_reason:
+            group.skipped.append(printable(cell.skip_reason))
+            continue
+        run_dir = store.run_dir(cell)
+        summary = store.summary(cell)
+        status = summary.get("status")
+        rows = runs.read_metrics(run_dir) if status else []
+        if status in FINISHED or (partial and rows):
+            group.runs.append(_run(cell, run_dir, status, rows))
+        elif status == "failed":
+            group.failed.append(printable(str(summary.get("error"))))
+        else:
+            group.unfinished.append(f"s{cell.seed}: {len(rows)}/{cell.config['epochs']} epochs")
+    for group in groups.values():
+        group.runs.sort(key=lambda r: r.seed)
+        group.curve = _curve(group.runs)
+    return list(groups.values())
+
+
+def _curve(group_runs: Sequence[Run]) -> list[CurvePoint]:
+    curve = []
+    for epoch in range(1, max((len(r.metrics) for r in group_runs), default=0) + 1):
+        at = [m for r in group_runs for m in r.metrics if m["epoch"] == epoch]
+        (tm, ts) = mean_std([m["train_acc"] for m in at])
+        (vm, vs) = mean_std([m["val_acc"] for m in at])
+        curve.append(CurvePoint(epoch, len(at), tm, ts, vm, vs))
+    return curve
+
+
+# -- comparisons ---------------------------------------------------------------------------------
+
+
+def _matches(a: Mapping[str, Any], b: Mapping[str, Any], ignore: set[str]) -> bool:
+    """b agrees with a on every option but `ignore` and those one of the two methods does not
+    use."""
+    methods = (a.get("method"), b.get("method"))
+    unused = {k for k, used_not in UNUSED.items() if set(methods) & set(used_not)}
+    return all(b.get(k) == v for k, v in a.items() if k not in ignore | unused)
+
+
+def _selects(group: Group, selector: Mapping[str, Any]) -> bool:
+    """TOML has no null: "" in a selector means the option is not set."""
+    return bool(group.finished) and all(
+        group.config.get(k) in (None, "") if v == "" else group.config.get(k) == v
+        for k, v in selector.items()
+    )
+
+
+def _pairs(ga: Group, gb: Group) -> tuple[list[Run], list[Run], str]:
+    """The runs of the seeds both groups ran on one kind of machine, and what they used."""
+    by_seed = {r.seed: r for r in gb.runs}
+    pairs = [(ra, by_seed[ra.seed]) for ra in ga.runs if ra.seed in by_seed]
+    kept = [(ra, rb) for ra, rb in pairs if ra.machine == rb.machine]
+    left_out = [f"s{ra.seed}" for ra, rb in pairs if ra.machine != rb.machine]
+    if len(kept) < 2:
+        return [], [], "unpaired (fewer than 2 seeds ran both on one kind of machine)"
+    machines: dict[str, list[int]] = {}
+    commits: dict[str, list[int]] = {}
+    for ra, rb in kept:
+        machines.setdefault(ra.machine, []).append(ra.seed)
+        ca, cb = (ra.commit or "unknown")[:8], (rb.commit or "unknown")[:8]
+        commits.setdefault(ca if ca == cb else f"{ca} (a) / {cb} (b)", []).append(ra.seed)
+    text = "; ".join(f"{m}: {_seeds(s)}" for m, s in machines.items())
+    text += "; commits " + ", ".join(f"{c}: {_seeds(s)}" for c, s in commits.items())
+    if left_out:
+        text += f"; left out (a and b on different machines): {', '.join(left_out)}"
+    return [a for a, _ in kept], [b for _, b in kept], text
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return "s" + ",".join(map(str, seeds))
+
+
+def _margins(spec: Mapping[str, Any]) -> dict[str, float]:
+    margin = spec.get("margin") or {}
+    if not isinstance(margin, Mapping):
+        raise ConfigError(
+            f"[[compare]] {spec.get('name')!r}: margin must be a table such as "
+            "{ final_val_acc = 0.02, epochs_to_40 = 1 }"
+        )
+    aliases = {"epochs_to_40": "epochs_to_threshold"}
+    return {aliases.get(k, k): float(v) for k, v in margin.items()}
+
+
+def compare(groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]) -> list[Comparison]:
+    """Each spec's a-groups against their matching b-groups (see the module docstring)."""
+    out = []
+    for spec in specs:
+        a_sel, b_sel = dict(spec.get("a", {})), dict(spec.get("b", {}))
+        ignore = set(a_sel) | set(b_sel)
+        for ga in (g for g in groups if _selects(g, a_sel)):
+            gb = next(
+                (
+                    g
+                    for g in groups
+                    if g is not ga and _selects(g, b_sel) and _matches(ga.config, g.config, ignore)
+                ),
+                None,
+            )
+            if gb is not None:
+                out.append(_comparison(str(spec.get("name", "a - b")), ga, gb, _margins(spec)))
+    return out
+
+
+def _comparison(name: str, ga: Group, gb: Group, margins: Mapping[str, float]) -> Comparison:
+    ra, rb, pairing = _pairs(ga, gb)
+    paired = bool(ra)
+    ra, rb = (ra, rb) if paired else (ga.runs, gb.runs)
+    threshold = ga.threshold
+
+    def crossing(r: Run) -> int | None:
+        return next((m["epoch"] for m in r.metrics if (m["val_acc"] or 0) >= threshold), None)
+
+    values = {
+        "final_val_acc": ([r.final for r in ra], [r.final for r in rb]),
+        "epochs_to_threshold": ([crossing(r) for r in ra], [crossing(r) for r in rb]),
+    }
+    censored = None in values["epochs_to_threshold"][0] + values["epochs_to_threshold"][1]
+    intervals = {
+        k: None if (k != "final_val_acc" and censored) else t_interval(*v, paired)
+        for k, v in values.items()
+    }
+    equivalence = {
+        k: None if (k != "final_val_acc" and censored) else tost(*values[k], paired, margin)
+        for k, margin in margins.items()
+    }
+    return Comparison(
+        name,
+        ga.label,
+        gb.label,
+        (ga.finished, gb.finished),
+        [r.seed for r in ra] if paired else [],
+        intervals["final_val_acc"],
+        intervals["epochs_to_threshold"],
+        censored,
+        pairing,
+        equivalence,
+    )
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f}" + (" (n=1)" if std is None else f" ± {100 * std:.1f}")
+
+
+def _interval(c: Interval | None, scale: float, unit: str = "") -> str:
+    if c is None:
+        return "-"
+    if c.low is None:
+        return f"{scale * c.diff:+.1f}{unit} (no interval: n=1)"
+    return f"{scale * c.diff:+.1f}{unit} [{scale * c.low:+.1f}, {scale * c.high:+.1f}]"
+
+
+def _tost(e: Equivalence | None, scale: float) -> str:
+    if e is None:
+        return "-"
+    if e.low is None:
+        return f"±{scale * e.margin:g}: no test (n=1)"
+    verdict = "equivalent" if e.equivalent else "not shown equivalent"
+    return (
+        f"±{scale * e.margin:g}: 90% [{scale * e.low:+.1f}, {scale * e.high:+.1f}], "
+        f"p = {e.p_value:.3f}, {verdict}"
+    )
+
+
+def _notes(g: Group) -> str:
+    shown = [
+        (f"{g.diverged} diverged", g.diverged),
+        (f"failed: {g.failed[0] if g.failed else ''}", g.failed),
+        (f"skipped: {g.skipped[0] if g.skipped else ''}", g.skipped),
+        (f"not finished: {', '.join(g.unfinished)}", g.unfinished),
+        (f"PARTIAL (at their last epoch): {', '.join(g.partial)}", g.partial),
+        (f"mixed machines: {', '.join(g.machines)}", g.machines[1:]),
+    ]
+    return "; ".join(text for text, show in shown if show).replace("|", "/")
+
+
+def _groups_table(groups: Sequence[Group]) -> list[str]:
+    threshold = {f"{100 * g.threshold:.0f}%" for g in groups} or {"40%"}
+    lines = [
+        "Final validation accuracy (%): mean ± sample std over the seeds that finished; converged "
+        f"= final val acc >= chance + {100 * CONVERGED_MARGIN:.0f} points; epochs to "
+        f"{'/'.join(sorted(threshold))} = first epoch whose mean val acc reaches it;",
+        f"dips = mean count per run of epochs whose val acc fell >= {100 * DIP:.0f} points.",
+        "",
+        "| group | precision | seeds | final val acc % | best epoch mean % | epochs to threshold "
+        "| converged | dips | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for g in groups:
+        dips = "-" if g.dips_mean is None else f"{g.dips_mean:.1f}"
+        lines.append(
+            f"| {g.label} | {g.config.get('precision', '-')} | {g.finished}/{g.planned} | "
+            f"{_pm(g.final_val_mean, g.final_val_std)} | {_pct(g.best_val_mean)} | "
+            f"{g.epochs_to_threshold or '-'} | {g.converged}/{g.finished} | {dips} | {_notes(g)} |"
+        )
+    return lines
+
+
+def _comparisons_table(comparisons: Sequence[Comparison]) -> list[str]:
+    tested = any(c.equivalence for c in comparisons)
+    head = (
+        "| comparison | a | b | runs (a, b) | final val acc, points | epochs to threshold | test |"
+    )
+    head += " TOST final acc | TOST epochs |" if tested else ""
+    lines = [
+        "",
+        "## Comparisons (a - b, 95% t interval over seeds)",
+        "",
+        head,
+        "| --- " * (9 if tested else 7) + "|",
+    ]
+    for c in comparisons:
+        epochs = (
+            "n/a: a run never reached it" if c.censored else _interval(c.epochs_to_threshold, 1)
+        )
+        test = c.final_val_acc.test if c.final_val_acc else "-"
+        row = (
+            f"| {c.name} | {c.a} | {c.b} | {c.n[0]}, {c.n[1]} | "
+            f"{_interval(c.final_val_acc, 100)} | {epochs} | {test} |"
+        )
+        if tested:
+            row += (
+                f" {_tost(c.equivalence.get('final_val_acc'), 100)} | "
+                f"{_tost(c.equivalence.get('epochs_to_threshold'), 1)} |"
+            )
+        lines.append(row)
+    lines += ["", "Pairs (per comparison: the machines and commits of the paired runs):", ""]
+    lines += [f"- {c.name} ({c.a} vs {c.b}): {printable(c.pairing)}" for c in comparisons]
+    return lines
+
+
+def markdown_report(name: str, groups: Sequence[Group], comparisons: Sequence[Comparison]) -> str:
+    lines = [f"# {printable(name)}", "", *_groups_table(groups)]
+    if comparisons:
+        lines += _comparisons_table(comparisons)
+    table1 = table1_markdown(groups)
+    lines += ["", table1] if table1 else []
+    lines += ["", "## Validation accuracy per epoch (mean ± std, %)", ""]
+    lines += [
+        f"- **{g.label}** ({g.finished} runs): "
+        + ", ".join(f"{p.epoch}: {_pm(p.val_mean, p.val_std)}" for p in g.curve)
+        for g in groups
+        if g.curve
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def table1_markdown(groups: Sequence[Group]) -> str | None:
+    """The seed's Table 1 next to ours: one row per Table 1 preset, a column pair per zeros
+    mode."""
+    from .presets import PRESETS
+
+    def is_row(g: Group) -> bool:
+        preset = PRESETS.get(g.config.get("dist"))
+        return (
+            g.config.get("method") == "freeze-spin"
+            and preset is not None
+            and (preset.paper_converged is not None)
+        )
+
+    rows = [g for g in groups if is_row(g)]
+    if len({g.config["dist"] for g in rows}) < 2:  # one distribution is not the seed's table
+        return None
+    zeros = sorted({g.config["zeros"] for g in rows}, key=lambda z: z != "pin")
+    lines = [
+        "## Table 1: the seed's results next to ours (Freeze SPIN-Polarity)",
+        "",
+        "Paper: ZFNet, CIFAR-10, 20 epochs. Ours: mean ± std over seeds; converged k/n (final "
+        f">= chance + {100 * CONVERGED_MARGIN:.0f} points).",
+        "",
+        "| experiment | paper converged | paper val acc % | "
+        + " | ".join(f"zeros={z}: val acc % | converged" for z in zeros)
+        + " |",
+        "| --- | --- | --- | " + " | ".join("--- | ---" for _ in zeros) + " |",
+    ]
+    for name, preset in PRESETS.items():
+        if preset.paper_converged is None:
+            continue
+        cells = []
+        for z in zeros:
+            g = next((g for g in rows if g.config["dist"] == name and g.config["zeros"] == z), None)
+            cells.append(
+                "not run | -"
+                if g is None or not g.finished
+                else f"{_pm(g.final_val_mean, g.final_val_std)} | {g.converged}/{g.finished}"
+            )
+        lines.append(
+            f"| {name} | {'yes' if preset.paper_converged else 'no'} | "
+            f"{preset.paper_accuracy} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _panel_label(g: Group) -> str:
+    skip = (str(g.config["model"]), str(g.config["dataset"]))
+    return " ".join(p for p in g.label.split(" ") if p not in skip) or str(g.config["method"])
+
+
+def plot_figure(groups: Sequence[Group], path: str | os.PathLike, title: str = "") -> Path | None:
+    """Figure 1/2 style: a column per model x dataset, training and validation rows; per group the
+    mean over seeds with a ±1 std band, a dashed line where the mean validation accuracy reaches
+    the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in groups if g.curve]
+    if not groups:
+        return None
+    panels = sorted({(g.config["model"], g.config["dataset"]) for g in groups})
+    fig, axes = plt.subplots(
+        2, len(panels), figsize=(max(8.0, 5.5 * len(panels)), 8.5), squeeze=False, sharey="row"
+    )
+    labels = sorted({_panel_label(g) for g in groups})
+    cmap = plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20
+    colors = {label: cmap(i % 20) for i, label in enumerate(labels)}
+    for col, panel in enumerate(panels):
+        for g in (g for g in groups if (g.config["model"], g.config["dataset"]) == panel):
+            _plot_group(axes[:, col], g, colors[_panel_label(g)])
+        _decorate(axes[:, col], panel, groups[0].threshold)
+    handles, names = [], []
+    for ax in axes[1]:
+        h, n = ax.get_legend_handles_labels()
+        handles, names = handles + h, names + n
+    unique = dict(zip(names, handles, strict=True))
+    fig.legend(
+        unique.values(), unique.keys(), loc="lower center", ncol=2, fontsize=8, frameon=False
+    )
+    fig.suptitle(
+        (title + "\n" if title else "") + "dotted: the threshold; dashed: the epoch where "
+        "a group's mean validation accuracy reaches it",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.04 + 0.022 * ((len(unique) + 1) // 2), 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_group(column, g: Group, color) -> None:
+    epochs = [p.epoch for p in g.curve]
+    for row, key in enumerate(("train", "val")):
+        mean = [100 * (getattr(p, f"{key}_mean") or 0) for p in g.curve]
+        std = [100 * (getattr(p, f"{key}_std") or 0) for p in g.curve]
+        ax = column[row]
+        label = f"{_panel_label(g)} (n={g.finished})" if row else None
+        ax.plot(epochs, mean, color=color, label=label)
+        ax.fill_between(
+            epochs,
+            [m - s for m, s in zip(mean, std, strict=True)],
+            [m + s for m, s in zip(mean, std, strict=True)],
+            color=color,
+            alpha=0.15,
+            linewidth=0,
+        )
+        if g.epochs_to_threshold:
+            ax.axvline(g.epochs_to_threshold, color=color, linestyle="--", linewidth=1)
+
+
+def _decorate(column, panel: tuple[str, str], threshold: float) -> None:
+    model, dataset = panel
+    for row, what in enumerate(("training", "validation")):
+        ax = column[row]
+        ax.set_title(f"{model} on {dataset}: {what} accuracy (mean ± std over seeds)", fontsize=9)
+        ax.set(xlabel="epoch", ylabel=f"{what} accuracy (%)")
+        ax.axhline(100 * threshold, color="grey", linewidth=0.8, linestyle=":")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+
+
+def report(
+    target: str | os.PathLike,
+    *,
+    results: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    sets: Sequence[str] = (),
+    partial: bool = False,
+    title: str = "",
+) -> Report:
+    """Aggregate an experiment; with `out`, also write report.md, report.json, runs.jsonl and
+    figure.png."""
+    name, cells, store, specs = load_cells(target, results, sets)
+    try:
+        groups = aggregate(cells, store, partial=partial)
+    except (KeyError, TypeError, AttributeError) as exc:  # a run file of another shape
+        raise PolarpackError(
+            f"{store.root}: a run's files do not have the shape polarpack writes "
+            f"({type(exc).__name__}: {exc}); restore or remove that run"
+        ) from None
+    comparisons = compare(groups, specs)
+    name = (title or name) + (" (unfinished runs counted at their last epoch)" if partial else "")
+    result = Report(
+        name, str(store.root), groups, comparisons, markdown_report(name, groups, comparisons)
+    )
+    if out is not None:
+        result.files = _write(Path(out), result, cells, store, title)
+    return result
+
+
+def _write(
+    out: Path, result: Report, cells: Sequence[Cell], store: ResultsStore, title: str
+) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    keys = (
+        "model",
+        "dataset",
+        "method",
+        "dist",
+        "weights",
+        "norms",
+        "zeros",
+        "fluid_mode",
+        "fluid_fraction",
+        "optimizer",
+        "lr",
+        "momentum",
+        "precision",
+    )
+    rows = [
+        {
+            "run_id": c.run_id,
+            "seed": c.seed,
+            **{k: c.config.get(k) for k in keys},
+            **{
+                k: v for k, v in store.summary(c).items() if k not in ("run_token", "config_digest")
+            },
+        }
+        for c in cells
+        if not c.skip_reason
+    ]
+    atomic_write_text(out / "report.md", result.markdown)
+    atomic_write_text(
+        out / "report.json", json.dumps(result.to_dict(), indent=1, default=str) + "\n"
+    )
+    atomic_write_text(out / "runs.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    figure = plot_figure(result.groups, out / "figure.png", title)
+    return [str(out / f) for f in ("report.md", "report.json", "runs.jsonl")] + (
+        [str(figure)] if figure else []
+    )

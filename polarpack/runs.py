@@ -1,0 +1,491 @@
+"""A run directory: the files of one training run, written so that a crash loses nothing and a
+resume finds what it needs or refuses clearly.
+
+    config.json                 the options, what they resolved to, where it computed, its token
+    metrics.jsonl, metrics.csv  one row per finished epoch
+    summary.json                status (running, completed, diverged; failed in a grid), accuracy
+    model.safetensors           the weights at the last checkpoint and at the end (a state dict)
+    training_state.safetensors  what a resume needs (weights, optimizer, sign targets); then gone
+    init.safetensors            (save_init) the initial kernels and targets, as `materialize` writes
+
+Three things tie the files of one run together: the run token (random, in config.json, the
+summary and the training state), the config digest (sha256 of the canonical options, in the
+summary and the training state: an edited config.json is caught), and the epoch reached (the
+training state's epoch must be one the metrics hold).
+
+Checkpoints are written on a time budget: after an epoch, when at least `checkpoint_every` epochs
+and `checkpoint_seconds` seconds have passed since the last one. A resume replays the epochs after
+it, so it costs at most that much work, while a short run writes its weights once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+from torch import nn
+
+from ._io import atomic_output, atomic_write_text, read_bytes, read_json
+from ._version import __version__
+from .errors import ConfigError, PolarpackError
+
+CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
+MODEL_FILE, STATE_FILE, INIT_FILE = (
+    "model.safetensors",
+    "training_state.safetensors",
+    "init.safetensors",
+)
+RUN_FILES = (
+    CONFIG_FILE,
+    METRICS_FILE,
+    "metrics.csv",
+    SUMMARY_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    INIT_FILE,
+)
+FINISHED = ("completed", "diverged")
+METRICS_LIMIT = 256 << 20  # bytes: a million epochs of metrics
+
+
+class EpochRow(TypedDict, total=False):
+    """One line of metrics.jsonl. Floats that were not finite are null (JSON has no NaN)."""
+
+    epoch: int
+    train_loss: float | None
+    train_acc: float
+    val_loss: float | None
+    val_acc: float
+    epoch_seconds: float
+    train_seconds: float
+    images_per_second: float
+    projection_resets: int  # weights the sign projection reset this epoch
+    fluid_flips: int  # weights Fluid SPIN changed at the start of this epoch
+    lr: float
+    held: dict[str, list[float]]  # [p0, p_neg, p_pos] of each constrained layer's weights
+
+
+@dataclass
+class RunFiles:
+    """What an existing run directory says about its run, checked for consistency."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    token: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: list[EpochRow] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.get("status") in FINISHED
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(
+        json.dumps(dict(config), sort_keys=True, default=str).encode()
+    ).hexdigest()
+
+
+# -- claiming and reading ------------------------------------------------------------------------
+
+
+def _stale(path: Path) -> bool:
+    """A writer's temporary file: ours (.NAME.XXXX.tmp) or safetensors' own (.tmpXXXXXX)."""
+    return path.name.startswith(".") and (
+        path.name.endswith(".tmp") or path.name.startswith(".tmp")
+    )
+
+
+def remove_stale_files(run_dir: Path) -> None:
+    """Temporary files a killed writer left (only a run's own writer ever makes them)."""
+    for path in run_dir.iterdir() if run_dir.is_dir() else ():
+        if _stale(path) and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def claim(run_dir: Path, config: Mapping[str, Any], overwrite: bool) -> None:
+    """Make `run_dir` this run's: a new or empty folder, or (with `overwrite`) one that holds a
+    polarpack run and nothing else. A folder holding anything else is never written into."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir}: exists and is not a directory; choose another --out")
+    entries = [p for p in run_dir.iterdir() if not _stale(p)] if run_dir.is_dir() else []
+    if not entries:
+        return
+    foreign = sorted(p.name for p in entries if p.name not in RUN_FILES)
+    is_run = (run_dir / CONFIG_FILE).is_file() or (run_dir / SUMMARY_FILE).is_file()
+    if not is_run or foreign:
+        shown = ", ".join(foreign[:3] or [p.name for p in entries[:3]])
+        raise ConfigError(
+            f"--out {run_dir}: holds files that are not a polarpack run ({shown}); choose a new "
+            "or empty folder, polarpack does not write into it"
+        )
+    if not overwrite:
+        try:
+            same = read_config(run_dir)[0] == dict(config)
+        except PolarpackError:  # no config.json (a run that failed at once), or a damaged one
+            same = False
+        what = "this run already: continue it with --resume" if same else "a different run"
+        raise ConfigError(
+            f"--out {run_dir}: holds {what}; choose another --out, or pass --overwrite to start "
+            "it over"
+        )
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def read_config(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """The options and run token of config.json, refused clearly when it has another shape."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {CONFIG_FILE} there; is it a polarpack run directory?")
+    saved = read_json(path)
+    ok = isinstance(saved, dict) and isinstance(saved.get("config"), dict)
+    if not ok or not isinstance(saved.get("run_token"), str):
+        raise ConfigError(
+            f"{path}: not a polarpack run config (an object with 'config' options and a "
+            "'run_token'); restore it, or start the run over with --overwrite"
+        )
+    return saved["config"], saved["run_token"]
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json as an object (empty when there is none yet)."""
+    path = run_dir / SUMMARY_FILE
+    if not path.exists():
+        return {}
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise ConfigError(
+            f"{path}: not a run summary (a JSON object); restore it, or delete it and rerun"
+        )
+    return summary
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[EpochRow]:
+    """The epochs of a run; a damaged line is an error naming the file and the line."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    text = read_bytes(path, limit=METRICS_LIMIT, what="metrics").decode("utf-8", "replace")
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"{path}: line {number} is not valid JSON (a damaged file); "
+                "restore it, or rerun the run"
+            ) from None
+        if row is None:
+            continue
+        if not isinstance(row, dict) or row.get("epoch") != len(rows) + 1:
+            raise ConfigError(
+                f"{path}: line {number} is not the metrics of epoch {len(rows) + 1} (a damaged "
+                "file); restore it, or rerun the run"
+            )
+        rows.append(row)
+    return rows
+
+
+def open_for_resume(run_dir: Path) -> RunFiles:
+    """config.json, summary.json and metrics.jsonl of a run to continue, checked to belong to one
+    run and one configuration (the training state is checked when it is loaded)."""
+    config, token = read_config(run_dir)
+    summary = read_summary(run_dir)
+    where = f"--resume {run_dir}"
+    if summary and summary.get("run_token") != token:
+        raise ConfigError(
+            f"{where}: {SUMMARY_FILE} belongs to another run than {CONFIG_FILE}; start over "
+            "with --overwrite"
+        )
+    if summary.get("config_digest") not in (None, config_digest(config)):
+        raise ConfigError(
+            f"{where}: {CONFIG_FILE} was edited after the run started; restore it, or start a "
+            f"new run with --config {run_dir / CONFIG_FILE} --out NEW"
+        )
+    metrics = read_metrics(run_dir)
+    if summary.get("epochs_done") is not None and summary["epochs_done"] != len(metrics):
+        raise ConfigError(
+            f"{where}: {SUMMARY_FILE} says {summary['epochs_done']} epochs were done but "
+            f"{METRICS_FILE} holds {len(metrics)}: the files disagree; restore {METRICS_FILE}, "
+            "or start over with --overwrite"
+        )
+    return RunFiles(run_dir, config, token, summary, metrics)
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """The commit of the polarpack checkout this runs from ('+dirty' with local changes), else
+    $POLARPACK_GIT_COMMIT (a copy without .git), else None (an installed release): recorded in
+    every run, so results name the code they ran on."""
+    here = str(Path(__file__).parent)
+    cmd = [
+        "git",
+        "-C",
+        here,
+        "describe",
+        "--always",
+        "--abbrev=40",
+        "--exclude=*",
+        "--dirty=+dirty",
+    ]
+    try:
+        found = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        found = None
+    if found and found.returncode == 0:
+        return found.stdout.strip()
+    return os.environ.get("POLARPACK_GIT_COMMIT")
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name: kernels and their rounding differ between CPU kinds."""
+    try:
+        text = read_bytes("/proc/cpuinfo", limit=None, what="CPU information").decode()
+    except PolarpackError:
+        return platform.processor() or None
+    return next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("model name")
+        ),
+        None,
+    )
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where a run computed and with what code."""
+    env = {
+        "polarpack": __version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu_model(),
+    }
+    if device.type == "cuda":
+        env["cuda_device"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def write_config(run_dir: Path, meta: Mapping[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def write_metrics(run_dir: Path, rows: list[EpochRow]) -> None:
+    """metrics.jsonl, and metrics.csv with held proportions as held.<layer>.<p> columns."""
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def flatten(row: Mapping[str, Any]) -> dict[str, Any]:
+        held = {
+            f"held.{name}.{key}": p
+            for name, ps in row.get("held", {}).items()
+            for key, p in zip(("p0", "p_neg", "p_pos"), ps, strict=True)
+        }
+        return {k: v for k, v in row.items() if k != "held"} | held
+
+    flat = [flatten(r) for r in rows]
+    columns = list(dict.fromkeys(k for r in flat for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+
+
+def summarize(
+    rows: list[EpochRow], *, epochs: int, threshold: float, status: str, token: str, digest: str
+) -> dict[str, Any]:
+    """Final and best accuracy, and the first epoch whose validation accuracy reached the
+    threshold."""
+    val = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
+    reached = (r["epoch"] for r in rows if (r.get("val_acc") or 0.0) >= threshold)
+    return {
+        "status": status,
+        "epochs_done": len(rows),
+        "epochs": epochs,
+        "final_val_acc": rows[-1]["val_acc"] if rows else None,
+        "final_train_acc": rows[-1]["train_acc"] if rows else None,
+        "best_val_acc": max(val) if val else None,
+        "threshold": threshold,
+        "epochs_to_threshold": next(reached, None),
+        "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in rows),
+        "run_token": token,
+        "config_digest": digest,
+    }
+
+
+def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
+    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckpointClock:
+    """When to write the resume checkpoint: after an epoch, once `every` epochs and `seconds`
+    seconds have passed since the last one (or since the run started)."""
+
+    every: int
+    seconds: float
+    last_epoch: int = 0
+    last_time: float = field(default_factory=time.monotonic)
+
+    def due(self, epoch: int) -> bool:
+        return epoch - self.last_epoch >= self.every and (
+            time.monotonic() - self.last_time >= self.seconds
+        )
+
+    def written(self, epoch: int) -> None:
+        self.last_epoch, self.last_time = epoch, time.monotonic()
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """One atomic safetensors write; a full disk is a one-line error naming the folder, and the
+    file it would have replaced stays as it was."""
+    try:
+        with atomic_output(path) as tmp:
+            save_file(tensors, tmp, metadata=meta)
+    except (OSError, SafetensorError) as exc:
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PolarpackError(
+            f"{path}: cannot write it ({reason}); "
+            f"{free:,} bytes are free on the disk of {path.parent}: free space there (or move the "
+            "run) and continue with --resume; the previous checkpoint is kept"
+        ) from None
+
+
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    epoch: int,
+    token: str,
+    digest: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    targets: Mapping[str, torch.Tensor],
+) -> None:
+    """training_state.safetensors first (self-contained: a resume reads nothing else), then the
+    plain model.safetensors a user loads."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in weights.items()}
+    tensors |= {f"target.{k}": v.cpu().contiguous() for k, v in targets.items()}
+    opt = optimizer.state_dict()
+    scalars = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    meta = {
+        "epoch": epoch,
+        "run_token": token,
+        "config_digest": digest,
+        "param_groups": opt["param_groups"],
+        "optim_scalars": scalars,
+    }
+    _write_safetensors(run_dir / STATE_FILE, tensors, {"polarpack": json.dumps(meta)})
+    save_weights(run_dir, model)
+
+
+def save_weights(run_dir: Path, model: nn.Module) -> None:
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write_safetensors(run_dir / MODEL_FILE, weights, {"format": "pt"})
+
+
+@dataclass
+class TrainingState:
+    """A loaded training_state.safetensors."""
+
+    epoch: int
+    model: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]  # an optimizer state_dict
+
+
+def load_checkpoint(files: RunFiles) -> TrainingState | None:
+    """The training state of a run to resume, or None when it has none (killed before its first
+    checkpoint: the run starts over). Refused when it belongs to another run or configuration, or
+    when the metrics do not reach its epoch."""
+    from safetensors import SafetensorError, safe_open
+
+    path, where = files.run_dir / STATE_FILE, f"--resume {files.run_dir}"
+    if not path.exists():
+        return None
+    damaged = f"{where}: {STATE_FILE} is damaged"
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads(fh.metadata()["polarpack"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{damaged} ({exc}); start the run over with --overwrite") from None
+    ok = isinstance(meta, dict) and isinstance(meta.get("epoch"), int)
+    ok = (
+        ok
+        and isinstance(meta.get("param_groups"), list)
+        and isinstance(meta.get("optim_scalars"), dict)
+    )
+    if not ok or not all(isinstance(k, str) and "." in k for k in meta["optim_scalars"]):
+        raise ConfigError(
+            f"{damaged} (its metadata has another shape); start over with --overwrite"
+        )
+    if meta.get("run_token") != files.token:
+        raise ConfigError(
+            f"{where}: {STATE_FILE} belongs to another run than {CONFIG_FILE}; "
+            "start over with --overwrite"
+        )
+    if meta.get("config_digest") not in (None, config_digest(files.config)):
+        raise ConfigError(
+            f"{where}: {CONFIG_FILE} was edited after the run started; restore it, "
+            f"or start a new run with --config {files.run_dir / CONFIG_FILE} --out NEW"
+        )
+    if meta["epoch"] > len(files.metrics):
+        raise ConfigError(
+            f"{where}: {STATE_FILE} is at epoch {meta['epoch']} but {METRICS_FILE} holds "
+            f"{len(files.metrics)} epochs: the files disagree; restore {METRICS_FILE}, or start "
+            "over with --overwrite"
+        )
+    return TrainingState(
+        meta["epoch"],
+        _prefixed(tensors, "model."),
+        _prefixed(tensors, "target."),
+        _optimizer_state(tensors, meta),
+    )
+
+
+def _prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _optimizer_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in _prefixed(tensors, "optim.").items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["optim_scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}

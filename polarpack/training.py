@@ -1,0 +1,526 @@
+"""The training loop: Freeze/Fluid SPIN-Polarity, Freeze IN-Polarity, Fluid IN-Polarity, Fluid IN
+and scratch.
+
+In the spirit of airbench: the whole dataset sits in memory as uint8 tensors, batches are index
+slices of a seeded permutation, and after every optimizer step the sign constraint resets
+wrong-signed kernel weights (the seed's Algorithms 1-3). Every random stream (batch order,
+dropout, reset values, fluid changes) is seeded from (seed, epoch), so a resumed run replays
+exactly what an uninterrupted one does, and no random state needs saving. How each method starts
+is `polarpack.methods`; the files of a run are `polarpack.runs`; the options are
+`polarpack.config`.
+
+Precision `auto` trains in bf16 autocast (fp32 master weights and optimizer state) where the
+hardware computes bf16 natively, else fp32.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed, runs
+from ._io import read_bytes
+from .config import CONSTRAINED_METHODS, TrainConfig
+from .constraints import SignConstraint
+from .errors import ConfigError, PolarpackError
+from .materialization import derive_seed
+from .methods import Start, initialise
+from .models import build_model, input_size_for
+from .runs import FINISHED, MODEL_FILE, STATE_FILE, EpochRow, read_metrics
+
+__all__ = [
+    "FINISHED",
+    "MODEL_FILE",
+    "STATE_FILE",
+    "TrainConfig",
+    "TrainResult",
+    "cpu_has_native_bf16",
+    "read_metrics",
+    "resolve_device",
+    "resolve_precision",
+    "train",
+]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # completed | diverged
+    metrics: list[EpochRow]
+    summary: dict[str, Any]
+    config: TrainConfig
+    model: nn.Module | None = field(default=None, repr=False)  # None when nothing was trained
+
+
+# -- where and how precisely ---------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":  # CUDA, MPS, XPU, ... whichever this torch build has and can reach
+        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is available; use --device auto or cpu")
+    return device
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU flags list avx512_bf16 or AMX-BF16. Elsewhere bf16 convolutions are
+    emulated: measured about 70x slower than fp32 on an AVX2-only EPYC
+    (benchmarks/bench_epoch.py)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = read_bytes("/proc/cpuinfo", limit=None, what="CPU information").decode()
+        except PolarpackError:
+            return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    lr, decay = config.resolved_lr, config.weight_decay
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=decay)
+
+
+def epoch_generator(
+    seed: int, purpose: str, epoch: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """The random stream of one purpose in one epoch: resume needs no saved random state."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, purpose, str(epoch)))
+
+
+# -- one epoch -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Setup:
+    """What the loop needs besides the model: data, batch preparation, precision, the ranks."""
+
+    config: TrainConfig
+    device: torch.device
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    train_set: Any
+    val_set: Any
+    world: distributed.World
+    report: dict[str, Any]  # what the setup resolved, for config.json
+
+    def autocast(self):
+        bf16 = self.config.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+@torch.no_grad()
+def refresh_batchnorm(model: nn.Module, setup: _Setup, epoch: int) -> None:
+    """Precise BN: the statistics of `bn_batches` whole training batches (the same on every rank)
+    replace the running averages, which lag far behind the weights after ten steps an epoch."""
+    from .data import batch_indices
+
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms or not setup.config.bn_batches:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    order = epoch_generator(setup.config.seed, "bn", epoch)
+    batches = batch_indices(len(setup.train_set.labels), setup.config.batch_size, order)
+    for idx in batches[: setup.config.bn_batches]:
+        with setup.autocast():
+            model(setup.prepare(setup.train_set.images[idx]))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, setup: _Setup) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the validation split (sums in fp32; sharded by
+    rank)."""
+    model.eval()
+    images, labels, step = setup.val_set.images, setup.val_set.labels, setup.config.eval_batch_size
+    shard = setup.world.shard_range(len(labels))
+    loss_sum, correct = 0.0, 0
+    for start in range(shard.start, shard.stop, step):
+        stop = min(start + step, shard.stop)
+        y = labels[start:stop].to(setup.device)
+        with setup.autocast():
+            out = model(setup.prepare(images[start:stop])).float()
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+    model.train()
+    loss_sum, correct = setup.world.all_sum(loss_sum, correct)
+    return loss_sum / len(labels), correct / len(labels)
+
+
+def _train_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    constraint: SignConstraint | None,
+    setup: _Setup,
+    epoch: int,
+    bar,
+) -> dict:
+    """One pass over the training set; stops early at a non-finite loss (the row says so)."""
+    from .data import batch_indices
+
+    config, world = setup.config, setup.world
+    torch.manual_seed(derive_seed(config.seed, "dropout", str(world.rank), str(epoch)))
+    resets = epoch_generator(config.seed, "resets", epoch, setup.device) if constraint else None
+    loss_sum, correct, seen, started = 0.0, 0, 0, time.perf_counter()
+    order = epoch_generator(config.seed, "batches", epoch)
+    for idx in batch_indices(len(setup.train_set.labels), config.batch_size, order):
+        mine = world.shard(idx)
+        x = setup.prepare(setup.train_set.images[mine])
+        y = setup.train_set.labels[mine].to(setup.device, non_blocking=True)
+        with setup.autocast():
+            out = net(x).float()
+        # summed over this rank's images, scaled so DDP's average is the global batch's mean loss
+        loss = F.cross_entropy(out, y, reduction="sum") * (world.world_size / len(idx))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if constraint is not None:
+            constraint.project_(resets)
+        batch_loss, batch_correct = world.all_sum(
+            float(loss.detach()) * len(idx) / world.world_size, int((out.argmax(1) == y).sum())
+        )
+        loss_sum, correct, seen = (
+            loss_sum + batch_loss,
+            correct + int(batch_correct),
+            seen + len(idx),
+        )
+        bar.set_postfix(
+            epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False
+        )
+        bar.update(1)
+        if not math.isfinite(batch_loss):
+            break
+    seconds = time.perf_counter() - started
+    return {
+        "train_loss": loss_sum / seen,
+        "train_acc": correct / seen,
+        "train_seconds": seconds,
+        "images_per_second": seen / seconds,
+    }
+
+
+# -- a run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Trainer:
+    """One run in progress: the model and its optimizer, constraint and run directory."""
+
+    config: TrainConfig
+    setup: _Setup
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    constraint: SignConstraint | None
+    run_dir: Path
+    token: str
+    digest: str
+    rows: list[EpochRow]
+    clock: runs.CheckpointClock
+    status: str = "running"
+
+    def epoch(self, epoch: int, net: nn.Module, bar) -> EpochRow:
+        config, constraint, started, flips = self.config, self.constraint, time.perf_counter(), 0
+        if constraint is not None and config.method == "fluid-spin" and epoch > 1:
+            flips = constraint.fluid_step_(
+                config.fluid_fraction,
+                config.fluid_mode,
+                epoch_generator(config.seed, "fluid", epoch),
+            )
+        trained = _train_epoch(net, self.optimizer, constraint, self.setup, epoch, bar)
+        refresh_batchnorm(self.model, self.setup, epoch)
+        val_loss, val_acc = evaluate(self.model, self.setup)
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": trained["train_loss"],
+            "train_acc": trained["train_acc"],
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "epoch_seconds": time.perf_counter() - started,
+            **trained,
+            "projection_resets": constraint.take_reset_count() if constraint else 0,
+            "fluid_flips": flips,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if constraint is not None:
+            row["held"] = constraint.held_proportions()
+        if not math.isfinite(row["train_loss"] + row["val_loss"]):  # JSON has no NaN: null
+            self.status = "diverged"
+            row = {
+                k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in row.items()
+            }
+        return row  # type: ignore[return-value]
+
+    def summary(self, status: str) -> dict[str, Any]:
+        return runs.summarize(
+            self.rows,
+            epochs=self.config.epochs,
+            threshold=self.config.threshold,
+            status=status,
+            token=self.token,
+            digest=self.digest,
+        )
+
+    def record(self, row: EpochRow) -> None:
+        """Metrics every epoch; the resume checkpoint when the clock says so."""
+        self.rows.append(row)
+        if not self.setup.world.is_main:
+            return
+        runs.write_metrics(self.run_dir, self.rows)
+        runs.write_summary(self.run_dir, self.summary(self.status))
+        epoch, last = row["epoch"], row["epoch"] == self.config.epochs
+        if self.status == "running" and not last and self.clock.due(epoch):
+            targets = self.constraint.targets() if self.constraint else {}
+            runs.save_checkpoint(
+                self.run_dir,
+                epoch=epoch,
+                token=self.token,
+                digest=self.digest,
+                model=self.model,
+                optimizer=self.optimizer,
+                targets=targets,
+            )
+            self.clock.written(epoch)
+
+    def finish(self) -> TrainResult:
+        status = "completed" if self.status == "running" else self.status
+        summary = self.summary(status)
+        if self.setup.world.is_main:
+            if status == "completed":
+                runs.save_weights(self.run_dir, self.model)
+            runs.write_summary(self.run_dir, summary)
+            (self.run_dir / STATE_FILE).unlink(missing_ok=True)  # a finished run is never resumed
+        self.setup.world.teardown()
+        return TrainResult(self.run_dir, status, self.rows, summary, self.config, self.model)
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[EpochRow], None] | None = None,
+    backend: str | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train one run. Pass a `TrainConfig` or keyword options (`train(method="scratch",
+    epochs=3)`). `resume=RUN_DIR` continues an interrupted run with its saved options (and takes
+    no others) and ends with the metrics an uninterrupted run has. Under torchrun (RANK/WORLD_SIZE
+    set) the run is distributed (DDP); every rank returns the same metrics, only rank 0 writes."""
+    if resume is not None:
+        given = [k for k, v in (("config", config), ("out", out), ("overwrite", overwrite)) if v]
+        if given or overrides:
+            raise ConfigError(
+                f"--resume continues a run with its saved options and takes no "
+                f"others (got {', '.join(given + sorted(overrides))}); to change a "
+                f"run, start a new one: --config {Path(resume) / 'config.json'} "
+                "--out NEW_DIR and the options to change"
+            )
+        files = runs.open_for_resume(Path(resume))
+        config = TrainConfig.from_dict(files.config).validate()
+        if files.finished:  # nothing to do: no data is loaded
+            return TrainResult(
+                files.run_dir, files.summary["status"], files.metrics, files.summary, config
+            )
+    else:
+        files = None
+        config = TrainConfig.from_dict({**(config.to_dict() if config else {}), **overrides})
+        config.validate()
+        config.precision = resolve_precision(config.precision, resolve_device(config.device))
+    run_dir = files.run_dir if files else Path(out) if out is not None else _default_run_dir(config)
+    if os.environ.get("RANK", "0") == "0":
+        if files is None:
+            runs.claim(run_dir, config.to_dict(), overwrite)
+        runs.remove_stale_files(run_dir)
+    trainer = _start(config, run_dir, files, backend)
+    net, world = trainer.setup.world.wrap(trainer.model), trainer.setup.world
+    steps = math.ceil(len(trainer.setup.train_set.labels) / config.batch_size)
+    bar = tqdm(
+        total=config.epochs * steps,
+        initial=len(trainer.rows) * steps,
+        unit="step",
+        desc=f"{config.method} {config.model}",
+        dynamic_ncols=True,
+        disable=not (progress and world.is_main),
+    )
+    for epoch in range(len(trainer.rows) + 1, config.epochs + 1):
+        row = trainer.epoch(epoch, net, bar)
+        trainer.record(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if trainer.status == "diverged":
+            break
+    bar.close()
+    return trainer.finish()
+
+
+def _start(
+    config: TrainConfig, run_dir: Path, files: runs.RunFiles | None, backend: str | None
+) -> _Trainer:
+    """The run at its first epoch (a new run: config.json written) or at its last checkpoint (a
+    resume; without one, the run starts over)."""
+    setup, model, start = _build(config, backend)
+    optimizer = make_optimizer(model, config)
+    constraint = None
+    if config.method in CONSTRAINED_METHODS:
+        constraint = SignConstraint(model, start.targets, eps=config.eps, zeros=config.zeros)
+    token = files.token if files else uuid.uuid4().hex
+    options = files.config if files else config.to_dict()  # as config.json holds them
+    digest = runs.config_digest(options)
+    state = runs.load_checkpoint(files) if files else None
+    rows: list[EpochRow] = []
+    if state is not None:
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        if constraint is not None:
+            constraint.load_targets_(state.targets)
+        rows = files.metrics[: state.epoch]
+    elif setup.world.is_main:
+        _write_config(run_dir, options, config, setup, token, start)
+    setup.world.check_same(
+        "sign targets",
+        distributed.checksum(constraint.targets() if constraint else {}),
+        "every rank must materialize the same pattern: same --seed, --dist, --sampling, --map, "
+        "version",
+    )
+    clock = runs.CheckpointClock(
+        config.checkpoint_every, config.checkpoint_seconds, last_epoch=len(rows)
+    )
+    return _Trainer(
+        config, setup, model, optimizer, constraint, run_dir, token, digest, rows, clock
+    )
+
+
+def _default_run_dir(config: TrainConfig) -> Path:
+    dataset = re.sub(r"[^A-Za-z0-9.-]+", "_", config.dataset)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{config.model}-{dataset}-{config.method}-s{config.seed}"
+
+
+def _check_memory(config: TrainConfig, size: int | None, world_size: int) -> None:
+    """Refuse a batch whose input tensor alone would take a quarter of the memory, before it is
+    allocated (an image size of 4096 is otherwise killed by the kernel, with no message)."""
+    if size is None:
+        return
+    per_rank = math.ceil(max(config.batch_size, config.eval_batch_size) / world_size)
+    need = per_rank * 3 * size * size * 4
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > physical / 4:
+        raise ConfigError(
+            f"a batch of {per_rank} images at {size}x{size} px needs {need / 2**30:.1f} GiB for "
+            f"its input alone, over a quarter of this computer's {physical / 2**30:.0f} GiB; "
+            "lower --batch-size (and --eval-batch-size) or --image-size"
+        )
+
+
+def _build(config: TrainConfig, backend: str | None) -> tuple[_Setup, nn.Module, Start]:
+    """Data, model (initialised, on its device and memory format) and the method's start."""
+    from .data import load_splits, prepare_batch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    world, device = distributed.setup(resolve_device(config.device), backend)
+    size = config.image_size or input_size_for(config.model, config.geometry)
+    _check_memory(config, size, world.world_size)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once
+        if config.precision == "fp32":  # IEEE fp32, not the TF32 convolutions of CUDA's default
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
+            torch.backends.cuda.matmul.fp32_precision = "ieee"
+    train_set, val_set = load_splits(
+        config.dataset,
+        data_dir=config.data_dir,
+        train_size=config.train_size,
+        val_size=config.val_size,
+        seed=config.seed,
+        download=config.download,
+    )
+    model = build_model(
+        config.model,
+        num_classes=len(train_set.classes),
+        geometry=config.geometry,
+        dropout=config.dropout,
+    )
+    start = initialise(model, config)
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    memory_format = torch.channels_last if conv else torch.contiguous_format  # faster convs
+    model.to(device, memory_format=memory_format)
+    mean, std = train_set.mean, train_set.std
+
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        x = prepare_batch(batch.to(device, non_blocking=True), mean, std, size=size, channels=3)
+        return x.contiguous(memory_format=memory_format)
+
+    report = {
+        "input_size": size or int(train_set.images.shape[-1]),
+        "num_classes": len(train_set.classes),
+        "train_images": len(train_set.labels),
+        "val_images": len(val_set.labels),
+        "memory_format": str(memory_format),
+    }
+    return _Setup(config, device, prepare, train_set, val_set, world, report), model, start
+
+
+def _write_config(
+    run_dir: Path,
+    options: dict[str, Any],
+    config: TrainConfig,
+    setup: _Setup,
+    token: str,
+    start: Start,
+) -> None:
+    resolved = {
+        "lr": config.resolved_lr,
+        "device": str(setup.device),
+        "precision": config.precision,
+        **start.report,
+        **setup.report,
+    }
+    if setup.world.world_size > 1:
+        resolved["distributed"] = setup.world.describe()
+    meta = {
+        "config": options,
+        "resolved": resolved,
+        "environment": runs.environment(setup.device),
+        "run_token": token,
+    }
+    runs.write_config(run_dir, meta)
+    if config.save_init and start.materialized is not None:
+        start.materialized.save(run_dir / runs.INIT_FILE)
