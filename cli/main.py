@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from polarpack import __version__
+from polarpack.training import keep_freed_memory
 
 from .experiment import experiment, report
 from .extract import convert, extract, inspect
@@ -43,6 +44,7 @@ for command in (extract, inspect, convert, materialize, train, push, pull, exper
 
 
 def main() -> None:
+    keep_freed_memory()  # a training step reuses its memory instead of page-faulting it back
     cli(prog_name="polarpack")
 
 

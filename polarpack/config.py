@@ -205,6 +205,14 @@ class TrainConfig:
     threads: int | None = _opt(
         None, "Torch CPU threads (default: torch's choice).", low=1, high=1024
     )
+    micro_batch: int | None = _opt(
+        None,
+        "Compute each batch in parts of at most this many "
+        "images, adding up their gradients before the step: the same "
+        "update (up to float rounding) in less memory, for large "
+        "images. BatchNorm sees each part on its own.",
+        low=1,
+    )
     eval_batch_size: int = _opt(1000, "Batch size of the validation pass.", low=1)
     bn_batches: int = _opt(
         2,

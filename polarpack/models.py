@@ -1,7 +1,10 @@
-"""Model builders: the seed's AlexNet and ZFNet in two geometries, plus any torchvision classifier.
+"""Model builders: the seed's AlexNet and ZFNet in two geometries, any torchvision classifier and,
+with timm installed, any timm model (torchvision's name wins where both have one).
 
 Like timm, builders are registered by name (`build_model("zfnet", geometry="small")`); like
-torchvision, each carries its metadata (input sizes, conv shapes, provenance) next to it.
+torchvision, each carries its metadata (input sizes, conv shapes, provenance) next to it. The
+paper networks' LocalResponseNorm is computed as a banded 1x1 convolution (`LocalResponseNorm`),
+which makes the 224-px ZFNet affordable on CPUs.
 
 Layer names are the parameter names without `.weight` (`conv1` ... `conv5`, `fc6` ... `fc8`), so
 the paper's distributions (`paper:alexnet`, layers conv1-conv5) map onto both networks by name.
@@ -131,7 +134,7 @@ ZFNET = PaperNetSpec(
             2,
             "32x32/28x28 input: conv1 stride 2 padding 3 (16x16 or 14x14), pool 3/2 padding 1 "
             "(8x8 or 7x7), conv2 stride 2 padding 2 (4x4), pool (2x2), no pool after conv5; no LRN "
-            "(weightless, and it tripled the CPU time of a step)",
+            "(weightless; the 32-px grids ran without it)",
             lrn=False,
         ),
     },

@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .errors import ConfigError, PolarpackError
 from .grid import Cell, Experiment, config_hash
 from .runs import FINISHED, STATE_FILE, read_metrics
-from .training import TrainResult, train
+from .training import TrainResult, keep_freed_memory, train
 
 
 @dataclass
@@ -278,6 +278,7 @@ def _worker_init(parent: int, epochs: Any) -> None:
     """Report epochs to the parent, and exit as soon as the parent is gone (even SIGKILLed)."""
     global _EPOCHS
     _EPOCHS = epochs
+    keep_freed_memory()
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -21,6 +21,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the system. A
+    training step frees and allocates the same large activations every step, and each fresh
+    mapping page-faults all its pages in again: keeping them made a 224-px ZFNet step 1.6x faster
+    (benchmarks/bench_lrn.py), without changing a bit of the numbers. Process-wide, so the command
+    line and the grid's worker processes call it, not `train`. Returns whether it applied (glibc
+    only)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -179,6 +197,36 @@ def evaluate(model: nn.Module, setup: _Setup) -> tuple[float, float]:
     return loss_sum / len(labels), correct / len(labels)
 
 
+def _step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    setup: _Setup,
+    idx: torch.Tensor,
+    mine: torch.Tensor,
+) -> tuple[float, int]:
+    """One optimizer step on the global batch `idx`, of which this rank computes `mine`, in
+    parts of at most `micro_batch` images whose gradients add up before the step. Returns this
+    rank's summed loss (scaled as below) and its correct predictions."""
+    config, world = setup.config, setup.world
+    parts = mine.split(config.micro_batch or max(len(mine), 1)) if len(mine) else (mine,)
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum, correct = 0.0, 0
+    for i, part in enumerate(parts):
+        x = setup.prepare(setup.train_set.images[part])
+        y = setup.train_set.labels[part].to(setup.device, non_blocking=True)
+        last = i == len(parts) - 1  # DDP all-reduces the gradients once, in the last backward
+        with nullcontext() if last else getattr(net, "no_sync", nullcontext)():
+            with setup.autocast():
+                out = net(x).float()
+            # summed over the part, scaled so DDP's average is the global batch's mean loss
+            loss = F.cross_entropy(out, y, reduction="sum") * (world.world_size / len(idx))
+            loss.backward()
+        loss_sum += float(loss.detach())
+        correct += int((out.argmax(1) == y).sum())
+    optimizer.step()
+    return loss_sum, correct
+
+
 def _train_epoch(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -196,20 +244,11 @@ def _train_epoch(
     loss_sum, correct, seen, started = 0.0, 0, 0, time.perf_counter()
     order = epoch_generator(config.seed, "batches", epoch)
     for idx in batch_indices(len(setup.train_set.labels), config.batch_size, order):
-        mine = world.shard(idx)
-        x = setup.prepare(setup.train_set.images[mine])
-        y = setup.train_set.labels[mine].to(setup.device, non_blocking=True)
-        with setup.autocast():
-            out = net(x).float()
-        # summed over this rank's images, scaled so DDP's average is the global batch's mean loss
-        loss = F.cross_entropy(out, y, reduction="sum") * (world.world_size / len(idx))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        rank_loss, rank_correct = _step(net, optimizer, setup, idx, world.shard(idx))
         if constraint is not None:
             constraint.project_(resets)
         batch_loss, batch_correct = world.all_sum(
-            float(loss.detach()) * len(idx) / world.world_size, int((out.argmax(1) == y).sum())
+            rank_loss * len(idx) / world.world_size, rank_correct
         )
         loss_sum, correct, seen = (
             loss_sum + batch_loss,
@@ -436,7 +475,8 @@ def _check_memory(config: TrainConfig, size: int | None, world_size: int) -> Non
     allocated (an image size of 4096 is otherwise killed by the kernel, with no message)."""
     if size is None:
         return
-    per_rank = math.ceil(max(config.batch_size, config.eval_batch_size) / world_size)
+    per_rank = math.ceil(config.batch_size / world_size)
+    per_rank = max(min(per_rank, config.micro_batch or per_rank), config.eval_batch_size)
     need = per_rank * 3 * size * size * 4
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
