@@ -534,8 +534,28 @@ def _comparisons_table(comparisons: Sequence[Comparison]) -> list[str]:
     return lines
 
 
+def _provenance(groups: Sequence[Group]) -> list[str]:
+    """Which machines and commits the runs computed on, with how many runs each."""
+    machines: dict[str, int] = {}
+    commits: dict[str, int] = {}
+    for run in (r for g in groups for r in g.runs):
+        machines[run.machine] = machines.get(run.machine, 0) + 1
+        commit = (run.commit or "not recorded")[:8]
+        commits[commit] = commits.get(commit, 0) + 1
+    if not machines:
+        return []
+    return [
+        "",
+        "Runs computed on "
+        + "; ".join(f"{m} ({n})" for m, n in machines.items())
+        + ", from commits "
+        + ", ".join(f"{c} ({n})" for c, n in sorted(commits.items()))
+        + ".",
+    ]
+
+
 def markdown_report(name: str, groups: Sequence[Group], comparisons: Sequence[Comparison]) -> str:
-    lines = [f"# {printable(name)}", "", *_groups_table(groups)]
+    lines = [f"# {printable(name)}", "", *_groups_table(groups), *_provenance(groups)]
     if comparisons:
         lines += _comparisons_table(comparisons)
     table1 = table1_markdown(groups)
