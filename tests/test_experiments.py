@@ -415,3 +415,29 @@ def test_comparisons_match_groups_on_every_option_the_methods_use(tmp_path):
     assert {c.b for c in spin} == {
         "scratch"
     }  # labels leave out what a method ignores (its zeros, its dist)
+
+
+def test_a_margin_adds_equivalence_tests_and_empty_selects_unset(tmp_path):
+    """[[compare]] margin = {...} gives TOST per measure; `norms = ""` selects the runs without
+    norms (TOML has no null); the report names the machines and commits of its runs."""
+    accs = {0: 0.50, 1: 0.52, 2: 0.49, 3: 0.51}
+    for seed, acc in accs.items():
+        _write_run(tmp_path, f"a-s{seed}-a{seed}", {"method": "scratch", "seed": seed}, [acc])
+        _write_run(
+            tmp_path,
+            f"b-s{seed}-b{seed}",
+            {"method": "scratch", "seed": seed, "norms": "bn.polar.safetensors"},
+            [acc + 0.002 * (-1) ** seed],
+        )
+    spec = {
+        "name": "norms - none",
+        "a": {"norms": "bn.polar.safetensors"},
+        "b": {"norms": ""},
+        "margin": {"final_val_acc": 0.02, "epochs_to_40": 1},
+    }
+    (c,) = compare(aggregate(*_cells(tmp_path)), [spec])
+    assert c.final_val_acc.test == "paired t" and c.seeds == [0, 1, 2, 3]
+    assert c.equivalence["final_val_acc"].equivalent
+    assert c.equivalence["epochs_to_threshold"].equivalent  # all at epoch 1: no difference
+    text = report(tmp_path).markdown
+    assert "Runs computed on cpu AVX512 (CPU model not recorded) (8)" in text

@@ -245,30 +245,34 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes"
 )
-def test_jobs_workers_die_with_their_parent(tmp_path):
+def _parallel_grid(tmp_path: Path, started: str) -> subprocess.Popen:
+    """`polarpack experiment --jobs 2` on two long cells, returned once both have written
+    `started` (a run file's name)."""
     (tmp_path / "g.toml").write_text(
         '[defaults]\nmethod = "scratch"\nepochs = 50\ndataset = "fashion-mnist-mini"\n'
         "[grid]\nseeds = [0, 1]\n"
     )
-    parent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "polarpack",
-            "experiment",
-            str(tmp_path / "g.toml"),
-            "--results",
-            str(tmp_path / "res"),
-            "--jobs",
-            "2",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "polarpack",
+        "experiment",
+        str(tmp_path / "g.toml"),
+        "--results",
+        str(tmp_path / "res"),
+        "--jobs",
+        "2",
+    ]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "res").glob(f"runs/*/{started}"))) < 2:
+        time.sleep(0.5)
+    return parent
+
+
+def test_jobs_workers_die_with_their_parent(tmp_path):
+    parent = _parallel_grid(tmp_path, "config.json")
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not list((tmp_path / "res").glob("runs/*/config.json")):
-            time.sleep(0.5)
         workers = _children(parent.pid)
         assert workers, "no worker processes started"
         parent.send_signal(signal.SIGKILL)
@@ -695,29 +699,8 @@ def test_a_checkpoint_named_like_a_distribution_is_read_as_weights(tmp_path, ale
 def test_interrupting_a_parallel_grid_stops_its_cells_at_once(tmp_path):
     from filelock import FileLock
 
-    (tmp_path / "g.toml").write_text(
-        '[defaults]\nmethod = "scratch"\nepochs = 50\ndataset = "fashion-mnist-mini"\n'
-        "[grid]\nseeds = [0, 1]\n"
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "polarpack",
-        "experiment",
-        str(tmp_path / "g.toml"),
-        "--results",
-        str(tmp_path / "res"),
-        "--jobs",
-        "2",
-    ]
-    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = _parallel_grid(tmp_path, "metrics.jsonl")
     try:
-        deadline = time.time() + 120
-        while (
-            time.time() < deadline
-            and len(list((tmp_path / "res").glob("runs/*/metrics.jsonl"))) < 2
-        ):
-            time.sleep(0.5)
         workers = _children(parent.pid)
         assert workers, "no worker processes started"
         parent.send_signal(signal.SIGINT)  # to the parent alone, as `kill -INT` does
