@@ -218,7 +218,9 @@ def open_for_resume(run_dir: Path) -> RunFiles:
             f"new run with --config {run_dir / CONFIG_FILE} --out NEW"
         )
     metrics = read_metrics(run_dir)
-    if summary.get("epochs_done") is not None and summary["epochs_done"] != len(metrics):
+    done = summary.get("epochs_done")
+    # the metrics are written first: a writer killed between the two leaves them one epoch ahead
+    if done is not None and done not in (len(metrics), len(metrics) - 1):
         raise ConfigError(
             f"{where}: {SUMMARY_FILE} says {summary['epochs_done']} epochs were done but "
             f"{METRICS_FILE} holds {len(metrics)}: the files disagree; restore {METRICS_FILE}, "
