@@ -173,7 +173,19 @@ class Group:
             "machines",
             "commits",
         )
-        return asdict(self) | {name: getattr(self, name) for name in names}
+        runs = [
+            {
+                "seed": r.seed,
+                "status": r.status,
+                "final_val_acc": r.final,
+                "epochs": len(r.metrics),
+                "machine": r.machine,
+                "commit": r.commit,
+            }
+            for r in self.runs
+        ]  # the per-epoch metrics are in each run's metrics.jsonl
+        fields = {k: v for k, v in asdict(self).items() if k != "runs"}
+        return fields | {"runs": runs} | {name: getattr(self, name) for name in names}
 
 
 @dataclass
