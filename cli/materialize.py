@@ -8,11 +8,10 @@ from pathlib import Path
 import click
 
 from polarpack._io import check_output_path, printable
-from polarpack.config import CONSTRAIN_SCOPES
 from polarpack.errors import ConfigError
 from polarpack.materialization import SAMPLING_MODES
 from polarpack.materialization import materialize as run
-from polarpack.models import GEOMETRIES
+from polarpack.models import CONSTRAIN_SCOPES, GEOMETRIES
 from polarpack.sources import resolve_distribution
 
 from ._common import emit_json, handle_errors, hub_options, info, json_option

@@ -17,8 +17,9 @@ from typing import Any
 from .constraints import FLUID_MODES, ZERO_MODES
 from .errors import ConfigError
 from .materialization import SAMPLING_MODES
-from .models import GEOMETRIES
+from .models import CONSTRAIN_SCOPES, GEOMETRIES
 from .references import names_distribution
+from .sources import LAYOUTS
 
 METHODS = {
     "freeze-spin": "Alg. 1: Glorot magnitudes, a random pattern with the distribution's "
@@ -39,8 +40,6 @@ IN_METHODS = (*POLARITY_METHODS, "fluid-in")  # need --weights
 CONSTRAINED_METHODS = ("freeze-spin", "fluid-spin", "freeze-in")
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16")
-CONSTRAIN_SCOPES = ("conv", "all")
-LAYOUTS = ("auto", "oihw", "hwio")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # adam: prior-work code; sgd: the Keras default
 MAX_IMAGE_SIZE = 1024
 

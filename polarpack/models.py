@@ -23,6 +23,7 @@ from torch.autograd.function import once_differentiable
 from .errors import ModelError
 
 GEOMETRIES = ("small", "imagenet")
+CONSTRAIN_SCOPES = ("conv", "all")  # which kernels follow a sign pattern (constrainable_layers)
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,7 @@ def constrainable_layers(model: nn.Module, scope: str = "conv") -> list[tuple[st
             if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
         ]
         return [(n, m) for n, m in layers if n != head]
-    raise ModelError(f"unknown constrain scope {scope!r}; use 'conv' or 'all'")
+    raise ModelError(f"unknown constrain scope {scope!r}; use one of {list(CONSTRAIN_SCOPES)}")
 
 
 def input_size_for(name: str, geometry: str) -> int | None:
