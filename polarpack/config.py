@@ -223,11 +223,10 @@ class TrainConfig:
     checkpoint_every: int = _opt(1, "Write the resume checkpoint at most every N epochs.", low=1)
     checkpoint_seconds: float = _opt(
         60.0,
-        "... and only once this many seconds have passed "
-        "since the last one (0: after every epoch). A resume "
-        "repeats the epochs since the last checkpoint; the metrics "
-        "are written every epoch, the weights at every checkpoint "
-        "and at the end.",
+        "Write the resume checkpoint only once this many seconds have passed since the last "
+        "one (0: after every epoch that --checkpoint-every allows). A resume repeats the epochs "
+        "since the last checkpoint; the metrics are written every epoch, the weights at every "
+        "checkpoint and at the end.",
         low=0,
     )
     save_init: bool = _opt(
