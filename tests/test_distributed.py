@@ -125,12 +125,15 @@ def test_mismatched_targets_fail_on_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path):
+    """Each rank computes its 50 images in parts of 30 and 20 (micro-batches under DDP), and the
+    run still matches one process computing the batch of 100 at once."""
     proc = _torchrun(
         f"""
         import os
         from safetensors.torch import save_file
         from polarpack.training import train
-        result = train(out={str(tmp_path / "ddp")!r}, progress=False, **{OPTIONS!r})
+        result = train(out={str(tmp_path / "ddp")!r}, progress=False, micro_batch=30,
+                       **{OPTIONS!r})
         state = {{k: v.contiguous() for k, v in result.model.state_dict().items()}}
         save_file(state, f"rank{{os.environ['RANK']}}.safetensors")
     """,
