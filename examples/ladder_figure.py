@@ -121,11 +121,13 @@ def family_rows(family: str, groups: list[Group]) -> list[dict]:
             "epochs_to_threshold": g.epochs_to_threshold,
             "machines": g.machines,
         }
-        if gap and scratch is not None:
+        if gap and scratch is not None and g is not scratch:
             row["share_of_gap"] = (g.final_val_mean - scratch.final_val_mean) / gap
             diff = _difference(g, scratch)
             if diff is not None and diff.low is not None:
                 row["share_ci_low"], row["share_ci_high"] = diff.low / gap, diff.high / gap
+        if g is scratch:
+            row["share_of_gap"] = 0.0  # by definition
         rows.append(row)
     return rows
 
