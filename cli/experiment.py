@@ -38,16 +38,16 @@ _results = click.option(
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Cells run in parallel "
-    "processes; each gets threads = max(1, cores // jobs) unless the file sets threads.",
+    help="Cells run in parallel processes; each gets threads = max(1, cores // jobs) unless the "
+    "file sets threads.",
 )
 @click.option(
     "--nproc-per-run",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Processes per run: "
-    ">1 trains each cell with DistributedDataParallel under torchrun; see docs/distributed.md.",
+    help="Processes per run: >1 trains each cell with DistributedDataParallel under torchrun; see "
+    "docs/distributed.md.",
 )
 @_sets
 @click.option(

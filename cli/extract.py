@@ -188,8 +188,7 @@ def _check_output_name(out_path: Path, granularity: str | None, norms: bool) -> 
     type=click.Path(dir_okay=False),
     metavar="FILE",
     help="Where to write the distribution: .polar / .polar.json (JSON) or .polar.safetensors. "
-    "Written "
-    "atomically; the directory must exist.",
+    "Written atomically; the directory must exist.",
 )
 @click.option(
     "--layers",
@@ -198,8 +197,7 @@ def _check_output_name(out_path: Path, granularity: str | None, norms: bool) -> 
     callback=_parse_layers,
     metavar="GLOB",
     help="Only layers (state-dict key without '.weight') matching this fnmatch glob, e.g. "
-    "'features.*'. "
-    "Repeat it or separate globs with commas. Default: every conv layer.",
+    "'features.*'. Repeat it or separate globs with commas. Default: every conv layer.",
 )
 @click.option(
     "--include-linear",
@@ -218,8 +216,7 @@ def _check_output_name(out_path: Path, granularity: str | None, norms: bool) -> 
     "--expand-groups",
     is_flag=True,
     help="Count grouped/depthwise convs as their dense block-diagonal kernels, as the paper's "
-    "AlexNet "
-    "conv2/4/5 (p0 = 0.5). Group counts come from torchvision models or --groups.",
+    "AlexNet conv2/4/5 (p0 = 0.5). Group counts come from torchvision models or --groups.",
 )
 @click.option(
     "--groups",
@@ -236,9 +233,8 @@ def _check_output_name(out_path: Path, granularity: str | None, norms: bool) -> 
     default="auto",
     show_default=True,
     help="Kernel axis order in the source. auto: PyTorch files are OIHW; in .npy/.npz and "
-    "non-PyTorch "
-    "safetensors a kernel like (11,11,3,96) is HWIO (TensorFlow/Caffe) and ambiguous ones follow "
-    "the file.",
+    "non-PyTorch safetensors a kernel like (11,11,3,96) is HWIO (TensorFlow/Caffe) and ambiguous "
+    "ones follow the file.",
 )
 @click.option(
     "--granularity",
@@ -263,9 +259,8 @@ def _check_output_name(out_path: Path, granularity: str | None, norms: bool) -> 
 @click.option(
     "--unsafe-allow-pickle",
     is_flag=True,
-    help="Read pickled object arrays in .npy/.npz files "
-    "(e.g. Caffe-converted bvlc_alexnet.npy). Unpickling can run arbitrary code: only for files "
-    "you trust.",
+    help="Read pickled object arrays in .npy/.npz files (e.g. Caffe-converted bvlc_alexnet.npy). "
+    "Unpickling can run arbitrary code: only for files you trust.",
 )
 @json_option
 @hub_options

@@ -191,10 +191,9 @@ class TrainConfig:
     )
     precision: str = _opt(
         "auto",
-        "auto: bf16 where the hardware computes it natively (CUDA with "
-        "bf16, CPUs with avx512_bf16/AMX), else fp32; bf16 autocast keeps fp32 "
-        "master weights and optimizer state. CPUs run mobilenet_v2 faster in "
-        "fp32.",
+        "auto: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with "
+        "avx512_bf16/AMX), else fp32; bf16 autocast keeps fp32 master weights and optimizer state. "
+        "CPUs run mobilenet_v2 faster in fp32.",
         PRECISIONS,
     )
     device: str = _opt(

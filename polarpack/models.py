@@ -75,8 +75,7 @@ ALEXNET = PaperNetSpec(
     description=(
         "AlexNet as the seed's prior work builds it (Wang et al. 2023): conv 96@11x11/4, 256@5x5, "
         "384@3x3, 384@3x3, 256@3x3, max-pools 3/2, fc 4096-4096-classes, dropout after fc6 and "
-        "fc7; "
-        "no LRN, no groups."
+        "fc7; no LRN, no groups."
     ),
     geometries={
         "imagenet": Geometry(
@@ -110,9 +109,8 @@ ZFNET = PaperNetSpec(
     lrn_after=(True, True, False, False, False),
     description=(
         "ZFNet (Zeiler & Fergus 2014) as the pytorchcv model zoo defines it: conv 96@7x7/2, "
-        "256@5x5/2, "
-        "384@3x3, 384@3x3, 256@3x3, LRN after conv1 and conv2, max-pools 3/2 (ceil mode), "
-        "fc 4096-4096-classes with dropout after fc6 and fc7."
+        "256@5x5/2, 384@3x3, 384@3x3, 256@3x3, LRN after conv1 and conv2, max-pools 3/2 (ceil "
+        "mode), fc 4096-4096-classes with dropout after fc6 and fc7."
     ),
     geometries={
         "imagenet": Geometry(

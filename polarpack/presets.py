@@ -139,10 +139,9 @@ PRESETS: dict[str, Preset] = {
         # metadata.paper_printed.
         Preset(
             "paper:table1-exp4",
-            "Table 1 Exp. 4: p0 = 0.01 in conv2, conv4, conv5 (the printed "
-            "[0.01, 0.45, 0.45] sums to 0.91; p0 = 0.01 is kept and the remaining 0.99 split "
-            "equally: "
-            "[0.01, 0.495, 0.495])",
+            "Table 1 Exp. 4: p0 = 0.01 in conv2, conv4, conv5 (the printed [0.01, 0.45, 0.45] sums "
+            "to 0.91; p0 = 0.01 is kept and the remaining 0.99 split equally: [0.01, 0.495, "
+            "0.495])",
             _same(_GROUPED, (0.01, 0.495, 0.495)),
             False,
             10,
@@ -177,8 +176,7 @@ PRESETS: dict[str, Preset] = {
             None,
             None,
             citation="Wang, Powell, Geisa, Bridgeford and Vogelstein, 'Polarity is all you need to "
-            "learn and "
-            "transfer faster', ICML 2023 (RAND-Polarity)",
+            "learn and transfer faster', ICML 2023 (RAND-Polarity)",
         ),
     ]
 }
