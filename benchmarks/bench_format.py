@@ -27,6 +27,7 @@ and the speed, each side measured in the same run (best of --repeats):
 Also printed: the bound a pattern given per-channel counts would need (the channel-conditional
 entropy plus the channel stream), which is why pattern streams use the layer's counts.
 
+    pip install -e ".[bench]"                       # zstandard, for the zstd -19 column
     python benchmarks/bench_format.py               # ~1 min
     python benchmarks/bench_format.py --repeats 9
 """
