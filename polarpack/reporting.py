@@ -210,6 +210,7 @@ class Report:
     comparisons: list[Comparison]
     markdown: str = ""
     files: list[str] = field(default_factory=list)
+    not_compared: list[str] = field(default_factory=list)  # [[compare]] names nothing matched
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -217,6 +218,7 @@ class Report:
             "results": self.results,
             "groups": [g.to_dict() for g in self.groups],
             "comparisons": [asdict(c) for c in self.comparisons],
+            "not_compared": self.not_compared,
             "files": self.files,
         }
 
@@ -566,10 +568,32 @@ def _provenance(groups: Sequence[Group]) -> list[str]:
     ]
 
 
-def markdown_report(name: str, groups: Sequence[Group], comparisons: Sequence[Comparison]) -> str:
+def not_compared(
+    specs: Sequence[Mapping[str, Any]], comparisons: Sequence[Comparison]
+) -> list[str]:
+    """The [[compare]] entries that found no pair of finished groups: a selector that matches
+    nothing, or groups that differ in an option neither side names, would otherwise vanish."""
+    made = {c.name for c in comparisons}
+    return [name for s in specs if (name := str(s.get("name", "a - b"))) not in made]
+
+
+def markdown_report(
+    name: str,
+    groups: Sequence[Group],
+    comparisons: Sequence[Comparison],
+    unmatched: Sequence[str] = (),
+) -> str:
     lines = [f"# {printable(name)}", "", *_groups_table(groups), *_provenance(groups)]
     if comparisons:
         lines += _comparisons_table(comparisons)
+    if unmatched:
+        lines += [
+            "",
+            "Not compared (no finished group matches a, or none matching b agrees with it on "
+            "every option the two selectors leave out): "
+            + "; ".join(printable(n) for n in unmatched)
+            + ".",
+        ]
     table1 = table1_markdown(groups)
     lines += ["", table1] if table1 else []
     lines += ["", "## Validation accuracy per epoch (mean ± std, %)", ""]
@@ -728,10 +752,10 @@ def report(
             f"({type(exc).__name__}: {exc}); restore or remove that run"
         ) from None
     comparisons = compare(groups, specs)
+    unmatched = not_compared(specs, comparisons)
     name = (title or name) + (" (unfinished runs counted at their last epoch)" if partial else "")
-    result = Report(
-        name, str(store.root), groups, comparisons, markdown_report(name, groups, comparisons)
-    )
+    markdown = markdown_report(name, groups, comparisons, unmatched)
+    result = Report(name, str(store.root), groups, comparisons, markdown, not_compared=unmatched)
     if out is not None:
         result.files = _write(Path(out), result, cells, store, title)
     return result

@@ -17,7 +17,7 @@ from polarpack import format as fmt
 from polarpack.errors import ConfigError
 from polarpack.grid import config_hash, defaults, load_experiment
 from polarpack.models import build_model
-from polarpack.reporting import aggregate, compare, report
+from polarpack.reporting import aggregate, compare, markdown_report, not_compared, report
 from polarpack.runner import ResultsStore, plan, run_experiment
 from polarpack.statistics import t_interval, tost
 
@@ -415,6 +415,13 @@ def test_comparisons_match_groups_on_every_option_the_methods_use(tmp_path):
     assert {c.b for c in spin} == {
         "scratch"
     }  # labels leave out what a method ignores (its zeros, its dist)
+    specs = [
+        {"name": "free - pin", "a": {"zeros": "free"}, "b": {"zeros": "pin"}},
+        {"name": "typo", "a": {"dist": "paper:alexnt"}, "b": {"method": "scratch"}},
+    ]
+    made = compare(groups, specs)
+    assert not_compared(specs, made) == ["typo"]  # said, not dropped in silence
+    assert "leave out): typo." in markdown_report("x", groups, made, ["typo"])
 
 
 def test_a_margin_adds_equivalence_tests_and_empty_selects_unset(tmp_path):
