@@ -168,33 +168,46 @@ def markdown(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], path: Path) -> None:
+    """One panel per family; each rung is a numbered point (the key below); rungs within 30% of
+    each other's bytes are drawn side by side, the later one moved right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, axes = plt.subplots(1, len(FAMILIES), figsize=(11, 5.8), sharey=True)
     floor = min(r["info_bytes"] for r in rows if r["info_bytes"]) / 10
-    for family, marker in zip(FAMILIES, ("o", "s"), strict=True):
-        mine = sorted((r for r in rows if r["family"] == family), key=lambda r: r["info_bytes"])
-        xs = [r["info_bytes"] or floor * (1.6 if r["rung"] == "Freeze RAND" else 1) for r in mine]
-        ys = [100 * r["mean"] for r in mine]
-        err = [
-            [100 * (r["mean"] - (r["ci_low"] or r["mean"])) for r in mine],
-            [100 * ((r["ci_high"] or r["mean"]) - r["mean"]) for r in mine],
-        ]
-        ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=3, label=family, alpha=0.85)
-        for x, y, r in zip(xs, ys, mine, strict=True):
-            ax.annotate(r["rung"], (x, y), fontsize=6, xytext=(4, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="bytes of ImageNet information transferred (coded; left edge: none)",
-        ylabel="final validation accuracy (%), mean and 95% interval",
-        title="The ladder from signs to weights: CIFAR-10 at 32 px, 20 epochs, 3 seeds",
-    )
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    for ax, family in zip(axes, FAMILIES, strict=True):
+        x = 0.0
+        for r in sorted((r for r in rows if r["family"] == family), key=lambda r: r["info_bytes"]):
+            number = ORDER.index(r["rung"]) + 1
+            x = max(r["info_bytes"] or floor, 1.3 * x)  # near-equal bytes: side by side
+            y = 100 * r["mean"]
+            low, high = (
+                100 * (r[k] if r[k] is not None else r["mean"]) for k in ("ci_low", "ci_high")
+            )
+            ax.errorbar(x, y, yerr=[[y - low], [high - y]], marker="o", capsize=3, color="C0")
+            ax.annotate(str(number), (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        mean = {r["rung"]: 100 * r["mean"] for r in rows if r["family"] == family}
+        if "scratch" in mean and "Fluid IN" in mean:
+            half = (mean["scratch"] + mean["Fluid IN"]) / 2
+            ax.axhline(half, ls="--", lw=0.8, color="gray")
+            ax.annotate(
+                "half the gap",
+                (floor, half),
+                fontsize=7,
+                xytext=(0, 3),
+                textcoords="offset points",
+                color="gray",
+            )
+        ax.set_xscale("log")
+        ax.set(title=family, xlabel="bytes of ImageNet information (coded; left edge: none)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("final validation accuracy (%), mean and 95% interval")
+    fig.suptitle("The ladder from signs to weights: CIFAR-10 at 32 px, 20 epochs, 3 seeds")
+    key = [f"{i} {name}" for i, name in enumerate(ORDER, 1)]
+    fig.text(0.5, 0.01, "   ".join(key[:6]) + "\n" + "   ".join(key[6:]), ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
