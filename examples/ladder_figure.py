@@ -15,8 +15,9 @@ layer and channel rungs, as the runs used; the checkpoint for fine-tuning). scra
 RAND transfer none; the figure draws them at its left edge.
 
 Share of the gap: (rung - scratch) / (fine-tuning - scratch) of the mean final accuracy; its
-interval is the 95% interval of rung - scratch (paired over seeds where both ran on one kind of
-machine, else Welch's) divided by the gap's mean, which is known to within a point or two.
+interval is the 95% interval of rung - scratch (paired by seed where each pair ran on one kind of
+machine, else Welch's over all runs, as in the reports) divided by the gap's mean, which is known
+to within a point or two.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from scipy import stats
 from polarpack._io import atomic_write_text
 from polarpack.format import load, size_report
 from polarpack.references import names_distribution
-from polarpack.reporting import Group, report
+from polarpack.reporting import Group, paired_runs, report
 from polarpack.sources import load_state_dict
 from polarpack.statistics import t_interval
 
@@ -133,15 +134,11 @@ def family_rows(family: str, groups: list[Group]) -> list[dict]:
 
 
 def _difference(a: Group, b: Group):
-    """a - b over the seeds both ran on one kind of machine (paired), else Welch's."""
-    runs_b = {r.seed: r for r in b.runs}
-    pairs = [
-        (r, runs_b[r.seed])
-        for r in a.runs
-        if r.seed in runs_b and r.machine == runs_b[r.seed].machine
-    ]
-    if len(pairs) >= 2:
-        return t_interval([x.final for x, _ in pairs], [y.final for _, y in pairs], paired=True)
+    """a - b as the reports compute it: paired by seed where every pair ran on one kind of
+    machine, else Welch's over all runs."""
+    runs_a, runs_b, _ = paired_runs(a, b)
+    if runs_a:
+        return t_interval([r.final for r in runs_a], [r.final for r in runs_b], paired=True)
     return t_interval(a.final_val_accs, b.final_val_accs, paired=False)
 
 

@@ -13,11 +13,12 @@ previous epoch's.
 Comparisons (``[[compare]]`` in the experiment file: `a` and `b` select groups by options; each
 a-group is matched with the b-group that agrees on every other option) give the difference a - b
 of the final validation accuracy and of the per-seed epochs to threshold, with a 95% Student t
-interval: paired over the seeds both groups ran (same data subset and batch order per seed), where
-each seed's two runs computed on one kind of machine (kernels round differently between CPU kinds
-and GPUs); else Welch's. A `margin = { final_val_acc = 0.02, epochs_to_40 = 1 }` adds two
-one-sided tests (TOST, `polarpack.statistics`). Epochs to threshold has no interval when a run
-never got there (censored). Every comparison says which machines and commits its pairs used.
+interval: paired over the seeds both groups ran (same data subset and batch order per seed) when
+every seed's two runs computed on one kind of machine (kernels round differently between CPU kinds
+and GPUs); else Welch's over all runs, so that no seed is dropped. A `margin = { final_val_acc =
+0.02, epochs_to_40 = 1 }` adds two one-sided tests (TOST, `polarpack.statistics`). Epochs to
+threshold has no interval when a run never got there (censored). Every comparison says which
+machines and commits its pairs used.
 """
 
 from __future__ import annotations
@@ -356,25 +357,27 @@ def _selects(group: Group, selector: Mapping[str, Any]) -> bool:
     )
 
 
-def _pairs(ga: Group, gb: Group) -> tuple[list[Run], list[Run], str]:
-    """The runs of the seeds both groups ran on one kind of machine, and what they used."""
+def paired_runs(ga: Group, gb: Group) -> tuple[list[Run], list[Run], str]:
+    """The runs of the seeds both groups ran, paired, and which machines and commits they used;
+    empty lists when the comparison must be unpaired: fewer than two seeds, or a seed whose two
+    runs computed on different kinds of machine (comparing all runs unpaired then keeps every
+    seed, where pairing would drop one)."""
     by_seed = {r.seed: r for r in gb.runs}
     pairs = [(ra, by_seed[ra.seed]) for ra in ga.runs if ra.seed in by_seed]
-    kept = [(ra, rb) for ra, rb in pairs if ra.machine == rb.machine]
-    left_out = [f"s{ra.seed}" for ra, rb in pairs if ra.machine != rb.machine]
-    if len(kept) < 2:
-        return [], [], "unpaired (fewer than 2 seeds ran both on one kind of machine)"
+    straddle = [f"s{ra.seed}" for ra, rb in pairs if ra.machine != rb.machine]
+    if straddle:
+        return [], [], f"unpaired: {', '.join(straddle)} ran a and b on different machines"
+    if len(pairs) < 2:
+        return [], [], "unpaired (fewer than 2 seeds ran both)"
     machines: dict[str, list[int]] = {}
     commits: dict[str, list[int]] = {}
-    for ra, rb in kept:
+    for ra, rb in pairs:
         machines.setdefault(ra.machine, []).append(ra.seed)
         ca, cb = (ra.commit or "unknown")[:8], (rb.commit or "unknown")[:8]
         commits.setdefault(ca if ca == cb else f"{ca} (a) / {cb} (b)", []).append(ra.seed)
     text = "; ".join(f"{m}: {_seeds(s)}" for m, s in machines.items())
     text += "; commits " + ", ".join(f"{c}: {_seeds(s)}" for c, s in commits.items())
-    if left_out:
-        text += f"; left out (a and b on different machines): {', '.join(left_out)}"
-    return [a for a, _ in kept], [b for _, b in kept], text
+    return [a for a, _ in pairs], [b for _, b in pairs], text
 
 
 def _seeds(seeds: Sequence[int]) -> str:
@@ -413,7 +416,7 @@ def compare(groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]) -> list
 
 
 def _comparison(name: str, ga: Group, gb: Group, margins: Mapping[str, float]) -> Comparison:
-    ra, rb, pairing = _pairs(ga, gb)
+    ra, rb, pairing = paired_runs(ga, gb)
     paired = bool(ra)
     ra, rb = (ra, rb) if paired else (ga.runs, gb.runs)
     threshold = ga.threshold

@@ -5,6 +5,7 @@ hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -328,10 +329,18 @@ def test_aggregation_and_comparison_by_hand(tmp_path):
     (c,) = compare(
         groups, [{"name": "d", "a": {"method": "freeze-spin"}, "b": {"method": "scratch"}}]
     )
-    # seed 2's pair ran on two kinds of machine: left out, the other two seeds stay paired
+    # seed 2's pair ran on two kinds of machine: all runs compared unpaired, no seed dropped
+    assert c.final_val_acc.test == "Welch t" and c.seeds == []
+    assert c.final_val_acc.diff == pytest.approx((0.5 + 0.6 + 0.3) / 3 - (0.4 + 0.5 + 0.12) / 3)
+    assert c.pairing == "unpaired: s2 ran a and b on different machines"
+    assert c.censored  # scratch's seed 2 never reaches 40%
+    same = [r for r in scratch.runs if r.seed != 2]
+    (c,) = compare(
+        [spin, dataclasses.replace(scratch, runs=same)],
+        [{"name": "d", "a": {"method": "freeze-spin"}, "b": {"method": "scratch"}}],
+    )
     assert c.final_val_acc.test == "paired t" and c.seeds == [0, 1]
     assert c.final_val_acc.diff == pytest.approx((0.1 + 0.1) / 2)
-    assert "left out (a and b on different machines): s2" in c.pairing
     assert not c.censored and c.epochs_to_threshold.diff == -1  # both pairs: epoch 2 vs 3
     assert "freeze-spin" in text and "| fp32 | 3/3 |" in text
     assert spin.machines == ["cpu AVX512 (CPU model not recorded)"]
