@@ -22,6 +22,8 @@ from polarpack.reporting import aggregate, compare, markdown_report, not_compare
 from polarpack.runner import ResultsStore, plan, run_experiment
 from polarpack.statistics import t_interval, tost
 
+REPO = Path(__file__).resolve().parents[1]
+
 GRID = """
 [experiment]
 name = "tinytest"
@@ -378,7 +380,7 @@ def test_report_files_and_a_torn_metrics_line(finished, grid_file, tmp_path):
 
 @pytest.mark.parametrize(
     "path",
-    sorted(Path(__file__).resolve().parents[1].glob("examples/*.toml")),
+    sorted(REPO.glob("examples/*.toml")),
     ids=lambda p: p.name,
 )
 def test_shipped_experiment_files_expand(path, monkeypatch):
@@ -457,3 +459,68 @@ def test_a_margin_adds_equivalence_tests_and_empty_selects_unset(tmp_path):
     assert c.equivalence["epochs_to_threshold"].equivalent  # all at epoch 1: no difference
     text = report(tmp_path).markdown
     assert "Runs computed on cpu AVX512 (CPU model not recorded) (8)" in text
+
+
+def _published_reports() -> list[tuple[str, list[str]]]:
+    """The `polarpack report` commands docs/results/README.md gives for the committed reports."""
+    import re
+    import shlex
+
+    text = (REPO / "docs" / "results" / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            args = shlex.split(line, comments=True)
+            if args[:2] == ["polarpack", "report"] and "docs/results/" in line:
+                commands.append((args[args.index("--out") + 1], args[2:]))
+    return commands
+
+
+@pytest.fixture(scope="module")
+def committed_results(tmp_path_factory) -> Path:
+    """A copy of the runs git tracks under results/, without any a grid is writing right now."""
+    import shutil
+    import subprocess
+
+    try:
+        tracked = (
+            subprocess.run(
+                ["git", "ls-files", "-z", "results"], cwd=REPO, capture_output=True, check=True
+            )
+            .stdout.decode()
+            .split("\0")
+        )
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the committed results store is not known")
+    root = tmp_path_factory.mktemp("committed")
+    for name in filter(None, tracked):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / name, root / name)
+    return root / "results"
+
+
+@pytest.mark.parametrize("out, args", _published_reports(), ids=lambda v: str(v))
+def test_published_reports_regenerate_from_the_committed_store(
+    out, args, committed_results, tmp_path, monkeypatch
+):
+    """Every committed report.md is what its documented command computes from results/."""
+    monkeypatch.chdir(REPO)
+    store = args[args.index("--results") + 1]
+    args[args.index("--results") + 1] = str(committed_results.parent / store)
+    args[args.index("--out") + 1] = str(tmp_path)
+    result = CliRunner().invoke(cli, ["report", *args])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.md").read_text() == (REPO / out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("family", ["mobilenetv2", "efficientnet_lite0"])
+def test_the_ladder_reports_regenerate_from_the_committed_store(
+    family, committed_results, monkeypatch
+):
+    monkeypatch.chdir(REPO)
+    file, title = {
+        "mobilenetv2": ("ladder.toml", "MobileNetV2"),
+        "efficientnet_lite0": ("ladder_efficientnet.toml", "EfficientNet-Lite0"),
+    }[family]
+    markdown = report(REPO / "examples" / file, results=committed_results, title=title).markdown
+    assert markdown == (REPO / "docs/results/ladder" / family / "report.md").read_text()
