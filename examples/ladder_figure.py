@@ -31,9 +31,8 @@ from scipy import stats
 from polarpack._io import atomic_write_text
 from polarpack.format import load, size_report
 from polarpack.references import names_distribution
-from polarpack.reporting import Group, paired_runs, report
+from polarpack.reporting import Group, comparison, report
 from polarpack.sources import load_state_dict
-from polarpack.statistics import t_interval
 
 EXAMPLES = Path(__file__).resolve().parent
 FAMILIES = {"MobileNetV2": "ladder.toml", "EfficientNet-Lite0": "ladder_efficientnet.toml"}
@@ -50,6 +49,11 @@ ORDER = [
     "BatchNorm alone",
     "Fluid IN",
 ]
+
+
+def folder_name(family: str) -> str:
+    """Where a family's report goes under --out: "EfficientNet-Lite0" -> "efficientnet_lite0"."""
+    return family.lower().replace("-", "_")
 
 
 def rung_name(config: dict) -> str:
@@ -124,22 +128,13 @@ def family_rows(family: str, groups: list[Group]) -> list[dict]:
         }
         if gap and scratch is not None and g is not scratch:
             row["share_of_gap"] = (g.final_val_mean - scratch.final_val_mean) / gap
-            diff = _difference(g, scratch)
+            diff = comparison("rung - scratch", g, scratch).final_val_acc
             if diff is not None and diff.low is not None:
                 row["share_ci_low"], row["share_ci_high"] = diff.low / gap, diff.high / gap
         if g is scratch:
             row["share_of_gap"] = 0.0  # by definition
         rows.append(row)
     return rows
-
-
-def _difference(a: Group, b: Group):
-    """a - b as the reports compute it: paired by seed where every pair ran on one kind of
-    machine, else Welch's over all runs."""
-    runs_a, runs_b, _ = paired_runs(a, b)
-    if runs_a:
-        return t_interval([r.final for r in runs_a], [r.final for r in runs_b], paired=True)
-    return t_interval(a.final_val_accs, b.final_val_accs, paired=False)
 
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -218,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     out, rows = Path(args.out), []
     for family, file in FAMILIES.items():
-        folder = out / family.lower().replace("-", "_")
+        folder = out / folder_name(family)
         result = report(EXAMPLES / file, results=args.results, out=folder, title=family)
         rows += family_rows(family, result.groups)
     atomic_write_text(out / "table.json", json.dumps(rows, indent=1) + "\n")

@@ -395,12 +395,16 @@ def _margins(spec: Mapping[str, Any]) -> dict[str, float]:
     return {aliases.get(k, k): float(v) for k, v in margin.items()}
 
 
-def compare(groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]) -> list[Comparison]:
-    """Each spec's a-groups against their matching b-groups (see the module docstring)."""
+def compare_each(
+    groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]
+) -> list[list[Comparison]]:
+    """Per spec, its a-groups against their matching b-groups (see the module docstring); an
+    empty list says the spec found nothing to compare."""
     out = []
     for spec in specs:
         a_sel, b_sel = dict(spec.get("a", {})), dict(spec.get("b", {}))
         ignore = set(a_sel) | set(b_sel)
+        made = []
         for ga in (g for g in groups if _selects(g, a_sel)):
             gb = next(
                 (
@@ -411,11 +415,21 @@ def compare(groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]) -> list
                 None,
             )
             if gb is not None:
-                out.append(_comparison(str(spec.get("name", "a - b")), ga, gb, _margins(spec)))
+                made.append(comparison(str(spec.get("name", "a - b")), ga, gb, _margins(spec)))
+        out.append(made)
     return out
 
 
-def _comparison(name: str, ga: Group, gb: Group, margins: Mapping[str, float]) -> Comparison:
+def compare(groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]) -> list[Comparison]:
+    """Every spec's comparisons, in order."""
+    return [c for made in compare_each(groups, specs) for c in made]
+
+
+def comparison(
+    name: str, ga: Group, gb: Group, margins: Mapping[str, float] | None = None
+) -> Comparison:
+    """a - b, paired by seed where `paired_runs` allows, else Welch's over all runs; each margin
+    adds an equivalence test."""
     ra, rb, pairing = paired_runs(ga, gb)
     paired = bool(ra)
     ra, rb = (ra, rb) if paired else (ga.runs, gb.runs)
@@ -435,7 +449,7 @@ def _comparison(name: str, ga: Group, gb: Group, margins: Mapping[str, float]) -
     }
     equivalence = {
         k: None if (k != "final_val_acc" and censored) else tost(*values[k], paired, margin)
-        for k, margin in margins.items()
+        for k, margin in (margins or {}).items()
     }
     return Comparison(
         name,
@@ -569,15 +583,6 @@ def _provenance(groups: Sequence[Group]) -> list[str]:
         + ", ".join(f"{c} ({n})" for c, n in sorted(commits.items()))
         + ".",
     ]
-
-
-def not_compared(
-    specs: Sequence[Mapping[str, Any]], comparisons: Sequence[Comparison]
-) -> list[str]:
-    """The [[compare]] entries that found no pair of finished groups: a selector that matches
-    nothing, or groups that differ in an option neither side names, would otherwise vanish."""
-    made = {c.name for c in comparisons}
-    return [name for s in specs if (name := str(s.get("name", "a - b"))) not in made]
 
 
 def markdown_report(
@@ -754,8 +759,13 @@ def report(
             f"{store.root}: a run's files do not have the shape polarpack writes "
             f"({type(exc).__name__}: {exc}); restore or remove that run"
         ) from None
-    comparisons = compare(groups, specs)
-    unmatched = not_compared(specs, comparisons)
+    per_spec = compare_each(groups, specs)
+    comparisons = [c for made in per_spec for c in made]
+    # a selector that matches nothing, or groups that differ in an option neither side names,
+    # would otherwise vanish from the report without a word
+    unmatched = [
+        str(s.get("name", "a - b")) for s, made in zip(specs, per_spec, strict=True) if not made
+    ]
     name = (title or name) + (" (unfinished runs counted at their last epoch)" if partial else "")
     markdown = markdown_report(name, groups, comparisons, unmatched)
     result = Report(name, str(store.root), groups, comparisons, markdown, not_compared=unmatched)

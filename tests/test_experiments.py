@@ -18,7 +18,7 @@ from polarpack import format as fmt
 from polarpack.errors import ConfigError
 from polarpack.grid import config_hash, defaults, load_experiment
 from polarpack.models import build_model
-from polarpack.reporting import aggregate, compare, markdown_report, not_compared, report
+from polarpack.reporting import aggregate, compare, compare_each, markdown_report, report
 from polarpack.runner import ResultsStore, plan, run_experiment
 from polarpack.statistics import t_interval, tost
 
@@ -430,9 +430,12 @@ def test_comparisons_match_groups_on_every_option_the_methods_use(tmp_path):
         {"name": "free - pin", "a": {"zeros": "free"}, "b": {"zeros": "pin"}},
         {"name": "typo", "a": {"dist": "paper:alexnt"}, "b": {"method": "scratch"}},
     ]
-    made = compare(groups, specs)
-    assert not_compared(specs, made) == ["typo"]  # said, not dropped in silence
+    per_spec = compare_each(groups, specs)
+    assert [len(made) for made in per_spec] == [2, 0]  # "typo" is said, not dropped in silence
+    made = [c for m in per_spec for c in m]
     assert "leave out): typo." in markdown_report("x", groups, made, ["typo"])
+    unnamed = [{"a": {"zeros": "free"}, "b": {"zeros": "pin"}}, {"a": {"dist": "paper:alexnt"}}]
+    assert [len(made) for made in compare_each(groups, unnamed)] == [2, 0]  # names may repeat
 
 
 def test_a_margin_adds_equivalence_tests_and_empty_selects_unset(tmp_path):
@@ -517,6 +520,7 @@ def test_published_reports_regenerate_from_the_committed_store(
     """Every committed report.md is what its documented command computes from results/."""
     monkeypatch.chdir(REPO)
     _skip_without_its_files(REPO / args[0])
+    args = list(args)  # the parameter is shared between runs of the test
     store = args[args.index("--results") + 1]
     args[args.index("--results") + 1] = str(committed_results.parent / store)
     args[args.index("--out") + 1] = str(tmp_path)
@@ -525,15 +529,28 @@ def test_published_reports_regenerate_from_the_committed_store(
     assert (tmp_path / "report.md").read_text() == (REPO / out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("family", ["mobilenetv2", "efficientnet_lite0"])
+def _ladder_figure():
+    """examples/ladder_figure.py, which writes the ladder's reports, as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "ladder_figure", REPO / "examples/ladder_figure.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LADDER = _ladder_figure()
+
+
+@pytest.mark.parametrize("family", LADDER.FAMILIES)
 def test_the_ladder_reports_regenerate_from_the_committed_store(
     family, committed_results, monkeypatch
 ):
     monkeypatch.chdir(REPO)
-    file, title = {
-        "mobilenetv2": ("ladder.toml", "MobileNetV2"),
-        "efficientnet_lite0": ("ladder_efficientnet.toml", "EfficientNet-Lite0"),
-    }[family]
-    _skip_without_its_files(REPO / "examples" / file)
-    markdown = report(REPO / "examples" / file, results=committed_results, title=title).markdown
-    assert markdown == (REPO / "docs/results/ladder" / family / "report.md").read_text()
+    file = REPO / "examples" / LADDER.FAMILIES[family]
+    _skip_without_its_files(file)
+    markdown = report(file, results=committed_results, title=family).markdown
+    published = REPO / "docs/results/ladder" / LADDER.folder_name(family) / "report.md"
+    assert markdown == published.read_text()
