@@ -147,12 +147,15 @@ def pruned(sd: dict[str, torch.Tensor], fraction: float) -> tuple[dict, float]:
     return out, zeros / magnitudes.size
 
 
-def best_of(repeats: int, fn) -> float:
-    best = math.inf
+def best_of(repeats: int, *fns) -> list[float]:
+    """Each function's best time, the functions taking turns so that both sides of a ratio see
+    the same machine load."""
+    best = [math.inf] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -222,8 +225,7 @@ def decode_rows(dist: fmt.Distribution, data: bytes, args) -> tuple[str, bool]:
     expected = [layer.signs().numpy() for layer in dist.layers]
     assert all(np.array_equal(a, b) for a, b in zip(v1_decode(old, dist), expected, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(v2_decode(data), expected, strict=True))
-    ours = best_of(args.repeats, lambda: v2_decode(data))
-    theirs = best_of(args.repeats, lambda: v1_decode(old, dist))
+    ours, theirs = best_of(args.repeats, lambda: v2_decode(data), lambda: v1_decode(old, dist))
     row = (
         f"{'':<26} {'':<8} decode: {ours * 1e3:.1f} ms, version 1 (np.unpackbits) "
         f"{theirs * 1e3:.1f} ms: ratio {theirs / ours:.2f} (goal >= 1)"
@@ -240,8 +242,9 @@ def encode_row(path: Path, args) -> str:
         return fmt.encode_safetensors(fmt.Distribution(layers, granularity="pattern"))
 
     assert fmt.decode(encode()).layers == dist.layers
-    ours = best_of(args.repeats, encode)
-    load = best_of(args.repeats, lambda: torch.load(path, weights_only=True, map_location="cpu"))
+    ours, load = best_of(
+        args.repeats, encode, lambda: torch.load(path, weights_only=True, map_location="cpu")
+    )
     return (
         f"encode MobileNetV2's pattern: {ours * 1e3:.1f} ms; torch.load of the .pth "
         f"{load * 1e3:.1f} ms: ratio {load / ours:.2f} (goal >= 1)"

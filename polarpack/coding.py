@@ -1,8 +1,10 @@
 """Entropy coding of the `.polar` version-2 streams (spec/polar-format.md, "Coded streams").
 
 A sign pattern is two bitmaps, as in version 1: which weights are zero, and which of the others
-are negative. Each bitmap is stored raw or ANS-coded one byte per symbol under the i.i.d. model its
-counts give (`encode_bitmaps` says which). Per-channel counts are residuals from the layer's mean,
+are negative. Each bitmap is stored raw, ANS-coded one byte per symbol under the i.i.d. model its
+counts give, or gap-coded: the runs between its rarer bits as Golomb codes, split into fixed-width,
+one-bit and unary parts that numpy decodes in bulk, many times faster than the ANS decoder
+(`encode_bitmaps` says which). Per-channel counts are residuals from the layer's mean,
 each split into an exponent bucket (coded with the bucket histogram the stream carries) and its
 mantissa bits (coded at one bit each).
 
@@ -15,7 +17,8 @@ therefore decode identically everywhere, and the spec is enough to write another
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 
 import constriction
 import numpy as np
@@ -28,11 +31,12 @@ AnsCoder = constriction.stream.stack.AnsCoder
 PRECISION = 24
 TOTAL = 1 << PRECISION
 RAW_HAIR = 256  # a bitmap stays raw unless coding it saves more than 1/256 of the coded size
+GAP_HAIR, GAP_BYTES = 64, 16  # gap coding is preferred to ANS unless it costs 1/64 and 16 B more
+WINDOW = 1 << 13  # bytes of a gap stream's unary part decoded at a time
 CHUNK = 1 << 20  # symbols per coder call: bounds the int32 temporaries
-BLOCK = 1 << 20  # weights per expansion block (a multiple of 8)
+BLOCK = 1 << 18  # weights per expansion block (a multiple of 8)
 CHANNEL_BLOCK = 1 << 16  # channels per mantissa block
 _POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
-_ONES_IN_BYTE = _POPCOUNT.tolist()
 
 
 def model_weights(frequencies: Sequence[int]) -> list[int]:
@@ -51,11 +55,21 @@ def categorical(weights: Sequence[int]) -> Categorical:
     return Categorical(np.asarray(weights, dtype=np.float64) - 1.0, perfect=False)
 
 
-def bitmap_model(ones: int, bits: int) -> Categorical:
-    """The byte model of a bitmap with `ones` set bits among `bits`: byte b has frequency
-    ones**j * (bits - ones)**(8 - j), j being b's set bits (i.i.d. bits with p = ones / bits)."""
+def bitmap_weights(ones: int, bits: int) -> np.ndarray:
+    """`model_weights` of a bitmap's byte frequencies: byte b has frequency
+    ones**j * (bits - ones)**(8 - j), j being b's set bits (i.i.d. bits with p = ones / bits).
+    Computed per j: the frequencies sum to bits**8, and the remainder goes to byte 2**j - 1, the
+    first of the most frequent j."""
     per_count = [ones**j * (bits - ones) ** (8 - j) for j in range(9)]
-    return categorical(model_weights([per_count[j] for j in _ONES_IN_BYTE]))
+    weights = np.array([1 + (TOTAL - 256) * f // bits**8 for f in per_count], np.int64)[_POPCOUNT]
+    top = max(range(9), key=lambda j: (per_count[j], -j))
+    weights[(1 << top) - 1] += TOTAL - int(weights.sum())
+    return weights
+
+
+def bitmap_model(ones: int, bits: int) -> Categorical:
+    """The byte model of a bitmap with `ones` set bits among `bits` (`bitmap_weights`)."""
+    return categorical(bitmap_weights(ones, bits))
 
 
 _FAIR_BIT = categorical(model_weights([1, 1]))
@@ -103,6 +117,30 @@ class AnsReader:
                 f"{self.where}: the coded stream holds data past its last symbol; the file is "
                 "corrupt"
             )
+
+
+# -- lengths -------------------------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128: 7 bits a byte, least significant first, high bit = more follow."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes | memoryview, pos: int, where: str) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise FormatError(f"{where}: a length field is truncated; the file is corrupt")
+        byte = data[pos]
+        value, shift, pos = value | (byte & 0x7F) << shift, shift + 7, pos + 1
+        if not byte & 0x80:
+            return value, pos
 
 
 # -- sign patterns -------------------------------------------------------------------------------
@@ -158,39 +196,217 @@ def encode_pattern(signs: np.ndarray) -> bytes:
     )
 
 
+# Gap coding (spec/polar-format.md, "Gap-coded maps"): the positions of a map's rarer bit value as
+# Golomb codes of the runs before them. A run g = q * M + r is stored as q in unary (q zeros, then a
+# one), and r in truncated binary: its first w = B - 1 bits in a fixed-width part, and for the
+# long codes (head >= cut) one more bit in a one-bit part. With B = bit_length(M - 1) and
+# cut = 2**B - M, r < cut has the B - 1 bit head r; else the B bits of r + cut are head and extra.
+
+
+def _golomb_shape(m: int) -> tuple[int, int, int]:
+    """(B, cut, head width) of Golomb parameter m."""
+    b = (m - 1).bit_length()
+    return b, (1 << b) - m, max(b - 1, 0)
+
+
+def _golomb_parts(gaps: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quotients, heads and the long codes' extra bits of these runs."""
+    b, cut, _ = _golomb_shape(m)
+    q, r = np.divmod(gaps, m)
+    if b == 0:
+        return q, r, r[:0]
+    long = r >= cut
+    code = r + cut
+    return q, np.where(long, code >> 1, r), (code & 1)[long]
+
+
+def _gap_size(gaps: np.ndarray, m: int) -> int:
+    q, _, extra = _golomb_parts(gaps, m)
+    head_bits = len(gaps) * _golomb_shape(m)[2]
+    return (
+        len(_varint(m) + _varint(len(extra)))
+        + bitmap_bytes(head_bits)
+        + bitmap_bytes(len(extra))
+        + bitmap_bytes(int(q.sum()) + len(gaps))
+    )
+
+
+def encode_gaps(bitmap: np.ndarray, bits: int, ones: int, m: int | None = None) -> bytes:
+    """A map's gap-coded stream with Golomb parameter m; by default, of the values around the
+    Golomb optimum for the rarer bit's frequency, the one that gives the fewest bytes (the
+    smallest on a tie)."""
+    rare = 1 if 2 * ones <= bits else 0
+    positions = np.flatnonzero(np.unpackbits(bitmap, count=bits) == rare)
+    gaps = np.diff(positions, prepend=-1) - 1
+    if m is None:
+        q = 1 - len(positions) / bits
+        optimum = max(1, math.ceil(math.log(1 + q) / -math.log(q))) if q > 0 else 1
+        m = min(range(max(1, optimum - 1), optimum + 2), key=lambda m: (_gap_size(gaps, m), m))
+    quotients, heads, extra = _golomb_parts(gaps, m)
+    width = _golomb_shape(m)[2]
+    head_bits = (heads[:, None] >> np.arange(width - 1, -1, -1)) & 1
+    unary = np.zeros(int(quotients.sum()) + len(gaps), np.uint8)
+    unary[np.cumsum(quotients + 1) - 1] = 1
+    return b"".join(
+        [
+            _varint(m),
+            _varint(len(extra)),
+            np.packbits(head_bits.astype(np.uint8)).tobytes(),
+            np.packbits(extra.astype(np.uint8)).tobytes(),
+            np.packbits(unary).tobytes(),
+        ]
+    )
+
+
+def _read_bits(data: np.ndarray, start: int, count: int) -> np.ndarray:
+    """`count` bits from bit `start` of a packed array, unpacked (uint8 0/1)."""
+    first = start // 8
+    unpacked = np.unpackbits(data[first : bitmap_bytes(start + count)])
+    return unpacked[start - 8 * first : start - 8 * first + count]
+
+
+def _padding_set(data: np.ndarray, bits: int) -> bool:
+    """Whether a packed array of `bits` bits has a set bit in its last byte's padding."""
+    pad = -bits % 8
+    return bool(pad and int(data[bitmap_bytes(bits) - 1]) & ((1 << pad) - 1))
+
+
+def _set_bits(bitmap: np.ndarray, positions: np.ndarray) -> None:
+    """Flip the bits at these sorted, distinct positions of a packed bitmap."""
+    byte = positions >> 3
+    masks = (0x80 >> (positions & 7)).astype(np.uint8)
+    starts = np.flatnonzero(np.diff(byte, prepend=-1))
+    bitmap[byte[starts]] ^= np.bitwise_or.reduceat(masks, starts)
+
+
+def _gap_positions(data: bytes | memoryview, bits: int, ones: int, where: str) -> Iterator:
+    """The sorted positions of a gap-coded map's rarer bit value, a window of its unary part at a
+    time (so memory stays within a window's worth of runs); raises once exhausted unless the
+    stream decodes exactly."""
+    events = ones if 2 * ones <= bits else bits - ones
+    m, pos = _read_varint(data, 0, where)
+    n_extra, pos = _read_varint(data, pos, where)
+    b, cut, width = _golomb_shape(max(m, 1))
+    heads_at, extra_at = pos, pos + bitmap_bytes(events * width)
+    unary_at = extra_at + bitmap_bytes(n_extra)
+    if not 1 <= m <= bits or n_extra > events or unary_at > len(data):
+        raise FormatError(
+            f"{where}: gap-coded map has M = {m} and {n_extra} long codes for {events} runs in "
+            f"{len(data)} bytes; the file is corrupt"
+        )
+    stream = np.frombuffer(data, np.uint8)
+    heads_part, extra_part = stream[heads_at:extra_at], stream[extra_at:unary_at]
+    done = longs = 0
+    last_end = last_position = -1
+    for window in range(unary_at, len(data), WINDOW):
+        if done == events:
+            break
+        ones_at = np.unpackbits(stream[window : window + WINDOW]).view(bool)
+        ends = ones_at.nonzero()[0][: events - done]  # bool: numpy's fast path
+        if not len(ends):
+            continue
+        ends += 8 * (window - unary_at)
+        runs = np.empty_like(ends)  # the quotients, times M
+        runs[0] = ends[0] - last_end - 1
+        np.subtract(ends[1:], ends[:-1], out=runs[1:])
+        runs[1:] -= 1
+        runs *= m
+        last_end = int(ends[-1])
+        head_bits = _read_bits(heads_part, done * width, len(ends) * width)
+        heads = head_bits[::width].astype(np.int64) if width else np.zeros(len(ends), np.int64)
+        for column in range(1, width):
+            heads <<= 1
+            heads |= head_bits[column::width]
+        if b:
+            long = heads >= cut
+            k = int(np.count_nonzero(long))
+            if longs + k > n_extra:
+                break
+            heads[long] = 2 * heads[long] + _read_bits(extra_part, longs, k) - cut
+            longs += k
+        runs += heads
+        runs += 1
+        positions = runs.cumsum(out=runs)
+        positions += last_position
+        last_position = int(positions[-1])
+        if last_position >= bits:
+            break
+        done += len(ends)
+        yield positions
+    unary_bytes = bitmap_bytes(last_end + 1)
+    if (
+        done != events
+        or longs != n_extra
+        or unary_at + unary_bytes != len(data)
+        or _padding_set(extra_part, n_extra)
+        or _padding_set(heads_part, events * width)
+        or _padding_set(stream[unary_at:], last_end + 1)
+    ):
+        raise FormatError(
+            f"{where}: gap-coded map does not decode to {events} runs within {bits} bits that "
+            f"use its {len(data)} bytes exactly; the file is corrupt"
+        )
+
+
+def decode_gaps(data: bytes | memoryview, bits: int, ones: int, where: str) -> np.ndarray:
+    """The packed bitmap of a gap-coded stream."""
+    bitmap = np.zeros(bitmap_bytes(bits), np.uint8)
+    if 2 * ones > bits:  # the zeros were coded: start from ones, padding cleared
+        bitmap[:] = 0xFF
+        _set_bits(bitmap, np.arange(bits, 8 * len(bitmap)))
+    for positions in _gap_positions(data, bits, ones, where):
+        _set_bits(bitmap, positions)
+    return bitmap
+
+
+RAW, ANS, GAPS = 0, 1, 2
+
+
 def encode_bitmaps(
     zero_map: np.ndarray | None, sign_map: np.ndarray | None, n: int, counts: Sequence[int]
 ) -> bytes:
-    """Flags byte + body. A bitmap is ANS-coded (its flag bit set: 1 zero map, 2 sign map) when its
-    stream coded alone, c bytes, satisfies c + c // 256 < its raw size; else it is stored raw,
-    which decodes fastest. Body: raw zero map, then the coded part (one ANS stream: the coded zero
-    map's bytes, then the coded sign map's), then raw sign map."""
+    """Flags byte, the gap-coded maps' lengths, then the body: zero map (raw or gap-coded), the ANS
+    part (one stream: the zero map's bytes, then the sign map's, for the maps coded so), sign map
+    (raw or gap-coded). The writer's rule, which makes files reproducible: of a map's ANS stream
+    coded alone (c bytes) and its gap stream (g), the gap stream when g <= c + max(c // 64, 16)
+    (it decodes many times faster), and that coding when its size s satisfies s + s // 256 < the
+    raw size; else the map stays raw, which decodes fastest."""
     specs = present_bitmaps(n, counts)
     if specs == (None, None):
         return b""
-    maps, models, alone, flags = (zero_map, sign_map), [None, None], [b"", b""], 0
+    maps, models, kinds, parts = (zero_map, sign_map), [None, None], [RAW, RAW], [b"", b""]
     for i, spec in enumerate(specs):
-        if spec is not None:
-            models[i] = bitmap_model(spec[1], spec[0])
-            coder = AnsCoder()
-            _push(coder, maps[i], models[i])
-            alone[i] = _words(coder)
-            if len(alone[i]) + len(alone[i]) // RAW_HAIR < len(maps[i]):
-                flags |= 1 << i
-    if flags == 3:
+        if spec is None:
+            continue
+        models[i] = bitmap_model(spec[1], spec[0])
+        coder = AnsCoder()
+        _push(coder, maps[i], models[i])
+        kind, coded = ANS, _words(coder)
+        if min(spec[1], spec[0] - spec[1]) * 3 <= spec[0]:  # too balanced for runs to pay
+            gaps = encode_gaps(maps[i], *spec)
+            if len(gaps) <= len(coded) + max(len(coded) // GAP_HAIR, GAP_BYTES):
+                kind, coded = GAPS, gaps
+        if len(coded) + len(coded) // RAW_HAIR < len(maps[i]):
+            kinds[i], parts[i] = kind, coded
+    if kinds == [ANS, ANS]:
         coder = AnsCoder()
         _push(coder, sign_map, models[1])
         _push(coder, zero_map, models[0])
         middle = _words(coder)
     else:
-        middle = alone[flags - 1] if flags else b""
-    head = zero_map.tobytes() if specs[0] and not flags & 1 else b""
-    tail = sign_map.tobytes() if specs[1] and not flags & 2 else b""
-    return bytes([flags]) + head + middle + tail
+        middle = b"".join(part for part, kind in zip(parts, kinds, strict=True) if kind == ANS)
+    flags = sum(1 << i for i in (0, 1) if kinds[i] == ANS)
+    flags |= sum(4 << i for i in (0, 1) if kinds[i] == GAPS)
+    lengths = b"".join(_varint(len(parts[i])) for i in (0, 1) if kinds[i] == GAPS)
+    head, tail = (
+        parts[i] if kinds[i] == GAPS else maps[i].tobytes() if specs[i] and kinds[i] == RAW else b""
+        for i in (0, 1)
+    )
+    return bytes([flags]) + lengths + head + middle + tail
 
 
 def _split_pattern(stream: bytes | memoryview, n: int, counts: Sequence[int], where: str):
-    """(specs, flags, raw zero map, coded part, raw sign map) with the raw maps checked; None for a
+    """(specs, kinds, zero map part, ANS part, sign map part), the raw maps checked; None for a
     layer of one symbol, whose stream must be empty."""
     specs = present_bitmaps(n, counts)
     if specs == (None, None):
@@ -200,36 +416,64 @@ def _split_pattern(stream: bytes | memoryview, n: int, counts: Sequence[int], wh
                 "symbol, which needs 0"
             )
         return None
-    allowed = (1 if specs[0] else 0) | (2 if specs[1] else 0)
+    present = (1 if specs[0] else 0) | (2 if specs[1] else 0)
     flags = stream[0] if len(stream) else -1
-    if flags < 0 or flags & ~allowed:
+    if flags < 0 or flags & ~(present * 5) or flags & (flags >> 2):
         raise FormatError(
             f"{where}: pattern flags byte is {flags if flags >= 0 else 'missing'}; counts "
-            f"{list(counts)} allow bits {allowed} only; the file is corrupt"
+            f"{list(counts)} allow bits {present} and {present << 2}, not both for one map; the "
+            "file is corrupt"
         )
-    head = bitmap_bytes(specs[0][0]) if specs[0] and not flags & 1 else 0
-    tail = bitmap_bytes(specs[1][0]) if specs[1] and not flags & 2 else 0
-    middle = len(stream) - 1 - head - tail
-    if middle < 0 or (middle and not flags):
+    kinds = [ANS if flags >> i & 1 else GAPS if flags >> (i + 2) & 1 else RAW for i in (0, 1)]
+    pos, sizes = 1, [0, 0]
+    for i in (0, 1):
+        if kinds[i] == GAPS:
+            sizes[i], pos = _read_varint(stream, pos, where)
+        elif kinds[i] == RAW and specs[i]:
+            sizes[i] = bitmap_bytes(specs[i][0])
+    middle = len(stream) - pos - sizes[0] - sizes[1]
+    if middle < 0 or (middle and ANS not in kinds):
         raise FormatError(
             f"{where}: pattern is {len(stream)} bytes but counts {list(counts)} with flags "
-            f"{flags} need {1 + head + tail}{' plus the coded part' if flags else ''}"
+            f"{flags} need {pos + sum(sizes)}{' plus the coded part' if ANS in kinds else ''}"
         )
-    zero_map = np.frombuffer(stream, np.uint8, head, 1) if head else None
-    sign_map = np.frombuffer(stream, np.uint8, tail, len(stream) - tail) if tail else None
-    for bitmap, spec, what in ((zero_map, specs[0], "zero map"), (sign_map, specs[1], "sign map")):
-        if bitmap is not None:
-            check_bitmap(bitmap, spec[0], spec[1], what, where)
-    return specs, flags, zero_map, stream[1 + head : 1 + head + middle], sign_map
+    zero_part = stream[pos : pos + sizes[0]]
+    sign_part = stream[len(stream) - sizes[1] :]
+    for i, part, what in ((0, zero_part, "zero map"), (1, sign_part, "sign map")):
+        if kinds[i] == RAW and specs[i]:
+            check_bitmap(np.frombuffer(part, np.uint8), *specs[i], what, where)
+    return specs, kinds, zero_part, stream[pos + sizes[0] : pos + sizes[0] + middle], sign_part
 
 
 def check_pattern(stream: bytes | memoryview, n: int, counts: Sequence[int], where: str) -> None:
     """What can be checked without decoding: lengths, flags, raw bitmaps (linear in the stream)."""
     parts = _split_pattern(stream, n, counts, where)
-    if parts is not None and parts[1] and len(parts[3]) % 4:
+    if parts is not None and ANS in parts[1] and len(parts[3]) % 4:
         raise FormatError(
             f"{where}: pattern's coded part is {len(parts[3])} bytes, not whole 32-bit words"
         )
+
+
+def _decode_maps(parts, where: str, skip_zero_map: bool = False) -> list[np.ndarray | None]:
+    """The two maps of a split pattern stream as packed bitmaps, each checked against the counts
+    (the zero map left undecoded if asked)."""
+    specs, kinds, zero_part, coded, sign_part = parts
+    maps = [
+        np.frombuffer(part, np.uint8) if spec and kind == RAW else None
+        for part, spec, kind in zip((zero_part, sign_part), specs, kinds, strict=True)
+    ]
+    reader = AnsReader(coded, where) if ANS in kinds else None
+    for i, part, what in ((0, zero_part, "zero map"), (1, sign_part, "sign map")):
+        bits, ones = specs[i] or (0, 0)
+        if kinds[i] == ANS:
+            maps[i] = reader.read(bitmap_model(ones, bits), bitmap_bytes(bits))
+        elif kinds[i] == GAPS and not (i == 0 and skip_zero_map):
+            maps[i] = decode_gaps(part, bits, ones, f"{where} ({what})")
+        if kinds[i] != RAW and maps[i] is not None:
+            check_bitmap(maps[i], bits, ones, what, where)
+    if reader is not None:
+        reader.finish()
+    return maps
 
 
 def decode_bitmaps(
@@ -239,26 +483,31 @@ def decode_bitmaps(
     parts = _split_pattern(stream, n, counts, where)
     if parts is None:
         return None, None
-    specs, flags, zero_map, coded, sign_map = parts
-    if flags:
-        reader = AnsReader(coded, where)
-        maps = [zero_map, sign_map]
-        for i, what in ((0, "zero map"), (1, "sign map")):
-            if flags & (1 << i):
-                bits, ones = specs[i]
-                maps[i] = reader.read(bitmap_model(ones, bits), bitmap_bytes(bits))
-                check_bitmap(maps[i], bits, ones, what, where)
-        reader.finish()
-        zero_map, sign_map = maps
+    zero_map, sign_map = _decode_maps(parts, where)
     return zero_map, sign_map
 
 
 def decode_pattern(
     stream: bytes | memoryview, n: int, counts: Sequence[int], where: str
 ) -> np.ndarray:
-    """The n int8 signs of a pattern stream (flat, row-major)."""
-    zero_map, sign_map = decode_bitmaps(stream, n, counts, where)
-    return expand_signs(zero_map, sign_map, n, counts)
+    """The n int8 signs of a pattern stream (flat, row-major). A mostly-zero layer whose zero map
+    is gap-coded (a pruned network's) places its non-zero signs straight at their positions."""
+    parts = _split_pattern(stream, n, counts, where)
+    if parts is None:
+        return expand_signs(None, None, n, counts)
+    n0, n_neg = counts[0], counts[1]
+    if parts[1][0] != GAPS or 2 * n0 <= n:
+        return expand_signs(*_decode_maps(parts, where), n, counts)
+    sign_map = _decode_maps(parts, where, skip_zero_map=True)[1]
+    out, taken = np.zeros(n, np.int8), 0
+    for positions in _gap_positions(parts[2], n, n0, f"{where} (zero map)"):
+        if sign_map is None:
+            out[positions] = -1 if n_neg else 1
+        else:
+            bits = _read_bits(sign_map, taken, len(positions)).copy()
+            out[positions] = _flip_to_signs(bits)
+        taken += len(positions)
+    return out
 
 
 def _flip_to_signs(bits: np.ndarray) -> np.ndarray:
@@ -289,39 +538,16 @@ def expand_signs(
         stop = min(start + BLOCK, n)
         nonzero = np.unpackbits(zero_map[start // 8 : bitmap_bytes(stop)], count=stop - start)
         nonzero ^= 1
-        nonzero = nonzero.view(bool)
-        k = int(np.count_nonzero(nonzero))
-        first = taken // 8
-        bits = np.unpackbits(sign_map[first : bitmap_bytes(taken + k)])
+        where = np.flatnonzero(nonzero.view(bool))  # indices: far faster than a boolean mask
+        bits = _read_bits(sign_map, taken, len(where)).copy()
         block = out[start:stop]
         block[:] = 0
-        block[nonzero] = _flip_to_signs(bits[taken - 8 * first : taken - 8 * first + k])
-        taken += k
+        block[where] = _flip_to_signs(bits)
+        taken += len(where)
     return out
 
 
 # -- channel counts ------------------------------------------------------------------------------
-
-
-def _varint(value: int) -> bytes:
-    """Unsigned LEB128: 7 bits a byte, least significant first, high bit = more follow."""
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _read_varint(data: bytes | memoryview, pos: int, where: str) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise FormatError(f"{where}: channel stream header is truncated; the file is corrupt")
-        byte = data[pos]
-        value, shift, pos = value | (byte & 0x7F) << shift, shift + 7, pos + 1
-        if not byte & 0x80:
-            return value, pos
 
 
 def _wide(m: int, counts: Sequence[int]) -> bool:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import polarpack._io
 import polarpack.format as fmt
+from polarpack import coding
 from polarpack.errors import FormatError, PolarpackError
 from polarpack.format import (
     SOURCE_TYPES,
@@ -1108,7 +1109,7 @@ def test_constriction_quantises_the_spec_models_to_their_integer_weights():
     models = [
         coding.model_weights([int(f) for f in rng.integers(0, 10**6, k)]) for k in (2, 3, 17, 65)
     ]
-    models.append(coding.model_weights([3**j * 253 ** (8 - j) for j in coding._ONES_IN_BYTE]))
+    models.append(coding.bitmap_weights(3, 256).tolist())
     for weights in models:
         assert sum(weights) == 2**24 and min(weights) >= 1
         cumulative = np.concatenate([[0], np.cumsum(weights)])
@@ -1117,6 +1118,18 @@ def test_constriction_quantises_the_spec_models_to_their_integer_weights():
             for q in (cumulative[i], cumulative[i + 1] - 1):
                 coder = coding.AnsCoder(np.array([q, 1], dtype=np.uint32))
                 assert coder.decode(model) == i
+
+
+def test_bitmap_model_is_the_rule_applied_to_the_byte_frequencies():
+    """The per-j shortcut gives the weights of the spec's rule over all 256 byte frequencies,
+    ties and very skewed maps included."""
+    from polarpack import coding
+
+    ones_in_byte = [bin(b).count("1") for b in range(256)]
+    for ones, bits in [(1, 2), (3, 256), (1, 10**7), (10**7 - 1, 10**7), (5, 9), (2, 8)]:
+        frequencies = [ones**j * (bits - ones) ** (8 - j) for j in ones_in_byte]
+        expected = coding.model_weights(frequencies)
+        assert coding.bitmap_weights(ones, bits).tolist() == expected, (ones, bits)
 
 
 def test_model_weights_rule():
@@ -1130,14 +1143,17 @@ def test_model_weights_rule():
 def test_spec_test_vectors_are_what_the_code_writes():
     text = SPEC.read_text("utf-8")
     start = text.index("### Test vectors")
-    blocks = re.compile(r"```text\n(.*?)\n```", re.S).findall(text, start)[:2]
+    blocks = re.compile(r"```text\n(.*?)\n```", re.S).findall(text, start)[:3]
     i = np.arange(256)
     signs = np.where(np.isin(i, (5, 77, 200)), 0, np.where(i % 2 == 0, -1, 1)).astype(np.int8)
     signs = signs.reshape(4, 64)
     pattern = LayerDistribution.from_signs("example", signs)
     channel = LayerDistribution.from_signs("example", signs, granularity="channel")
     assert pattern.counts == (3, 127, 126)
-    assert blocks == [pattern.pattern.hex(), bytes(channel.channel_stream()).hex()]
+    assert [blocks[0], blocks[2]] == [pattern.pattern.hex(), bytes(channel.channel_stream()).hex()]
+    ans_coded = bytes.fromhex(blocks[1])
+    assert ans_coded[0] == 1
+    assert np.array_equal(coding.decode_pattern(ans_coded, 256, (3, 127, 126), "v"), signs.ravel())
     assert channel.channel_counts.tolist() == [[1, 32, 31], [1, 32, 31], [0, 32, 32], [1, 31, 32]]
 
 
@@ -1243,17 +1259,31 @@ def retensor(data: bytes, **changes) -> bytes:
 
 
 def coded_example() -> Distribution:
-    """Two pattern layers, both with both maps ANS-coded (p0 = 0.1, p- = 0.2), and a channel-free
+    """Two pattern layers, both with both maps ANS-coded (p0 = 0.4, p- = 0.2), and a channel-free
     raw one."""
     rng = np.random.default_rng(5)
     layers = []
     for i in range(2):
         u = rng.random((16, 200))
-        t = np.where(u < 0.1, 0, np.where(u < 0.3, -1, 1)).astype(np.int8)
+        t = np.where(u < 0.4, 0, np.where(u < 0.6, -1, 1)).astype(np.int8)
         layers.append(LayerDistribution.from_signs(f"c{i}", t))
     layers.append(LayerDistribution.from_signs("raw", edge_signs((4, 32), "nonzero", 1)))
     dist = Distribution(layers, granularity="pattern")
     assert [layer.pattern[0] for layer in dist.layers] == [3, 3, 0]
+    return dist
+
+
+def gap_example() -> Distribution:
+    """Layers whose maps are gap-coded: both (rare zeros, rare negatives), the sign map only, and
+    the zero map of a mostly-zero layer (decoded by placing the non-zero signs)."""
+    rng = np.random.default_rng(5)
+    layers = []
+    for i, (p0, cut) in enumerate([(0.1, 0.3), (0.6, 0.7), (0.9, 0.95)]):
+        u = rng.random((16, 200))
+        t = np.where(u < p0, 0, np.where(u < cut, -1, 1)).astype(np.int8)
+        layers.append(LayerDistribution.from_signs(f"g{i}", t))
+    dist = Distribution(layers, granularity="pattern")
+    assert [layer.pattern[0] for layer in dist.layers] == [4 | 8, 1 | 8, 4]
     return dist
 
 
@@ -1323,6 +1353,70 @@ def test_counts_that_disagree_with_the_decoded_symbols_are_refused(tmp_path):
     )
 
 
+@SETTINGS
+@given(
+    st.lists(st.booleans(), min_size=1, max_size=300),
+    st.integers(0, 5),
+    st.one_of(st.none(), st.integers(1, 300)),
+)
+def test_gap_streams_round_trip_for_any_map_and_any_golomb_parameter(bits, rare_runs, m):
+    """Any map with both bit values (including a single rare bit, and runs past a byte), under
+    the writer's M or any other that fits the map."""
+    bits = bits + [True] * rare_runs * 9
+    ones, n = sum(bits), len(bits)
+    if not 0 < ones < n:
+        bits, ones, n = bits + [not bits[0]], ones + (not bits[0]), n + 1
+    m = None if m is None else min(m, n)
+    bitmap = np.packbits(np.array(bits, bool))
+    stream = coding.encode_gaps(bitmap, n, ones, m)
+    assert np.array_equal(coding.decode_gaps(stream, n, ones, "g"), bitmap)
+    with pytest.raises(FormatError, match="^g: gap-coded map"):
+        coding.decode_gaps(stream + b"\0", n, ones, "g")
+
+
+def test_gap_streams_whose_unary_part_spans_many_windows():
+    """Runs longer than a decoding window (windows with no one bit), and windows full of runs."""
+    rng = np.random.default_rng(3)
+    few = np.zeros(600_000, bool)
+    few[[7, 300_001, 599_999]] = True
+    many = rng.random(300_000) < 0.3
+    for bits, m in ((few, 1), (few, None), (many, 1), (many, None)):
+        bitmap, ones = np.packbits(bits), int(bits.sum())
+        stream = coding.encode_gaps(bitmap, len(bits), ones, m)
+        assert np.array_equal(coding.decode_gaps(stream, len(bits), ones, "g"), bitmap)
+
+
+def test_gap_coded_maps_decode_exactly_and_refuse_damage(tmp_path):
+    dist = gap_example()
+    rng = np.random.default_rng(5)
+    for layer, (p0, cut) in zip(dist.layers, [(0.1, 0.3), (0.6, 0.7), (0.9, 0.95)], strict=True):
+        u = rng.random((16, 200))
+        expected = np.where(u < p0, 0, np.where(u < cut, -1, 1))
+        assert np.array_equal(decode(encode_safetensors(dist))[layer.name].signs(), expected)
+    data = encode_safetensors(dist)
+    offsets, payload = payload_of(data)
+    # the first layer one byte short: its lengths no longer add up, which reading sees
+    cut = offsets.copy()
+    cut[1:] -= 1
+    shortened = np.delete(payload, offsets[1] - 1)
+    expect_error(
+        tmp_path, "cut.polar.safetensors", retensor(data, offsets=cut, payload=shortened), "need"
+    )
+    # a bit flipped at the end of its sign map's unary part: decoding sees it
+    flipped = payload.copy()
+    flipped[offsets[1] - 1] ^= 0x01
+    flipped_dist = decode(retensor(data, payload=flipped), where="flip")
+    with pytest.raises(FormatError, match=r"^flip: layer 'g0' \(sign map\): gap-coded map"):
+        flipped_dist[0].signs()
+    # counts that disagree with the runs the stream holds
+    from safetensors.numpy import load as np_load
+
+    counts = np_load(data)["counts"].copy()
+    counts[0] += [1, -1, 0]
+    with pytest.raises(FormatError, match=r"recount: layer 'g0' \(zero map\).*does not decode to"):
+        decode(retensor(data, counts=counts), where="recount")[0].signs()
+
+
 def test_corrupt_channel_streams_are_refused(tmp_path):
     t = edge_signs((30, 20), "dense", 2)
     dist = Distribution(
@@ -1342,10 +1436,10 @@ def test_corrupt_channel_streams_are_refused(tmp_path):
         dist.verify()
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(0, 10**6), st.integers(1, 255))
-def test_damaged_payloads_give_a_distribution_or_a_format_error(position, mask):
-    data = encode_safetensors(coded_example())
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 255), st.sampled_from([coded_example, gap_example]))
+def test_damaged_payloads_give_a_distribution_or_a_format_error(position, mask, example):
+    data = encode_safetensors(example())
     offsets, payload = payload_of(data)
     damaged = payload.copy()
     damaged[position % len(payload)] ^= mask
@@ -1396,14 +1490,15 @@ def test_a_hundred_thousand_layers_read_in_linear_time(hang_guard):
         decode(dupe)
 
 
-def test_decoding_stays_within_twice_the_signs_it_yields(tmp_path):
+@pytest.mark.parametrize("p0", [0.2, 0.45, 0.9])  # zero map gap-coded, ANS-coded, gap-coded
+def test_decoding_stays_within_twice_the_signs_it_yields(tmp_path, p0):
     """A 4-million-weight layer with zeros (both maps present): peak traced memory while loading
     and decoding stays within twice the int8 signs, not counting the file's bytes."""
     import tracemalloc
 
     rng = np.random.default_rng(0)
     u = rng.random((64, 65_536))
-    t = np.where(u < 0.2, 0, np.where(u < 0.6, -1, 1)).astype(np.int8)
+    t = np.where(u < p0, 0, np.where(u < (1 + p0) / 2, -1, 1)).astype(np.int8)
     path = save(
         Distribution([LayerDistribution.from_signs("big", t)], granularity="pattern"),
         tmp_path / "big.polar.safetensors",
