@@ -1,4 +1,4 @@
-"""Entropy coding of the `.polar` version-2 streams (spec/polar-format.md, "Coded streams").
+"""Entropy coding of the `.polar` streams (spec/polar-format.md, "Coded streams").
 
 A sign pattern is two bitmaps, as in version 1: which weights are zero, and which of the others
 are negative. Each bitmap is stored raw, ANS-coded one byte per symbol under the i.i.d. model its
@@ -403,6 +403,11 @@ def encode_bitmaps(
         for i in (0, 1)
     )
     return bytes([flags]) + lengths + head + middle + tail
+
+
+def gap_coded(stream: bytes | memoryview) -> bool:
+    """Whether a pattern stream holds a gap-coded map (format_version 3 and later)."""
+    return bool(len(stream) and stream[0] & 12)
 
 
 def _split_pattern(stream: bytes | memoryview, n: int, counts: Sequence[int], where: str):

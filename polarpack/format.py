@@ -1,11 +1,12 @@
 """The `.polar` format: polarity distributions in a JSON and a safetensors encoding.
 
-The exact specification is `spec/polar-format.md` (format_version 2; version-1 files still read);
-the JSON Schema of the JSON encoding ships in the package (`polarpack/polar.schema.json`, see
-`json_schema()`). Four granularities climb from a few numbers to a 1-bit checkpoint: ``layer``
-(p0, p-, p+ per layer: the seed paper's P), ``channel`` (the counts of each output channel),
-``pattern`` (the exact ternary signs) and ``scaled`` (the signs and one magnitude per output
-channel). Any of them may carry the network's normalisation tensors (`Distribution.norms`).
+The exact specification is `spec/polar-format.md` (format_version 3; files of versions 1 and 2
+still read); the JSON Schema of the JSON encoding ships in the package
+(`polarpack/polar.schema.json`, see `json_schema()`). Four granularities climb from a few numbers
+to a 1-bit checkpoint: ``layer`` (p0, p-, p+ per layer: the seed paper's P), ``channel`` (the
+counts of each output channel), ``pattern`` (the exact ternary signs) and ``scaled`` (the signs and
+one magnitude per output channel). Any of them may carry the network's normalisation tensors
+(`Distribution.norms`).
 
 The JSON encoding holds the human-readable rungs (layer, channel); the safetensors encoding holds
 every rung, entropy-coded (`polarpack.coding`): it is the compact one. `Distribution` is the
@@ -35,8 +36,8 @@ from ._io import atomic_write_bytes, check_regular_file, read_bytes
 from ._version import __version__
 from .errors import FormatError, PolarpackError
 
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 GRANULARITIES = ("layer", "channel", "pattern", "scaled")
 JSON_GRANULARITIES = ("layer", "channel")  # the others hold binary signs: safetensors only
 LAYER_KINDS = ("conv", "linear")
@@ -1109,6 +1110,9 @@ def _decode_v2(obj: dict, tensors: _Tensors, where: str) -> Distribution:
             layer_scales = scales[scale_at : scale_at + (shape[0] if shape else 0)]
             scale_at += len(layer_scales)
         row = [int(c) for c in counts[i]]
+        stream = streams[i] if streams is not None else None
+        if obj["format_version"] == 2 and granularity in ("pattern", "scaled"):
+            stream = _canonical_v2_pattern(stream, shape, row, f"{where}: layers[{i}] {name!r}")
         layer = _v2_layer(
             name,
             "linear" if i in linear else "conv",
@@ -1116,7 +1120,7 @@ def _decode_v2(obj: dict, tensors: _Tensors, where: str) -> Distribution:
             row,
             props[i] if props is not None else None,
             granularity,
-            streams[i] if streams is not None else None,
+            stream,
             layer_scales,
             where,
         )
@@ -1128,7 +1132,28 @@ def _decode_v2(obj: dict, tensors: _Tensors, where: str) -> Distribution:
         )
     norms = _decode_norms(obj["norms"], tensors, where) if "norms" in obj else {}
     extras = {k: obj[k] for k in OBJECT_KEYS}
-    return Distribution(tuple(layers), granularity=granularity, norms=norms, **extras)
+    return Distribution(
+        tuple(layers),
+        granularity=granularity,
+        norms=norms,
+        format_version=obj["format_version"],
+        **extras,
+    )
+
+
+def _canonical_v2_pattern(stream: memoryview, shape: Any, row: list[int], where: str) -> bytes:
+    """A version-2 pattern stream re-coded by today's writer (version 3 may gap-code its maps),
+    so that a distribution has one byte form whichever version it was read from."""
+    if coding.gap_coded(stream):
+        raise FormatError(
+            f"{where}: the pattern has a gap-coded map, which format_version 2 does not have "
+            "(version 3 added it); the file is corrupt"
+        )
+    n = math.prod(shape) if shape else 0
+    if not shape or sum(row) != n or min(row) < 0:
+        return stream  # the layer's own checks name the problem
+    zero_map, sign_map = coding.decode_bitmaps(stream, n, row, where)
+    return coding.encode_bitmaps(zero_map, sign_map, n, row)
 
 
 def _check_tensor_names(tensors: _Tensors, granularity: str, norms: bool, where: str) -> None:
@@ -1170,7 +1195,7 @@ def _v2_layer(
     scales: np.ndarray | None,
     where: str,
 ) -> LayerDistribution:
-    """One layer of a version-2 file; its proportions derive from its counts unless stored."""
+    """One layer of a version-2 or -3 file; its proportions derive from its counts unless stored."""
     known = row != [-1, -1, -1]
     counts = tuple(row) if known else None
     if props is not None:
@@ -1227,7 +1252,7 @@ def _decode_norms(record: Any, tensors: _Tensors, where: str) -> dict[str, np.nd
 
 def _decode_v1(obj: dict, tensors: _Tensors, where: str) -> Distribution:
     """Version 1: per-layer `channel_counts.i` and bitmap `pattern.i` tensors; patterns are
-    re-coded to version-2 streams (their maps as they are, no int8 expansion)."""
+    re-coded to the current streams (their maps as they are, no int8 expansion)."""
     _check_keys(obj, TOP_KEYS, ("format_version", "layers"), where, "see spec/polar-format.md")
     n_layers = len(obj["layers"])
     allowed = {"counts", "proportions"} | {

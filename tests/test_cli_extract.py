@@ -278,19 +278,19 @@ def test_convert_rewrites_any_version_and_encoding(runner, weights, tmp_path):
     channel = extract_distribution(weights, granularity="channel")
     old = tmp_path / "old.polar"
     old.write_bytes(
-        fmt.encode_json(channel).replace(b'"format_version": 2', b'"format_version": 1', 1)
+        fmt.encode_json(channel).replace(b'"format_version": 3', b'"format_version": 1', 1)
     )
     assert fmt.load(old).format_version == 1
     new = tmp_path / "new.polar.safetensors"
     result = runner.invoke(cli, ["convert", str(old), "--out", str(new)])
     assert result.exit_code == 0, result.output
-    assert "format_version 1" in result.stderr and "format_version 2" in result.stderr
+    assert "format_version 1" in result.stderr and "format_version 3" in result.stderr
     assert fmt.load(new) == channel and new.stat().st_size < old.stat().st_size
     back = tmp_path / "back.polar"
     result = runner.invoke(cli, ["convert", str(new), "--out", str(back), "--json"])
     assert result.exit_code == 0, result.output
     assert back.read_bytes() == fmt.encode_json(channel)
-    assert json.loads(result.stdout)["format_version"] == [2, 2]
+    assert json.loads(result.stdout)["format_version"] == [3, 3]
     preset = tmp_path / "alexnet.polar.safetensors"
     assert runner.invoke(cli, ["convert", "paper:alexnet", "-o", str(preset)]).exit_code == 0
     assert fmt.load(preset) == fmt.load(fmt.save(fmt.load(preset), tmp_path / "a.polar"))
@@ -346,7 +346,7 @@ def test_inspect_preset_table_and_json(runner):
     result = runner.invoke(cli, ["inspect", "paper:alexnet", "--json"])
     assert result.exit_code == 0, result.output
     obj = json.loads(result.stdout)
-    assert obj["format_version"] == 2 and [layer["name"] for layer in obj["layers"]] == [
+    assert obj["format_version"] == 3 and [layer["name"] for layer in obj["layers"]] == [
         f"conv{i}" for i in range(1, 6)
     ]
     sizes = obj.pop("computed")["sizes"]

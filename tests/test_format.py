@@ -352,7 +352,7 @@ def test_json_layout_is_exact():
     """json.dumps does the writing: one top-level member per line, one layer per line."""
     dist = example()
     lines = encode_json(dist).decode().splitlines()
-    assert lines[:3] == ["{", '  "format_version": 2,', '  "layers": [']
+    assert lines[:3] == ["{", '  "format_version": 3,', '  "layers": [']
     assert lines[3:6] == [
         "    " + json.dumps(layer.to_dict(), ensure_ascii=False) + ("," if i < 2 else "")
         for i, layer in enumerate(dist.layers)
@@ -542,7 +542,7 @@ def test_nan_in_a_json_file_is_rejected(tmp_path):
     [
         ('{"format_version": 1, "layers": [', ["malformed JSON", "line 1"]),
         ("{}", ["format_version"]),
-        (json.dumps({**doc(), "format_version": 3}), ["unknown format_version 3"]),
+        (json.dumps({**doc(), "format_version": 4}), ["unknown format_version 4"]),
         (json.dumps({**doc(), "format_version": 1.0}), ["format_version"]),
         (json.dumps({**doc(), "format_version": "1"}), ["format_version"]),
         (json.dumps({**doc(), "extra": 1}), ["unknown field", "extra"]),
@@ -568,7 +568,7 @@ def test_invalid_files_are_rejected(tmp_path, data, fragments):
 @pytest.mark.parametrize(
     "bad",
     [
-        {**doc(), "format_version": 3},
+        {**doc(), "format_version": 4},
         {**doc(), "extra": 1},
         {**doc(), "layers": []},
         doc(weight=1),
@@ -875,14 +875,17 @@ def test_every_polar_file_the_project_ships_validates(polar_schema_validator):
     assert files
     for path in files:
         dist = fmt.load(path).verify()
-        if path.suffix == ".polar":
+        now, then = fmt.FORMAT_VERSION, dist.format_version
+        if path.suffix == ".polar":  # an older version's JSON differs only in the version number
             polar_schema_validator.validate(json.loads(path.read_text()))
-            written = encode_json(dist)  # version 1 JSON differs only in the version number
-            if dist.format_version == 1:
-                written = written.replace(b'"format_version": 2', b'"format_version": 1', 1)
+            written = encode_json(dist).replace(
+                b'"format_version": %d' % now, b'"format_version": %d' % then, 1
+            )
             assert path.read_bytes() == written
-        else:
+        elif then == now:
             assert path.read_bytes() == encode_safetensors(dist)
+        else:  # re-coded on reading (version 3 may gap-code a map): the same distribution
+            assert decode(encode_safetensors(dist)) == dist
 
 
 # -- version 2: coded streams, scales, normalisation tensors ---------------------------------
@@ -974,7 +977,7 @@ def test_every_granularity_round_trips_exactly_through_each_encoding(drawn):
     dist, tensors = drawn
     data = encode_safetensors(dist)
     back = decode(data)
-    assert back == dist and encode_safetensors(back) == data and back.format_version == 2
+    assert back == dist and encode_safetensors(back) == data and back.format_version == 3
     assert back.verify() is back
     for layer, t in zip(back.layers, tensors, strict=True):
         if dist.granularity == "channel":
@@ -1190,8 +1193,8 @@ def test_the_version_1_spec_example_still_reads():
     data = struct.pack("<Q", len(header)) + header + counts + props
     assert len(data) == 952  # as the version-1 spec said
     old = decode(data)
-    assert old == dist and old.format_version == 1 and dist.format_version == 2
-    text = encode_json(dist).replace(b'"format_version": 2', b'"format_version": 1')
+    assert old == dist and old.format_version == 1 and dist.format_version == 3
+    text = encode_json(dist).replace(b'"format_version": 3', b'"format_version": 1')
     assert decode(text) == dist and decode(text).format_version == 1
 
 
@@ -1415,6 +1418,49 @@ def test_gap_coded_maps_decode_exactly_and_refuse_damage(tmp_path):
     counts[0] += [1, -1, 0]
     with pytest.raises(FormatError, match=r"recount: layer 'g0' \(zero map\).*does not decode to"):
         decode(retensor(data, counts=counts), where="recount")[0].signs()
+
+
+def as_version_2(data: bytes, streams: list[bytes] | None = None) -> bytes:
+    """A file as version 2 wrote it: the version number, and optionally other layer streams."""
+    data = data.replace(b'\\"format_version\\":3', b'\\"format_version\\":2', 1)
+    if streams is None:
+        return data
+    offsets = np.cumsum([0] + [len(x) for x in streams]).astype("<i8")
+    return retensor(data, offsets=offsets, payload=np.frombuffer(b"".join(streams), np.uint8))
+
+
+def v2_pattern(layer: LayerDistribution) -> bytes:
+    """The pattern stream version 2's writer made: each map ANS-coded (one stream, the zero
+    map's bytes first) when that saves more than 1/256, else raw."""
+    maps = coding.decode_bitmaps(layer.pattern, layer.numel, layer.counts, "v2")
+    specs = coding.present_bitmaps(layer.numel, layer.counts)
+    coded = []
+    for bitmap, spec in zip(maps, specs, strict=True):
+        if spec is not None:
+            ans = coding.AnsCoder()
+            ans.encode_reverse(bitmap.astype(np.int32), coding.bitmap_model(spec[1], spec[0]))
+            size = 4 * ans.num_words()
+            coded.append(size + size // 256 < len(bitmap))
+        else:
+            coded.append(False)
+    ans = coding.AnsCoder()
+    for i in (1, 0):
+        if coded[i]:
+            ans.encode_reverse(
+                maps[i].astype(np.int32), coding.bitmap_model(specs[i][1], specs[i][0])
+            )
+    raw = [maps[i].tobytes() if specs[i] and not coded[i] else b"" for i in (0, 1)]
+    flags = bytes([coded[0] | coded[1] << 1])
+    return flags + raw[0] + ans.get_compressed().astype("<u4").tobytes() + raw[1]
+
+
+def test_version_2_patterns_read_in_todays_byte_form_and_gap_flags_are_refused():
+    dist = gap_example()  # every map gap-coded today was ANS-coded or raw in version 2
+    data = encode_safetensors(dist)
+    old = decode(as_version_2(data, [v2_pattern(layer) for layer in dist.layers]), where="v2")
+    assert old.format_version == 2 and old == dist and encode_safetensors(old) == data
+    with pytest.raises(FormatError, match=r"^v2: layers\[0\] 'g0': .*format_version 2 does not"):
+        decode(as_version_2(data), where="v2")
 
 
 def test_corrupt_channel_streams_are_refused(tmp_path):
