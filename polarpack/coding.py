@@ -310,6 +310,8 @@ def _gap_positions(data: bytes | memoryview, bits: int, ones: int, where: str) -
         runs[0] = ends[0] - last_end - 1
         np.subtract(ends[1:], ends[:-1], out=runs[1:])
         runs[1:] -= 1
+        if int(runs.max()) * m >= bits:  # a run past the map's end: damage (and no overflow)
+            break
         runs *= m
         last_end = int(ends[-1])
         head_bits = _read_bits(heads_part, done * width, len(ends) * width)

@@ -1387,6 +1387,10 @@ def test_gap_streams_whose_unary_part_spans_many_windows():
         bitmap, ones = np.packbits(bits), int(bits.sum())
         stream = coding.encode_gaps(bitmap, len(bits), ones, m)
         assert np.array_equal(coding.decode_gaps(stream, len(bits), ones, "g"), bitmap)
+    # a run far past the map's end (a quotient of 2.4 million times M = 2**20) is damage
+    damaged = coding._varint(2**20) + coding._varint(0) + bytes(300_000) + b"\x01"
+    with pytest.raises(FormatError, match="^g: gap-coded map does not decode"):
+        coding.decode_gaps(damaged, 2**20, 1, "g")
 
 
 def test_gap_coded_maps_decode_exactly_and_refuse_damage(tmp_path):
