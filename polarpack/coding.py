@@ -370,9 +370,10 @@ def encode_bitmaps(
     """Flags byte, the gap-coded maps' lengths, then the body: zero map (raw or gap-coded), the ANS
     part (one stream: the zero map's bytes, then the sign map's, for the maps coded so), sign map
     (raw or gap-coded). The writer's rule, which makes files reproducible: of a map's ANS stream
-    coded alone (c bytes) and its gap stream (g), the gap stream when g <= c + max(c // 64, 16)
-    (it decodes many times faster), and that coding when its size s satisfies s + s // 256 < the
-    raw size; else the map stays raw, which decodes fastest."""
+    coded alone (c bytes) and, where its rarer bit value is at most a third of its bits, its gap
+    stream (g), the gap stream when g <= c + max(c // 64, 16) (it decodes many times faster); that
+    coding when its size s satisfies s + s // 256 < the raw size, else raw, which decodes
+    fastest."""
     specs = present_bitmaps(n, counts)
     if specs == (None, None):
         return b""
@@ -384,7 +385,7 @@ def encode_bitmaps(
         coder = AnsCoder()
         _push(coder, maps[i], models[i])
         kind, coded = ANS, _words(coder)
-        if min(spec[1], spec[0] - spec[1]) * 3 <= spec[0]:  # too balanced for runs to pay
+        if min(spec[1], spec[0] - spec[1]) * 3 <= spec[0]:  # runs pay where one value is rare
             gaps = encode_gaps(maps[i], *spec)
             if len(gaps) <= len(coded) + max(len(coded) // GAP_HAIR, GAP_BYTES):
                 kind, coded = GAPS, gaps
