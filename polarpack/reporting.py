@@ -286,14 +286,20 @@ def machine_kind(environment: Mapping[str, Any], device: str) -> str:
 
 def _run(cell: Cell, run_dir: Path, status: str, rows: list[EpochRow]) -> Run:
     saved = read_json(run_dir / runs.CONFIG_FILE)
-    env = saved.get("environment", {}) if isinstance(saved, dict) else {}
-    resolved = saved.get("resolved", {}) if isinstance(saved, dict) else {}
+    saved = saved if isinstance(saved, dict) else {}
+    env, resolved = saved.get("environment", {}), saved.get("resolved", {})
+    device = str(resolved.get("device", "?"))
+    kind = machine_kind(env, device)
+    for resume in saved.get("resumes", []):  # a run resumed elsewhere is a kind of its own
+        there = resume.get("environment") if isinstance(resume, dict) else None
+        if isinstance(there, dict) and machine_kind(there, device) != machine_kind(env, device):
+            kind += f", from epoch {resume.get('epoch')} {machine_kind(there, device)}"
     classes = resolved.get("num_classes") or 10
     return Run(
         cell.seed,
         status if status in FINISHED else "partial",
         rows,
-        machine_kind(env, str(resolved.get("device", "?"))),
+        kind,
         env.get("git_commit"),
         1.0 / classes,
     )

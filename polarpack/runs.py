@@ -294,6 +294,14 @@ def write_config(run_dir: Path, meta: Mapping[str, Any]) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps(meta, indent=2, default=str) + "\n")
 
 
+def record_resume(run_dir: Path, epoch: int, environment: Mapping[str, Any]) -> None:
+    """Add to config.json where a resumed run computes from `epoch` on: a run that straddles two
+    machines or commits must say so (reports never pair it as if it ran on one)."""
+    saved = read_json(run_dir / CONFIG_FILE)
+    saved["resumes"] = [*saved.get("resumes", []), {"epoch": epoch, "environment": environment}]
+    write_config(run_dir, saved)
+
+
 def write_metrics(run_dir: Path, rows: list[EpochRow]) -> None:
     """metrics.jsonl, and metrics.csv with held proportions as held.<layer>.<p> columns."""
     atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))

@@ -448,6 +448,8 @@ def _start(
         if constraint is not None:
             constraint.load_targets_(state.targets)
         rows = files.metrics[: state.epoch]
+        if setup.world.is_main:
+            runs.record_resume(run_dir, state.epoch, runs.environment(setup.device))
     elif setup.world.is_main:
         _write_config(run_dir, options, config, setup, token, start)
     setup.world.check_same(

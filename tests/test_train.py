@@ -236,6 +236,35 @@ def test_resume_ends_with_the_metrics_and_weights_of_an_uninterrupted_run(
     )  # a finished run stays as it is
 
 
+def test_a_run_resumed_on_another_machine_says_so(tmp_path, monkeypatch):
+    """config.json records each resume's machine; a report counts such a run as a kind of its
+    own (never paired as if it ran on one machine)."""
+    from polarpack import runs
+    from polarpack.reporting import report
+
+    config = TrainConfig(method="scratch", seed=0, epochs=2, checkpoint_seconds=0, **TINY)
+    run_dir = tmp_path / "results" / "runs" / "cut"
+
+    def interrupt(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out=run_dir, progress=False, on_epoch=interrupt)
+    here = runs.environment(torch.device("cpu"))
+    elsewhere = {**here, "cpu": "Another CPU", "git_commit": "f" * 40}
+    monkeypatch.setattr(runs, "environment", lambda device: elsewhere)
+    assert train(resume=run_dir, progress=False).status == "completed"
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["environment"]["cpu"] == here["cpu"]
+    assert saved["resumes"] == [{"epoch": 1, "environment": elsewhere}]
+    [group] = report(tmp_path / "results").groups
+    assert group.machines == [
+        f"cpu {here['cpu_capability']} ({here['cpu'] or 'CPU model not recorded'}), from epoch 1 "
+        f"cpu {here['cpu_capability']} (Another CPU)"
+    ]
+
+
 def test_seed_fixes_everything_and_a_new_seed_changes_it(tmp_path):
     config = TrainConfig(method="freeze-spin", dist="paper:alexnet", seed=1, epochs=1, **TINY)
     a, b = (train(config, out=tmp_path / n, progress=False) for n in "ab")
