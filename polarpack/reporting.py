@@ -290,7 +290,8 @@ def _run(cell: Cell, run_dir: Path, status: str, rows: list[EpochRow]) -> Run:
     env, resolved = saved.get("environment", {}), saved.get("resolved", {})
     device = str(resolved.get("device", "?"))
     kind = machine_kind(env, device)
-    for resume in saved.get("resumes", []):  # a run resumed elsewhere is a kind of its own
+    resumes = saved.get("resumes")
+    for resume in resumes if isinstance(resumes, list) else []:  # resumed elsewhere: own kind
         there = resume.get("environment") if isinstance(resume, dict) else None
         if isinstance(there, dict) and machine_kind(there, device) != machine_kind(env, device):
             kind += f", from epoch {resume.get('epoch')} {machine_kind(there, device)}"
