@@ -170,10 +170,15 @@ def popcount(bitmap: np.ndarray) -> int:
     return total
 
 
+def _padding_set(data: np.ndarray, bits: int) -> bool:
+    """Whether a packed array of `bits` bits has a set bit in its last byte's padding."""
+    pad = -bits % 8
+    return bool(pad and int(data[bitmap_bytes(bits) - 1]) & ((1 << pad) - 1))
+
+
 def check_bitmap(bitmap: np.ndarray, bits: int, ones: int, what: str, where: str) -> None:
     """The bitmap has exactly `ones` set bits and zero padding: checked without unpacking it."""
-    pad = -bits % 8
-    if popcount(bitmap) != ones or (pad and int(bitmap[-1]) & ((1 << pad) - 1)):
+    if popcount(bitmap) != ones or _padding_set(bitmap, bits):
         raise FormatError(
             f"{where}: the {what} bits do not match the counts ({ones} of {bits} set) or its "
             "padding bits are set; the file is corrupt"
@@ -263,12 +268,6 @@ def _read_bits(data: np.ndarray, start: int, count: int) -> np.ndarray:
     first = start // 8
     unpacked = np.unpackbits(data[first : bitmap_bytes(start + count)])
     return unpacked[start - 8 * first : start - 8 * first + count]
-
-
-def _padding_set(data: np.ndarray, bits: int) -> bool:
-    """Whether a packed array of `bits` bits has a set bit in its last byte's padding."""
-    pad = -bits % 8
-    return bool(pad and int(data[bitmap_bytes(bits) - 1]) & ((1 << pad) - 1))
 
 
 def _set_bits(bitmap: np.ndarray, positions: np.ndarray) -> None:

@@ -289,12 +289,12 @@ def _run(cell: Cell, run_dir: Path, status: str, rows: list[EpochRow]) -> Run:
     saved = saved if isinstance(saved, dict) else {}
     env, resolved = saved.get("environment", {}), saved.get("resolved", {})
     device = str(resolved.get("device", "?"))
-    kind = machine_kind(env, device)
+    kind = home = machine_kind(env, device)
     resumes = saved.get("resumes")
     for resume in resumes if isinstance(resumes, list) else []:  # resumed elsewhere: own kind
         there = resume.get("environment") if isinstance(resume, dict) else None
-        if isinstance(there, dict) and machine_kind(there, device) != machine_kind(env, device):
-            kind += f", from epoch {resume.get('epoch')} {machine_kind(there, device)}"
+        if isinstance(there, dict) and (elsewhere := machine_kind(there, device)) != home:
+            kind += f", from epoch {resume.get('epoch')} {elsewhere}"
     classes = resolved.get("num_classes") or 10
     return Run(
         cell.seed,
