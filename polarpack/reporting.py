@@ -374,8 +374,8 @@ def paired_runs(ga: Group, gb: Group) -> tuple[list[Run], list[Run], str]:
     straddle = [f"s{ra.seed}" for ra, rb in pairs if ra.machine != rb.machine]
     if straddle:
         return [], [], f"unpaired: {', '.join(straddle)} ran a and b on different machines"
-    if len(pairs) < 2:
-        return [], [], "unpaired (fewer than 2 seeds ran both)"
+    if not pairs:
+        return [], [], "unpaired (no seed ran both)"
     machines: dict[str, list[int]] = {}
     commits: dict[str, list[int]] = {}
     for ra, rb in pairs:
@@ -384,6 +384,8 @@ def paired_runs(ga: Group, gb: Group) -> tuple[list[Run], list[Run], str]:
         commits.setdefault(ca if ca == cb else f"{ca} (a) / {cb} (b)", []).append(ra.seed)
     text = "; ".join(f"{m}: {_seeds(s)}" for m, s in machines.items())
     text += "; commits " + ", ".join(f"{c}: {_seeds(s)}" for c, s in commits.items())
+    if len(pairs) < 2:
+        return [], [], f"unpaired (only one seed ran both: {text})"
     return [a for a, _ in pairs], [b for _, b in pairs], text
 
 

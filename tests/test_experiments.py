@@ -344,6 +344,19 @@ def test_aggregation_and_comparison_by_hand(tmp_path):
     assert c.final_val_acc.test == "paired t" and c.seeds == [0, 1]
     assert c.final_val_acc.diff == pytest.approx((0.1 + 0.1) / 2)
     assert not c.censored and c.epochs_to_threshold.diff == -1  # both pairs: epoch 2 vs 3
+    # one seed: a single difference without an interval, and the pairing still names its machine
+    (c,) = compare(
+        [
+            dataclasses.replace(spin, runs=spin.runs[:1]),
+            dataclasses.replace(scratch, runs=same[:1]),
+        ],
+        [{"name": "d", "a": {"method": "freeze-spin"}, "b": {"method": "scratch"}}],
+    )
+    assert c.final_val_acc.diff == pytest.approx(0.1) and c.final_val_acc.low is None
+    assert c.pairing == (
+        "unpaired (only one seed ran both: cpu AVX512 (CPU model not recorded): s0; "
+        "commits unknown: s0)"
+    )
     assert "freeze-spin" in text and "| fp32 | 3/3 |" in text
     assert spin.machines == ["cpu AVX512 (CPU model not recorded)"]
     assert text.count("mixed machines: cpu AVX2") == 1  # scratch
