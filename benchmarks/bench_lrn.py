@@ -9,11 +9,13 @@ times, and of the per-repeat ratios):
 1. a training step (forward, backward, Adam; channels_last; bf16 autocast where the CPU computes
    bf16 natively, else fp32) and a validation pass (eval mode, no grad) per 100 images, with the
    seed protocol's epoch (10,000 training + 10,000 validation images) and 20-epoch run estimated
-   from the per-image times;
+   from the per-image times; malloc keeps freed memory as `polarpack` sets it
+   (`polarpack.training.keep_freed_memory`; `--malloc-default` measures without it);
 2. the LRN alone on conv1's activation (forward + backward), against two rewrites that lose:
    a cumulative sum over channels, and the banded convolution with autograd's own backward.
 
     python benchmarks/bench_lrn.py [--precision auto|fp32|bf16] [--batch 50] [--repeat 7]
+                                   [--malloc-default]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polarpack.models import LocalResponseNorm, build_model, local_response_norm
-from polarpack.training import cpu_has_native_bf16
+from polarpack.training import cpu_has_native_bf16, keep_freed_memory
 
 PAPER = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 CL = torch.channels_last
@@ -165,13 +167,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="training batch (validation: 100)")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--parts", default="12", help="which parts to run, e.g. 1")
+    parser.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="leave glibc's malloc as it is (polarpack's command line keeps freed memory)",
+    )
     args = parser.parse_args()
+    kept = not args.malloc_default and keep_freed_memory()
     torch.set_num_threads(2)
     native = cpu_has_native_bf16()
     bf16 = args.precision == "bf16" or (args.precision == "auto" and native)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native}, batch {args.batch}"
+        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native}, batch {args.batch}, "
+        f"malloc keeps freed memory: {kept}"
     )
     if "1" in args.parts:
         network(args, bf16)
