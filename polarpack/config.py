@@ -18,6 +18,7 @@ from .constraints import FLUID_MODES, ZERO_MODES
 from .errors import ConfigError
 from .materialization import SAMPLING_MODES
 from .models import CONSTRAIN_SCOPES, GEOMETRIES
+from .redact import public_url
 from .references import names_distribution
 from .sources import LAYOUTS
 
@@ -264,6 +265,11 @@ class TrainConfig:
                 f"--method fluid-in fine-tunes float weights, but --weights "
                 f"{self.weights} is a distribution; use freeze-in or "
                 "fluid-in-polarity for a .polar file"
+            )
+        if self.endpoint and public_url(self.endpoint) != self.endpoint:
+            raise ConfigError(
+                "--endpoint carries credentials, and a run's options are written to its "
+                "config.json; put the URL in HF_ENDPOINT instead (it is read, never written)"
             )
         return self
 

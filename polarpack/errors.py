@@ -3,9 +3,15 @@ offending file, layer or field and says how to fix it. The CLI prints these as o
 
 from __future__ import annotations
 
+from .redact import redact_urls
+
 
 class PolarpackError(Exception):
-    """Base class for user-facing errors (bad input, missing data, unreachable services)."""
+    """Base class for user-facing errors (bad input, missing data, unreachable services). A URL in
+    the message is shown without its credentials: error messages get pasted into issues."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_urls(a) if isinstance(a, str) else a for a in args))
 
 
 class FormatError(PolarpackError, ValueError):

@@ -35,6 +35,7 @@ from . import coding
 from ._io import atomic_write_bytes, check_regular_file, read_bytes
 from ._version import __version__
 from .errors import FormatError, PolarpackError
+from .redact import redact_urls
 
 FORMAT_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
@@ -677,8 +678,8 @@ def _check_keys(
 
 
 def _plain_json(value: Any, path: str, depth: int = 0) -> Any:
-    """A deep copy of `value` as plain JSON; anything else (NaN, inf, sets, lone surrogates) is an
-    error naming the path."""
+    """A deep copy of `value` as plain JSON, URLs without their credentials; anything else (NaN,
+    inf, sets, lone surrogates) is an error naming the path."""
     if depth > 100:
         raise FormatError(f"'{path}' is nested more than 100 levels deep")
     value = _plain(value) if not isinstance(value, (Mapping, list, tuple)) else value
@@ -689,7 +690,7 @@ def _plain_json(value: Any, path: str, depth: int = 0) -> Any:
             raise FormatError(
                 f"'{path}' contains a lone surrogate; strings must be valid Unicode"
             ) from None
-        return value
+        return redact_urls(value)  # a file is published: credentials in a URL stay behind
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):

@@ -67,6 +67,7 @@ from .errors import FormatError, HubError, PolarpackError
 from .format import Distribution, decode, encode, encoding_for_path, size_limit, size_report
 from .format import load as load_file
 from .presets import get_preset
+from .redact import public_url, redact_urls
 from .references import is_hub_reference, is_preset
 
 # huggingface_hub 2 talks through httpx2, 1.x through httpx: one API under two names
@@ -710,7 +711,7 @@ def _n(value: int | None) -> str:
 
 def _cell(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text.replace("|", "\\|").replace("\n", " ")
+    return redact_urls(text).replace("|", "\\|").replace("\n", " ")
 
 
 CARD = """
@@ -939,4 +940,5 @@ def push(
     except Exception as exc:
         raise _hub_error(exc, action, repo_id, api.endpoint, revision=revision, write=True) from exc
     # huggingface_hub drops files the Hub already has and makes no commit when none is left
-    return PushResult(repo_id, str(info.commit_url), info.oid != head, list(files), revision)
+    commit_url = public_url(str(info.commit_url))
+    return PushResult(repo_id, commit_url, info.oid != head, list(files), revision)

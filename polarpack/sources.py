@@ -52,6 +52,7 @@ from . import format as fmt
 from ._io import check_regular_file, sha256_file
 from .errors import FormatError, SourceError
 from .presets import get_preset
+from .redact import public_url
 from .references import is_hub_reference, is_preset
 
 LAYOUTS = ("auto", "oihw", "hwio")
@@ -211,7 +212,7 @@ def open_weights(
             "id": text.removeprefix("hf://"),
             "hub": text,
             "revision": revision,
-            "endpoint": endpoint,
+            "endpoint": public_url(endpoint) if endpoint else None,
         }
         path = download(text, endpoint=endpoint, token=token, revision=revision)
         return _open_file(

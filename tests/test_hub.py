@@ -10,6 +10,7 @@ bodies, answers that never come.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ import threading
 import time
 
 import pytest
+import torch
 from click.testing import CliRunner
 from hub_server import FakeHub, SilentEndpoint, git_blob_sha1
 from huggingface_hub import ModelCard, hf_hub_download, try_to_load_from_cache
@@ -25,6 +27,7 @@ from huggingface_hub import constants as hf_constants
 from polarpack_cli.hub import pull as pull_cmd
 from polarpack_cli.hub import push as push_cmd
 from polarpack_cli.main import cli
+from safetensors.torch import save_file
 
 from polarpack import format as fmt
 from polarpack.errors import FormatError, HubError
@@ -868,3 +871,57 @@ def test_an_explicit_time_limit_wins(published, monkeypatch):
     published.misbehave(r"/resolve/", method="GET", stall=True)
     with pytest.raises(HubError, match="0.5 s limit"):
         pull_file(REF, endpoint=published.url, timeout=0.5)
+
+
+# -- credentials in the endpoint ---------------------------------------------------------------
+
+SECRET = "s3cret-mirror-token"
+
+
+def with_credentials(url: str) -> str:
+    return url.replace("http://", f"http://mirror-user:{SECRET}@", 1)
+
+
+def test_credentials_in_the_endpoint_stay_out_of_files_cards_and_errors(hub, tmp_path):
+    weights = tmp_path / "w.safetensors"
+    save_file({"c.weight": torch.randn(4, 2, 3, 3)}, str(weights))
+    hub.add_repo("me/weights", {"model.safetensors": weights.read_bytes()})
+    # the mirror's credentials arrive as HTTP basic auth, as a proxy in front of a Hub takes them
+    hub.tokens[base64.b64encode(f"mirror-user:{SECRET}".encode()).decode()] = "owner"
+    env = {"HF_ENDPOINT": with_credentials(hub.url)}
+    out = tmp_path / "w.polar"
+    runner = CliRunner()
+    extracted = runner.invoke(
+        cli, ["extract", "hf://me/weights/model.safetensors", "--out", str(out)], env=env
+    )
+    assert extracted.exit_code == 0, extracted.output
+    assert fmt.load(out).source["endpoint"] == hub.url
+    pushed = runner.invoke(push_cmd, [str(out), REPO], env=env)
+    assert pushed.exit_code == 0, pushed.output
+    failed = runner.invoke(pull_cmd, [f"hf://{REPO}/missing.polar"], env=env)
+    assert failed.exit_code == 1 and hub.url in failed.output
+    published = b"".join(hub.files(REPO).values()).decode("utf-8", "replace")
+    shown = extracted.output + pushed.output + failed.output + published + out.read_text()
+    assert SECRET not in shown and "mirror-user" not in shown
+
+
+def test_a_distribution_never_holds_credentials_in_a_url():
+    signed = with_credentials("http://h/x") + f"?a=1&token={SECRET}&X-Amz-Signature={SECRET}"
+    dist = make_dist(type="hub", id="x", hub="hf://a/b/c", endpoint=signed)
+    assert dist.source["endpoint"] == "http://h/x?a=1"
+    assert SECRET not in fmt.encode(dist, "json").decode()
+
+
+def test_a_run_refuses_credentials_in_its_endpoint(cli_error, tmp_path):
+    cli_error(
+        [
+            "train",
+            "--dist",
+            "paper:alexnet",
+            "--endpoint",
+            with_credentials("http://h"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        "HF_ENDPOINT",
+    )

@@ -1,0 +1,36 @@
+"""Credentials never leave the process: URLs are shown and stored without them.
+
+Private mirrors and proxies put credentials in the endpoint URL (`https://user:token@mirror`) or in
+its query (`?token=...`, a CDN's `X-Amz-Signature`). A `.polar` file's `source`, a model card, a
+run's config.json, a log line and an error message are all published or pasted somewhere, so every
+URL that goes into one passes through `public_url` first.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+# Query keys that carry a secret: tokens, keys, signatures, passwords, sessions, credentials.
+_SECRET_KEY = re.compile(r"token|key|secret|sig|pass|pwd|auth|session|credential", re.IGNORECASE)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`|]+")
+
+
+def public_url(url: str) -> str:
+    """`url` without its userinfo (`user:password@`) and without query parameters whose names look
+    like secrets; anything that does not parse as a URL is returned unchanged."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    except ValueError:
+        return url
+    kept = [(k, v) for k, v in query if not _SECRET_KEY.search(k)]
+    if host == parts.netloc and len(kept) == len(query):
+        return url
+    return urlunsplit(parts._replace(netloc=host, query=urlencode(kept)))
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL in it replaced by its `public_url`."""
+    return _URL.sub(lambda match: public_url(match.group(0)), text)
