@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from polarpack.models import build_model
-from polarpack.training import TrainConfig, cpu_has_native_bf16, train
+from polarpack.training.loop import TrainConfig, cpu_has_native_bf16, train
 
 
 def epoch(model: str, data_dir: str, precision: str) -> dict:

@@ -187,7 +187,7 @@ def run(args: argparse.Namespace, directory: Path) -> None:
     import numpy as np
     import torch
 
-    from polarpack.extraction import extract
+    from polarpack.sources.extraction import extract
 
     t0 = time.perf_counter()
     st, pth = build_checkpoints(directory)

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from polarpack import format as fmt  # noqa: E402
-from polarpack.extraction import extract  # noqa: E402
+from polarpack.sources.extraction import extract  # noqa: E402
 
 WEIGHTS = Path(os.environ.get("POLARPACK_SHARED_DATA") or ROOT.parent / "shared" / "data")
 CHECKPOINTS = {

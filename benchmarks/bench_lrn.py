@@ -10,7 +10,7 @@ times, and of the per-repeat ratios):
    bf16 natively, else fp32) and a validation pass (eval mode, no grad) per 100 images, with the
    seed protocol's epoch (10,000 training + 10,000 validation images) and 20-epoch run estimated
    from the per-image times; malloc keeps freed memory as `polarpack` sets it
-   (`polarpack.training.keep_freed_memory`; `--malloc-default` measures without it);
+   (`polarpack.training.loop.keep_freed_memory`; `--malloc-default` measures without it);
 2. the LRN alone on conv1's activation (forward + backward), against two rewrites that lose:
    a cumulative sum over channels, and the banded convolution with autograd's own backward.
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polarpack.models import LocalResponseNorm, build_model, local_response_norm
-from polarpack.training import cpu_has_native_bf16, keep_freed_memory
+from polarpack.training.loop import cpu_has_native_bf16, keep_freed_memory
 
 PAPER = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 CL = torch.channels_last

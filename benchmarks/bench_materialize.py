@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from polarpack.materialization import largest_remainder_counts, materialize
 from polarpack.models import build_model
-from polarpack.presets import get_preset
+from polarpack.sources.presets import get_preset
+from polarpack.training.materialization import largest_remainder_counts, materialize
 
 
 def naive_signs(n: int, proportions, seed: int) -> list[int]:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polarpack.constraints import SignConstraint
-from polarpack.data import load_splits, prepare_batch
-from polarpack.materialization import materialize
 from polarpack.models import build_model
-from polarpack.presets import get_preset
-from polarpack.training import TrainConfig, train
+from polarpack.sources.presets import get_preset
+from polarpack.training.constraints import SignConstraint
+from polarpack.training.data import load_splits, prepare_batch
+from polarpack.training.loop import TrainConfig, train
+from polarpack.training.materialization import materialize
 
 CL = torch.channels_last
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import click
 
-from polarpack.grid import load_experiment
-from polarpack.reporting import report as make_report
-from polarpack.runner import ResultsStore, plan, run_experiment
+from polarpack.experiments.grid import load_experiment
+from polarpack.experiments.reporting import report as make_report
+from polarpack.experiments.runner import ResultsStore, plan, run_experiment
 
 from ._common import emit_json, handle_errors, info, json_option
 

@@ -12,7 +12,6 @@ import click
 
 from polarpack._io import check_output_path
 from polarpack.errors import ConfigError, PolarpackError
-from polarpack.extraction import extract as extract_distribution
 from polarpack.format import (
     FORMAT_VERSION,
     GRANULARITIES,
@@ -21,7 +20,8 @@ from polarpack.format import (
     save,
     size_report,
 )
-from polarpack.sources import LAYOUTS, resolve_distribution
+from polarpack.sources.extraction import extract as extract_distribution
+from polarpack.sources.weights import LAYOUTS, resolve_distribution
 
 from ._common import emit_json, handle_errors, hub_options, json_option, printable
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from polarpack import __version__
-from polarpack.training import keep_freed_memory
+from polarpack.training.loop import keep_freed_memory
 
 from .experiment import experiment, report
 from .extract import convert, extract, inspect

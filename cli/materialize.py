@@ -9,10 +9,10 @@ import click
 
 from polarpack._io import check_output_path, printable
 from polarpack.errors import ConfigError
-from polarpack.materialization import SAMPLING_MODES
-from polarpack.materialization import materialize as run
 from polarpack.models import CONSTRAIN_SCOPES, GEOMETRIES
-from polarpack.sources import resolve_distribution
+from polarpack.sources.weights import resolve_distribution
+from polarpack.training.materialization import SAMPLING_MODES
+from polarpack.training.materialization import materialize as run
 
 from ._common import emit_json, handle_errors, hub_options, info, json_option
 

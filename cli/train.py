@@ -9,11 +9,11 @@ from typing import Any
 import click
 
 from polarpack._io import read_json
-from polarpack.config import TrainConfig
-from polarpack.distributed import BACKENDS
 from polarpack.errors import ConfigError
-from polarpack.training import TrainResult, resolve_device, resolve_precision
-from polarpack.training import train as run
+from polarpack.training.config import TrainConfig
+from polarpack.training.distributed import BACKENDS
+from polarpack.training.loop import TrainResult, resolve_device, resolve_precision
+from polarpack.training.loop import train as run
 
 from ._common import emit_json, handle_errors, info, json_option
 from .materialize import parse_layer_map

@@ -29,10 +29,10 @@ from pathlib import Path
 from scipy import stats
 
 from polarpack._io import atomic_write_text
+from polarpack.experiments.reporting import Group, comparison, report
 from polarpack.format import load, size_report
-from polarpack.references import names_distribution
-from polarpack.reporting import Group, comparison, report
-from polarpack.sources import load_state_dict
+from polarpack.sources.references import names_distribution
+from polarpack.sources.weights import load_state_dict
 
 EXAMPLES = Path(__file__).resolve().parent
 FAMILIES = {"MobileNetV2": "ladder.toml", "EfficientNet-Lite0": "ladder_efficientnet.toml"}

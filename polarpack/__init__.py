@@ -23,22 +23,22 @@ The pipeline, one module per stage:
     hub              publish and pull distributions on the Hugging Face Hub
 
 The top-level names below are the public API; the modules hold the rest, each importable under
-its own name (`polarpack.training.TrainConfig`).
+its own name (`polarpack.training.loop.TrainConfig`).
 """
 
 from __future__ import annotations
 
-from ._version import __version__
-from .config import TrainConfig
-from .errors import PolarpackError
-from .extraction import extract
-from .format import Distribution, LayerDistribution, load, save
-from .materialization import apply_distribution, materialize
-from .models import build_model, list_models
-from .presets import get_preset, list_presets
-from .reporting import report
-from .sources import load_distribution
-from .training import TrainResult, train
+from polarpack._version import __version__
+from polarpack.errors import PolarpackError
+from polarpack.experiments.reporting import report
+from polarpack.format import Distribution, LayerDistribution, load, save
+from polarpack.models import build_model, list_models
+from polarpack.sources.extraction import extract
+from polarpack.sources.presets import get_preset, list_presets
+from polarpack.sources.weights import load_distribution
+from polarpack.training.config import TrainConfig
+from polarpack.training.loop import TrainResult, train
+from polarpack.training.materialization import apply_distribution, materialize
 
 __all__ = [
     "Distribution",

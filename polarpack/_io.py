@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import PolarpackError
+from polarpack.errors import PolarpackError
 
 
 def check_output_path(path: str | os.PathLike) -> Path:

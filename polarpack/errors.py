@@ -3,7 +3,7 @@ offending file, layer or field and says how to fix it. The CLI prints these as o
 
 from __future__ import annotations
 
-from .redact import redact_urls
+from polarpack.redact import redact_urls
 
 
 class PolarpackError(Exception):

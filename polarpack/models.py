@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .errors import ModelError
+from polarpack.errors import ModelError
 
 GEOMETRIES = ("small", "imagenet")
 CONSTRAIN_SCOPES = ("conv", "all")  # which kernels follow a sign pattern (constrainable_layers)

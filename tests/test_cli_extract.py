@@ -14,7 +14,7 @@ from polarpack_cli.main import cli
 from safetensors.torch import save_file
 
 from polarpack import format as fmt
-from polarpack.extraction import extract as extract_distribution
+from polarpack.sources.extraction import extract as extract_distribution
 
 ESCAPES = "\x1b[2J\x1b]0;owned\x07\x9b"  # clear screen, set the window title, a C1 CSI
 

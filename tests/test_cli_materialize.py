@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from polarpack_cli.main import cli
 from safetensors.torch import load_file
 
-from polarpack.materialization import materialize
-from polarpack.presets import get_preset
+from polarpack.sources.presets import get_preset
+from polarpack.training.materialization import materialize
 
 
 def _invoke(*args):

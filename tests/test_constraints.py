@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from polarpack.constraints import SignConstraint
 from polarpack.errors import ConfigError
+from polarpack.training.constraints import SignConstraint
 
 
 def reference_project(

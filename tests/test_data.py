@@ -1,5 +1,5 @@
-"""polarpack.data through its public API: layouts, errors, the decode cache, the seed protocol,
-batching."""
+"""polarpack.training.data through its public API: layouts, errors, the decode cache, the seed
+protocol, batching."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from polarpack import data
-from polarpack.data import (
+from polarpack.errors import ConfigError, DataError
+from polarpack.training.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -28,7 +29,6 @@ from polarpack.data import (
     load_splits,
     prepare_batch,
 )
-from polarpack.errors import ConfigError, DataError
 
 WHOLE = {"train_size": None, "val_size": None}
 

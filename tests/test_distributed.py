@@ -18,11 +18,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from polarpack.distributed import DistributedError, World, checksum
-from polarpack.methods import initialise
+from polarpack.experiments.runner import launch
 from polarpack.models import build_model
-from polarpack.runner import launch
-from polarpack.training import TrainConfig, train
+from polarpack.training.distributed import DistributedError, World, checksum
+from polarpack.training.loop import TrainConfig, train
+from polarpack.training.methods import initialise
 
 OPTIONS = dict(
     method="freeze-spin",
@@ -131,7 +131,7 @@ def test_two_ranks_match_one_process(tmp_path):
         f"""
         import os
         from safetensors.torch import save_file
-        from polarpack.training import train
+        from polarpack.training.loop import train
         result = train(out={str(tmp_path / "ddp")!r}, progress=False, micro_batch=30,
                        **{OPTIONS!r})
         state = {{k: v.contiguous() for k, v in result.model.state_dict().items()}}
@@ -172,7 +172,7 @@ def test_a_run_whose_rank_died_resumes_under_torchrun(tmp_path):
     proc = _torchrun(
         f"""
         import os, pathlib, time
-        from polarpack.training import train
+        from polarpack.training.loop import train
         def on_epoch(row):
             if os.environ["RANK"] == "1":  # rank 1 dies after epoch 1, once rank 0 has saved it
                 while not pathlib.Path({state!r}).exists():

@@ -16,11 +16,17 @@ from polarpack_cli.main import cli
 
 from polarpack import format as fmt
 from polarpack.errors import ConfigError
-from polarpack.grid import config_hash, defaults, load_experiment
+from polarpack.experiments.grid import config_hash, defaults, load_experiment
+from polarpack.experiments.reporting import (
+    aggregate,
+    compare,
+    compare_each,
+    markdown_report,
+    report,
+)
+from polarpack.experiments.runner import ResultsStore, plan, run_experiment
+from polarpack.experiments.statistics import t_interval, tost
 from polarpack.models import build_model
-from polarpack.reporting import aggregate, compare, compare_each, markdown_report, report
-from polarpack.runner import ResultsStore, plan, run_experiment
-from polarpack.statistics import t_interval, tost
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +61,7 @@ b = { method = "scratch" }
 @pytest.fixture(scope="module")
 def grid_file(tmp_path_factory) -> Path:
     """A grid file with a distribution extracted from a fresh squeezenet1_1 (no download needed)."""
-    from polarpack.extraction import extract
+    from polarpack.sources.extraction import extract
 
     root = tmp_path_factory.mktemp("grid")
     fmt.save(extract(build_model("squeezenet1_1")), root / "sq.polar")
@@ -363,7 +369,7 @@ def test_aggregation_and_comparison_by_hand(tmp_path):
 
 
 def _cells(root: Path):
-    from polarpack.reporting import load_cells
+    from polarpack.experiments.reporting import load_cells
 
     _, cells, store, _ = load_cells(root)
     return cells, store

@@ -1,5 +1,5 @@
-"""polarpack.extraction / polarpack.sources: counts, signs and refusals checked against independent
-numpy.
+"""polarpack.sources.extraction / polarpack.sources.weights: counts, signs and refusals checked
+against independent numpy.
 
 Real weights: torchvision's ImageNet MobileNetV2 checkpoint from the shared data folder (see
 tests/conftest.py: shared_data_dir). Everything else is built in tmp_path.
@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 from polarpack import format as fmt
 from polarpack._io import sha256_file
 from polarpack.errors import ConfigError, FormatError, SourceError
-from polarpack.extraction import count_signs, extract
-from polarpack.sources import (
+from polarpack.sources.extraction import count_signs, extract
+from polarpack.sources.weights import (
     TensorInfo,
     load_distribution,
     load_state_dict,

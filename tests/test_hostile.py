@@ -28,7 +28,7 @@ from polarpack_cli.main import cli
 
 import polarpack._io
 from polarpack.errors import PolarpackError
-from polarpack.training import STATE_FILE, TrainConfig, train
+from polarpack.training.loop import STATE_FILE, TrainConfig, train
 
 
 class Payload:
@@ -457,7 +457,7 @@ def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    import polarpack.runs
+    import polarpack.training.runs
 
     calls = []
 
@@ -467,7 +467,7 @@ def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(
             raise SafetensorError("Error while serializing: No space left on device (os error 28)")
         save_file(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(polarpack.runs, "save_file", fill_up)
+    monkeypatch.setattr(polarpack.training.runs, "save_file", fill_up)
     run = tmp_path / "r"
     cli_error(
         [
@@ -632,7 +632,7 @@ def test_a_grid_whose_summary_has_the_wrong_shape_is_a_one_line_error(tmp_path, 
     grid = tmp_path / "g.toml"
     grid.write_text('[defaults]\nmethod = "scratch"\nepochs = 1\n')
     run = tmp_path / "res" / "runs" / "x"
-    from polarpack.grid import load_experiment
+    from polarpack.experiments.grid import load_experiment
 
     (cell,) = load_experiment(grid).cells
     run = tmp_path / "res" / "runs" / cell.run_id
@@ -646,7 +646,7 @@ def test_a_grid_whose_summary_has_the_wrong_shape_is_a_one_line_error(tmp_path, 
 
 def test_materialize_never_overwrites_its_input(tmp_path, cli_error):
     from polarpack.format import save
-    from polarpack.presets import get_preset
+    from polarpack.sources.presets import get_preset
 
     polar = save(get_preset("paper:alexnet").distribution, tmp_path / "x.polar.safetensors")
     before = polar.read_bytes()

@@ -55,7 +55,7 @@ def make_dist(**source) -> Distribution:
         LayerDistribution.from_counts("features.0", [2, 50, 48], kind="conv", shape=[4, 1, 5, 5]),
         LayerDistribution.from_counts("classifier.1", [0, 41, 39], kind="linear", shape=[10, 8]),
     )
-    hub_source = {  # as polarpack.sources records an hf:// weights file
+    hub_source = {  # as polarpack.sources.weights records an hf:// weights file
         "type": "hub",
         "id": "timm/resnet18.a1_in1k/model.safetensors",
         "hub": "hf://timm/resnet18.a1_in1k/model.safetensors",

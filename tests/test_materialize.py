@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from polarpack.errors import ModelError
 from polarpack.format import Distribution, LayerDistribution
-from polarpack.materialization import (
+from polarpack.models import build_model, conv_layers
+from polarpack.sources.presets import get_preset
+from polarpack.training.materialization import (
     TRUNCATION_CORRECTION,
     apply_distribution,
     fans,
@@ -22,8 +24,6 @@ from polarpack.materialization import (
     sample_channel_signs,
     sample_signs,
 )
-from polarpack.models import build_model, conv_layers
-from polarpack.presets import get_preset
 
 proportions = (
     st.tuples(

@@ -9,13 +9,13 @@ import torch
 from conftest import TINY
 from safetensors.torch import load_file, save_file
 
-from polarpack.config import TrainConfig
 from polarpack.errors import ModelError
-from polarpack.extraction import extract
 from polarpack.format import load, save
-from polarpack.methods import initialise, normalisation_tensors
 from polarpack.models import build_model, conv_layers
-from polarpack.training import train
+from polarpack.sources.extraction import extract
+from polarpack.training.config import TrainConfig
+from polarpack.training.loop import train
+from polarpack.training.methods import initialise, normalisation_tensors
 
 
 @pytest.fixture(scope="module")

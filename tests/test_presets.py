@@ -19,8 +19,8 @@ from polarpack.format import (
     size_report,
     validate,
 )
-from polarpack.presets import ALEXNET_CONV_SHAPES, PRESETS, get_preset, list_presets
-from polarpack.references import is_preset
+from polarpack.sources.presets import ALEXNET_CONV_SHAPES, PRESETS, get_preset, list_presets
+from polarpack.sources.references import is_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = Path("/work/shared/seed/000_a6039f395b9f8faf.txt")

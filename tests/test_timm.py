@@ -11,12 +11,12 @@ import torch
 from conftest import TINY
 from safetensors.torch import load_file
 
-from polarpack.config import TrainConfig
 from polarpack.errors import ModelError
-from polarpack.extraction import extract
-from polarpack.methods import normalisation_tensors
 from polarpack.models import build_model, conv_layers, head_name, list_models
-from polarpack.training import train
+from polarpack.sources.extraction import extract
+from polarpack.training.config import TrainConfig
+from polarpack.training.loop import train
+from polarpack.training.methods import normalisation_tensors
 
 pytest.importorskip("timm", reason="timm is an optional extra: pip install 'polarpack[timm]'")
 

@@ -15,16 +15,16 @@ from safetensors.torch import load_file
 from torch import nn
 
 from polarpack.format import Distribution, LayerDistribution, save
-from polarpack.materialization import materialize
 from polarpack.models import build_model
-from polarpack.presets import get_preset
-from polarpack.training import (
+from polarpack.sources.presets import get_preset
+from polarpack.training.loop import (
     STATE_FILE,
     TrainConfig,
     cpu_has_native_bf16,
     resolve_precision,
     train,
 )
+from polarpack.training.materialization import materialize
 
 TIMING = {"epoch_seconds", "train_seconds", "images_per_second"}
 
@@ -240,7 +240,7 @@ def test_a_run_resumed_on_another_machine_says_so(tmp_path, monkeypatch):
     """config.json records each resume's machine; a report counts such a run as a kind of its
     own (never paired as if it ran on one machine)."""
     from polarpack import runs
-    from polarpack.reporting import report
+    from polarpack.experiments.reporting import report
 
     config = TrainConfig(method="scratch", seed=0, epochs=2, checkpoint_seconds=0, **TINY)
     run_dir = tmp_path / "results" / "runs" / "cut"
@@ -369,12 +369,12 @@ def test_checkpoints_follow_the_clock_and_a_run_without_one_starts_over(tmp_path
     """The resume state is written once `checkpoint_seconds` have passed since the last one (a short
     run writes none, only its weights at the end); a run killed before its first checkpoint is
     resumed by starting over, and ends as an uninterrupted run does."""
-    import polarpack.runs
+    import polarpack.training.runs
 
     written = []
-    real = polarpack.runs.save_checkpoint
+    real = polarpack.training.runs.save_checkpoint
     monkeypatch.setattr(
-        polarpack.runs,
+        polarpack.training.runs,
         "save_checkpoint",
         lambda run_dir, **kw: written.append(kw["epoch"]) or real(run_dir, **kw),
     )
@@ -402,8 +402,8 @@ def test_checkpoints_follow_the_clock_and_a_run_without_one_starts_over(tmp_path
 def test_micro_batches_give_the_same_update_as_the_whole_batch(tmp_path):
     """Parts of 30, 30, 30 and 10 images add up to the gradient of the batch of 100 (fp32 and SGD:
     equal up to float rounding, far below the update; a wrong scale or a missed part is not)."""
-    from polarpack.methods import initialise
     from polarpack.models import build_model
+    from polarpack.training.methods import initialise
 
     base = dict(
         method="freeze-spin",

@@ -2,9 +2,10 @@
 
 Why: `fashion-mnist-mini` lets every test, example and first run train without data or network.
 It is a class-balanced subset (200 train and 50 test images per class) of the original
-Fashion-MNIST (MIT licence, Zalando SE 2017), picked with `polarpack.data.balanced_subset` and
-`torch.Generator().manual_seed(0)` (train) / `manual_seed(1)` (test). The zip entries carry a
-fixed timestamp, so the same inputs give the same bytes.
+Fashion-MNIST (MIT licence, Zalando SE 2017), picked with
+`polarpack.training.data.balanced_subset` and `torch.Generator().manual_seed(0)` (train) /
+`manual_seed(1)` (test). The zip entries carry a fixed timestamp, so the same inputs give the same
+bytes.
 
 Inputs (md5 of the uncompressed IDX content, as in ../shared/data/README.md):
     train-images-idx3-ubyte f4a8712d7a061bf5bd6d2ca38dc4d50a
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from polarpack._io import atomic_write_bytes
-from polarpack.data import FASHION_MNIST_CLASSES, balanced_subset, read_idx
+from polarpack.training.data import FASHION_MNIST_CLASSES, balanced_subset, read_idx
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {
@@ -87,7 +88,7 @@ def build(source: Path, out: Path, train_size: int, test_size: int) -> dict:
         "license": "MIT, Copyright (c) 2017 Zalando SE",
         "source_md5_uncompressed": md5,
         "seeds": SEEDS,
-        "selection": "polarpack.data.balanced_subset(labels, size, "
+        "selection": "polarpack.training.data.balanced_subset(labels, size, "
         "torch.Generator().manual_seed(seed))",
         "builder": "tools/make_fashion_mnist_mini.py",
     }

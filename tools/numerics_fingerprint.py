@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from polarpack.data import load_splits
 from polarpack.models import build_model
-from polarpack.training import train
+from polarpack.training.data import load_splits
+from polarpack.training.loop import train
 
 TINY = dict(
     dataset="fashion-mnist-mini", train_size=300, val_size=100, batch_size=100, epochs=2, threads=1

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, SourceError
-from .format import GRANULARITIES, NORM_MEMBERS, Distribution, LayerDistribution
-from .sources import LAYOUTS, TensorInfo, WeightSource, open_weights
+from polarpack.errors import ConfigError, SourceError
+from polarpack.format import GRANULARITIES, NORM_MEMBERS, Distribution, LayerDistribution
+from polarpack.sources.weights import LAYOUTS, TensorInfo, WeightSource, open_weights
 
 CONV_NDIMS = (3, 4, 5)
 _CHUNK = 1 << 18  # elements per counting block: small enough to stay in cache across passes
@@ -59,7 +59,8 @@ def extract(
     norms: bool = False,
     unsafe_allow_pickle: bool = False,
 ) -> Distribution:
-    """The polarity distribution of `source` (anything `polarpack.sources.open_weights` reads).
+    """The polarity distribution of `source` (anything `polarpack.sources.weights.open_weights`
+    reads).
 
     `layers`: fnmatch globs over layer names, each must match. `groups`: group counts by layer,
     used with `expand_groups`. `hash_file`: record the file's sha256 (reads the whole file once).

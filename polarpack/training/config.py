@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .constraints import FLUID_MODES, ZERO_MODES
-from .errors import ConfigError
-from .materialization import SAMPLING_MODES
-from .models import CONSTRAIN_SCOPES, GEOMETRIES
-from .redact import public_url
-from .references import names_distribution
-from .sources import LAYOUTS
+from polarpack.errors import ConfigError
+from polarpack.models import CONSTRAIN_SCOPES, GEOMETRIES
+from polarpack.redact import public_url
+from polarpack.sources.references import names_distribution
+from polarpack.sources.weights import LAYOUTS
+from polarpack.training.constraints import FLUID_MODES, ZERO_MODES
+from polarpack.training.materialization import SAMPLING_MODES
 
 METHODS = {
     "freeze-spin": "Alg. 1: Glorot magnitudes, a random pattern with the distribution's "

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_write_bytes, check_output_path
-from .errors import ModelError
-from .format import Distribution, LayerDistribution
-from .models import build_model, constrainable_layers
+from polarpack._io import atomic_write_bytes, check_output_path
+from polarpack.errors import ModelError
+from polarpack.format import Distribution, LayerDistribution
+from polarpack.models import build_model, constrainable_layers
 
 # Keras' GlorotNormal divides the std by the std of a unit normal truncated at +-2, so that the
 # truncated samples have the Glorot std exactly.

@@ -48,12 +48,12 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from . import format as fmt
-from ._io import check_regular_file, sha256_file
-from .errors import FormatError, SourceError
-from .presets import get_preset
-from .redact import public_url
-from .references import is_hub_reference, is_preset
+from polarpack import format as fmt
+from polarpack._io import check_regular_file, sha256_file
+from polarpack.errors import FormatError, SourceError
+from polarpack.redact import public_url
+from polarpack.sources.presets import get_preset
+from polarpack.sources.references import is_hub_reference, is_preset
 
 LAYOUTS = ("auto", "oihw", "hwio")
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -98,7 +98,7 @@ def resolve_distribution(
     if is_preset(ref):
         return get_preset(ref).distribution, None
     if is_hub_reference(ref):  # bounded download; errors name the reference, not the cache path
-        from .hub import pull_file
+        from polarpack.hub import pull_file
 
         return pull_file(ref, endpoint=endpoint, token=token, revision=revision)
     if not isinstance(ref, (str, os.PathLike)):
@@ -205,7 +205,7 @@ def open_weights(
         )
     text = os.fspath(source)
     if is_hub_reference(text):
-        from .hub import download
+        from polarpack.hub import download
 
         info = {
             "type": "hub",

@@ -9,7 +9,7 @@ one magnitude per output channel). Any of them may carry the network's normalisa
 (`Distribution.norms`).
 
 The JSON encoding holds the human-readable rungs (layer, channel); the safetensors encoding holds
-every rung, entropy-coded (`polarpack.coding`): it is the compact one. `Distribution` is the
+every rung, entropy-coded (`polarpack.format.coding`): it is the compact one. `Distribution` is the
 in-memory form and `validate` holds every rule once. Coded streams stay coded in memory: a layer's
 signs or channel counts are decoded when asked for, one layer at a time.
 """
@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from . import coding
-from ._io import atomic_write_bytes, check_regular_file, read_bytes
-from ._version import __version__
-from .errors import FormatError, PolarpackError
-from .redact import redact_urls
+from polarpack._io import atomic_write_bytes, check_regular_file, read_bytes
+from polarpack._version import __version__
+from polarpack.errors import FormatError, PolarpackError
+from polarpack.format import coding
+from polarpack.redact import redact_urls
 
 FORMAT_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
@@ -1403,7 +1403,9 @@ def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the JSON encoding."""
     from importlib.resources import files
 
-    return json.loads(files("polarpack").joinpath("polar.schema.json").read_text(encoding="utf-8"))
+    return json.loads(
+        files("polarpack.format").joinpath("polar.schema.json").read_text(encoding="utf-8")
+    )
 
 
 # -- sizes and information -----------------------------------------------------------------------

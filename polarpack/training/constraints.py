@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from polarpack.errors import ConfigError
 
 ZERO_MODES = ("pin", "free")
 # flip: the chosen weights and their targets change sign (the seed's W = -W, the pattern moves).

@@ -1,7 +1,7 @@
 """Running a grid: a committable, resumable results store with one writer, its cells run in
 parallel processes.
 
-``RESULTS/runs/<run_id>/`` is an ordinary run directory (see `polarpack.runs`), and its
+``RESULTS/runs/<run_id>/`` is an ordinary run directory (see `polarpack.training.runs`), and its
 ``summary.json`` is the one record of the run's status: completed or diverged (done), failed (with
 the error; retried next time), running (resumed from its training state, or started over when it
 died before its first checkpoint). A cell is found by the hash at the end of its run id, and is
@@ -33,13 +33,13 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from . import runs
-from ._io import printable
-from .config import TrainConfig
-from .errors import ConfigError, PolarpackError
-from .grid import Cell, Experiment, config_hash
-from .runs import FINISHED, STATE_FILE, read_metrics
-from .training import TrainResult, keep_freed_memory, train
+from polarpack._io import printable
+from polarpack.errors import ConfigError, PolarpackError
+from polarpack.experiments.grid import Cell, Experiment, config_hash
+from polarpack.training import runs
+from polarpack.training.config import TrainConfig
+from polarpack.training.loop import TrainResult, keep_freed_memory, train
+from polarpack.training.runs import FINISHED, STATE_FILE, read_metrics
 
 
 @dataclass

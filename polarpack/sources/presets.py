@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import FormatError
-from .format import Distribution, LayerDistribution
-from .models import ALEXNET
+from polarpack.errors import FormatError
+from polarpack.format import Distribution, LayerDistribution
+from polarpack.models import ALEXNET
 
 PAPER_CITATION = (
     "Igoe, Biswas and Basu, 'A Study on Polarity Distributions for Network Learning', "

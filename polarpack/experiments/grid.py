@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import read_bytes
-from .config import IN_METHODS, SPIN_METHODS, TrainConfig
-from .errors import ConfigError
-from .references import is_local_file
-from .training import resolve_device, resolve_precision
+from polarpack._io import read_bytes
+from polarpack.errors import ConfigError
+from polarpack.sources.references import is_local_file
+from polarpack.training.config import IN_METHODS, SPIN_METHODS, TrainConfig
+from polarpack.training.loop import resolve_device, resolve_precision
 
 SECTIONS = ("experiment", "defaults", "grid", "weights", "include", "compare")
 ALIASES = {

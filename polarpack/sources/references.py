@@ -2,7 +2,7 @@
 experiment file's cells, `push`) reads it through `classify`, so a preset, a Hub file, a `.polar`
 file, a weights checkpoint and a model name are told apart the same way everywhere.
 
-    paper:alexnet                      preset        (polarpack.presets)
+    paper:alexnet                      preset        (polarpack.sources.presets)
     hf://owner/repo[@rev]/path         hub           (polarpack.hub)
     mnv2.polar, x.polar.safetensors    distribution  (.polar, .polar.json, .polar.safetensors)
     model.safetensors, ckpt.pth        weights       (a checkpoint file, by suffix)

@@ -39,9 +39,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
-from ._io import atomic_output, atomic_write_text, read_bytes, read_json
-from ._version import __version__
-from .errors import ConfigError, PolarpackError
+from polarpack._io import atomic_output, atomic_write_text, read_bytes, read_json
+from polarpack._version import __version__
+from polarpack.errors import ConfigError, PolarpackError
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 MODEL_FILE, STATE_FILE, INIT_FILE = (

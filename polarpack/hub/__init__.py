@@ -61,14 +61,21 @@ from huggingface_hub.utils import (
     validate_repo_id,
 )
 
-from ._io import atomic_output, atomic_write_bytes, read_bytes
-from ._version import __version__
-from .errors import FormatError, HubError, PolarpackError
-from .format import Distribution, decode, encode, encoding_for_path, size_limit, size_report
-from .format import load as load_file
-from .presets import get_preset
-from .redact import public_url, redact_urls
-from .references import is_hub_reference, is_preset
+from polarpack._io import atomic_output, atomic_write_bytes, read_bytes
+from polarpack._version import __version__
+from polarpack.errors import FormatError, HubError, PolarpackError
+from polarpack.format import (
+    Distribution,
+    decode,
+    encode,
+    encoding_for_path,
+    size_limit,
+    size_report,
+)
+from polarpack.format import load as load_file
+from polarpack.redact import public_url, redact_urls
+from polarpack.sources.presets import get_preset
+from polarpack.sources.references import is_hub_reference, is_preset
 
 # huggingface_hub 2 talks through httpx2, 1.x through httpx: one API under two names
 httpx = importlib.import_module("httpx2" if int(hf_version.split(".")[0]) >= 2 else "httpx")
@@ -696,8 +703,8 @@ def _push_input(dist_or_path: Any, stem: str | None) -> tuple[Distribution, str,
 
 
 def _base_model(source: Any) -> str | None:
-    """The Hub model a distribution was extracted from: polarpack.sources records source.hub =
-    hf://..."""
+    """The Hub model a distribution was extracted from: polarpack.sources.weights records
+    source.hub = hf://..."""
     try:
         parsed = parse_reference(source["hub"]) if source.get("type") == "hub" else None
     except (HubError, KeyError):

@@ -6,8 +6,8 @@ slices of a seeded permutation, and after every optimizer step the sign constrai
 wrong-signed kernel weights (the seed's Algorithms 1-3). Every random stream (batch order,
 dropout, reset values, fluid changes) is seeded from (seed, epoch), so a resumed run replays
 exactly what an uninterrupted one does, and no random state needs saving. How each method starts
-is `polarpack.methods`; the files of a run are `polarpack.runs`; the options are
-`polarpack.config`.
+is `polarpack.training.methods`; the files of a run are `polarpack.training.runs`; the options are
+`polarpack.training.config`.
 
 Precision `auto` trains in bf16 autocast (fp32 master weights and optimizer state) where the
 hardware computes bf16 natively, else fp32.
@@ -31,15 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, runs
-from ._io import read_bytes
-from .config import CONSTRAINED_METHODS, TrainConfig
-from .constraints import SignConstraint
-from .errors import ConfigError, PolarpackError
-from .materialization import derive_seed
-from .methods import Start, initialise
-from .models import build_model, input_size_for
-from .runs import FINISHED, MODEL_FILE, STATE_FILE, EpochRow, read_metrics
+from polarpack._io import read_bytes
+from polarpack.errors import ConfigError, PolarpackError
+from polarpack.models import build_model, input_size_for
+from polarpack.training import distributed, runs
+from polarpack.training.config import CONSTRAINED_METHODS, TrainConfig
+from polarpack.training.constraints import SignConstraint
+from polarpack.training.materialization import derive_seed
+from polarpack.training.methods import Start, initialise
+from polarpack.training.runs import FINISHED, MODEL_FILE, STATE_FILE, EpochRow, read_metrics
 
 __all__ = [
     "FINISHED",
@@ -155,7 +155,7 @@ class _Setup:
 def refresh_batchnorm(model: nn.Module, setup: _Setup, epoch: int) -> None:
     """Precise BN: the statistics of `bn_batches` whole training batches (the same on every rank)
     replace the running averages, which lag far behind the weights after ten steps an epoch."""
-    from .data import batch_indices
+    from polarpack.training.data import batch_indices
 
     norms = [
         m
@@ -236,7 +236,7 @@ def _train_epoch(
     bar,
 ) -> dict:
     """One pass over the training set; stops early at a non-finite loss (the row says so)."""
-    from .data import batch_indices
+    from polarpack.training.data import batch_indices
 
     config, world = setup.config, setup.world
     torch.manual_seed(derive_seed(config.seed, "dropout", str(world.rank), str(epoch)))
@@ -494,7 +494,7 @@ def _check_memory(config: TrainConfig, size: int | None, world_size: int) -> Non
 
 def _build(config: TrainConfig, backend: str | None) -> tuple[_Setup, nn.Module, Start]:
     """Data, model (initialised, on its device and memory format) and the method's start."""
-    from .data import load_splits, prepare_batch
+    from polarpack.training.data import load_splits, prepare_batch
 
     if config.threads:
         torch.set_num_threads(config.threads)

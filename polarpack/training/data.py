@@ -49,8 +49,8 @@ from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 from torchvision.datasets.utils import extract_archive
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from ._io import atomic_write_bytes
-from .errors import ConfigError, DataError
+from polarpack._io import atomic_write_bytes
+from polarpack.errors import ConfigError, DataError
 
 SPLITS = ("train", "test")
 CIFAR10_CLASSES = (

@@ -26,7 +26,7 @@ import torch.distributed as torch_distributed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import ConfigError, PolarpackError
+from polarpack.errors import ConfigError, PolarpackError
 
 BACKENDS = ("auto", "gloo", "nccl", "mpi")
 

@@ -16,7 +16,8 @@ of the final validation accuracy and of the per-seed epochs to threshold, with a
 interval: paired over the seeds both groups ran (same data subset and batch order per seed) when
 every seed's two runs computed on one kind of machine (kernels round differently between CPU kinds
 and GPUs); else Welch's over all runs, so that no seed is dropped. A `margin = { final_val_acc =
-0.02, epochs_to_40 = 1 }` adds two one-sided tests (TOST, `polarpack.statistics`). Epochs to
+0.02, epochs_to_40 = 1 }` adds two one-sided tests (TOST,
+`polarpack.experiments.statistics`). Epochs to
 threshold has no interval when a run never got there (censored). Every comparison says which
 machines and commits its pairs used.
 """
@@ -31,13 +32,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import runs
-from ._io import atomic_write_text, printable, read_json
-from .errors import ConfigError, PolarpackError
-from .grid import NOT_HASHED, UNUSED, Cell, config_hash, load_experiment
-from .runner import ResultsStore
-from .runs import FINISHED, EpochRow
-from .statistics import Equivalence, Interval, mean_std, t_interval, tost
+from polarpack._io import atomic_write_text, printable, read_json
+from polarpack.errors import ConfigError, PolarpackError
+from polarpack.experiments.grid import NOT_HASHED, UNUSED, Cell, config_hash, load_experiment
+from polarpack.experiments.runner import ResultsStore
+from polarpack.experiments.statistics import Equivalence, Interval, mean_std, t_interval, tost
+from polarpack.training import runs
+from polarpack.training.runs import FINISHED, EpochRow
 
 CONVERGED_MARGIN = 0.05  # above chance
 DIP = 0.02
@@ -626,7 +627,7 @@ def markdown_report(
 def table1_markdown(groups: Sequence[Group]) -> str | None:
     """The seed's Table 1 next to ours: one row per Table 1 preset, a column pair per zeros
     mode."""
-    from .presets import PRESETS
+    from polarpack.sources.presets import PRESETS
 
     def is_row(g: Group) -> bool:
         preset = PRESETS.get(g.config.get("dist"))

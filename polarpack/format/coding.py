@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import constriction
 import numpy as np
 
-from .errors import FormatError
+from polarpack.errors import FormatError
 
 Categorical = constriction.stream.model.Categorical
 AnsCoder = constriction.stream.stack.AnsCoder

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import POLARITY_METHODS, SPIN_METHODS, TrainConfig
-from .errors import ModelError
-from .materialization import (
+from polarpack.errors import ModelError
+from polarpack.models import PAPER_NETS, constrainable_layers, head_name
+from polarpack.sources.references import names_distribution
+from polarpack.training.config import POLARITY_METHODS, SPIN_METHODS, TrainConfig
+from polarpack.training.materialization import (
     Materialized,
     generator_for,
     glorot_normal,
@@ -34,8 +36,6 @@ from .materialization import (
     materialize,
     materialize_pattern,
 )
-from .models import PAPER_NETS, constrainable_layers, head_name
-from .references import names_distribution
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _scratch(model: nn.Module, config: TrainConfig) -> Start:
 
 
 def _from_distribution(model: nn.Module, config: TrainConfig, ref: str) -> Start:
-    from .sources import load_distribution
+    from polarpack.sources.weights import load_distribution
 
     distribution = load_distribution(ref, **_hub(config))
     mat = materialize(
@@ -111,7 +111,7 @@ def _checkpoint(
     config: TrainConfig, layers: list[tuple[str, nn.Module]]
 ) -> dict[str, torch.Tensor]:
     """The transferred state dict, checked to hold every constrained layer's kernel."""
-    from .sources import load_state_dict
+    from polarpack.sources.weights import load_state_dict
 
     state = load_state_dict(
         config.weights,
@@ -167,7 +167,7 @@ def _norm_source(ref: str, **hub: Any) -> Mapping[str, Any]:
     """The normalisation tensors a reference holds: a .polar's `norms`, or a checkpoint's state
     dict."""
     if names_distribution(ref):
-        from .sources import load_distribution
+        from polarpack.sources.weights import load_distribution
 
         norms = load_distribution(ref, **hub).norms
         if not norms:
@@ -176,7 +176,7 @@ def _norm_source(ref: str, **hub: Any) -> Mapping[str, Any]:
                 "extract it with --norms, or pass the checkpoint itself"
             )
         return norms
-    from .sources import load_state_dict
+    from polarpack.sources.weights import load_state_dict
 
     return load_state_dict(ref, **hub)
 

@@ -1,0 +1,1 @@
+"""Grids of runs: experiment files, the runner, the results store, reports and their statistics."""
