@@ -17,8 +17,8 @@ import torchvision.datasets
 from PIL import Image
 from safetensors.torch import load_file
 
-from polarpack import data
 from polarpack.errors import ConfigError, DataError
+from polarpack.training import data
 from polarpack.training.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,

@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 
 import polarpack._io
 import polarpack.format as fmt
-from polarpack import coding
 from polarpack.errors import FormatError, PolarpackError
 from polarpack.format import (
     SOURCE_TYPES,
     Distribution,
     LayerDistribution,
+    coding,
     decode,
     decode_safetensors,
     encode,
@@ -1006,7 +1006,7 @@ def test_every_granularity_round_trips_exactly_through_each_encoding(drawn):
 @pytest.mark.parametrize("kind", EDGE_KINDS)
 def test_large_layers_round_trip_and_code_near_their_information(kind, monkeypatch):
     """A 3 x 100,000 layer, decoded in small chunks and blocks (every loop of the coder runs)."""
-    from polarpack import coding
+    from polarpack.format import coding
 
     t = edge_signs((3, 100_000), kind, 1)
     layer = LayerDistribution.from_signs("big", t)
@@ -1106,7 +1106,7 @@ def test_constriction_quantises_the_spec_models_to_their_integer_weights():
     """The spec's claim: Categorical(w - 1, perfect=False) gives symbol i exactly w_i of 2**24.
     Probed at every boundary: a decoder whose state's low 24 bits are q decodes the symbol i with
     W_i <= q < W_(i+1), W the cumulative weights."""
-    from polarpack import coding
+    from polarpack.format import coding
 
     rng = np.random.default_rng(0)
     models = [
@@ -1126,7 +1126,7 @@ def test_constriction_quantises_the_spec_models_to_their_integer_weights():
 def test_bitmap_model_is_the_rule_applied_to_the_byte_frequencies():
     """The per-j shortcut gives the weights of the spec's rule over all 256 byte frequencies,
     ties and very skewed maps included."""
-    from polarpack import coding
+    from polarpack.format import coding
 
     ones_in_byte = [bin(b).count("1") for b in range(256)]
     for ones, bits in [(1, 2), (3, 256), (1, 10**7), (10**7 - 1, 10**7), (5, 9), (2, 8)]:
@@ -1136,7 +1136,7 @@ def test_bitmap_model_is_the_rule_applied_to_the_byte_frequencies():
 
 
 def test_model_weights_rule():
-    from polarpack import coding
+    from polarpack.format import coding
 
     assert coding.model_weights([0, 3, 1, 0]) == [1, 12582910, 4194304, 1]
     assert coding.model_weights([1, 1]) == [2**23, 2**23]

@@ -239,8 +239,8 @@ def test_resume_ends_with_the_metrics_and_weights_of_an_uninterrupted_run(
 def test_a_run_resumed_on_another_machine_says_so(tmp_path, monkeypatch):
     """config.json records each resume's machine; a report counts such a run as a kind of its
     own (never paired as if it ran on one machine)."""
-    from polarpack import runs
     from polarpack.experiments.reporting import report
+    from polarpack.training import runs
 
     config = TrainConfig(method="scratch", seed=0, epochs=2, checkpoint_seconds=0, **TINY)
     run_dir = tmp_path / "results" / "runs" / "cut"
