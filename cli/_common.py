@@ -23,6 +23,8 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except PolarpackError as exc:
             raise click.ClickException(printable(str(exc))) from None
+        except BrokenPipeError:
+            raise  # the reader of stdout went away (`| head`): click ends quietly
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -420,3 +422,23 @@ def test_error_lines_escape_control_characters(runner, tmp_path):
     line = one_line_error(runner.invoke(cli, ["inspect", str(tmp_path / f"gone{ESCAPES}.polar")]))
     assert_no_controls(line)
     assert r"gone\x1b[2J" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["inspect", "paper:alexnet"],
+        ["inspect", "paper:alexnet", "--json"],
+        ["experiment", "examples/tiny.toml", "--results", "{tmp}", "--dry-run", "--json"],
+    ],
+)
+def test_a_closed_pipe_ends_quietly(args, tmp_path):
+    """`polarpack inspect ... | head -1`: the reader leaves before polarpack writes; a Unix tool
+    then ends without a word, not with an error about a broken pipe."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "polarpack", *(a.format(tmp=tmp_path) for a in args)]
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the interpreter has imported torch and written anything
+    stderr = proc.communicate(timeout=120)[1].decode()
+    assert "Error" not in stderr and "Traceback" not in stderr and "Broken pipe" not in stderr
+    assert proc.returncode in (0, 1), stderr
