@@ -23,7 +23,7 @@ The pipeline, one module per stage:
     hub              publish and pull distributions on the Hugging Face Hub
 
 The top-level names below are the public API; the modules hold the rest, each importable under
-its own name (`polarpack.training.loop.TrainConfig`).
+its own name (`polarpack.training.config.TrainConfig`).
 """
 
 from __future__ import annotations
