@@ -1,4 +1,4 @@
-"""Local response normalisation in the seed's 224-px ZFNet (LRN after conv1 and conv2), on 2 CPU
+"""Local response normalisation in the paper's 224-px ZFNet (LRN after conv1 and conv2), on 2 CPU
 threads, with three LRNs swapped into the same network and timed interleaved (medians of the
 times, and of the per-repeat ratios):
 
@@ -8,7 +8,7 @@ times, and of the per-repeat ratios):
 
 1. a training step (forward, backward, Adam; channels_last; bf16 autocast where the CPU computes
    bf16 natively, else fp32) and a validation pass (eval mode, no grad) per 100 images, with the
-   seed protocol's epoch (10,000 training + 10,000 validation images) and 20-epoch run estimated
+   paper's protocol's epoch (10,000 training + 10,000 validation images) and 20-epoch run estimated
    from the per-image times; malloc keeps freed memory as `polarpack` sets it
    (`polarpack.training.loop.keep_freed_memory`; `--malloc-default` measures without it);
 2. the LRN alone on conv1's activation (forward + backward), against two rewrites that lose:

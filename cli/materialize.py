@@ -73,7 +73,7 @@ def parse_layer_map(value: str | None) -> dict[str, str] | None:
     type=click.Choice(CONSTRAIN_SCOPES),
     default="conv",
     show_default=True,
-    help="Which layers get a pattern: conv kernels (the seed) or conv and FC except the head.",
+    help="Which layers get a pattern: conv kernels (the paper) or conv and FC except the head.",
 )
 @click.option(
     "--map",

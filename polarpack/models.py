@@ -1,4 +1,4 @@
-"""Model builders: the seed's AlexNet and ZFNet in two geometries, any torchvision classifier and,
+"""Model builders: the paper's AlexNet and ZFNet in two geometries, any torchvision classifier and,
 with timm installed, any timm model (torchvision's name wins where both have one).
 
 Like timm, builders are registered by name (`build_model("zfnet", geometry="small")`); like
@@ -43,7 +43,7 @@ class Geometry:
 
 @dataclass(frozen=True)
 class PaperNetSpec:
-    """A five-conv, three-FC network from the seed, with its geometries."""
+    """A five-conv, three-FC network from the paper, with its geometries."""
 
     name: str
     channels: tuple[int, ...]
@@ -65,7 +65,7 @@ class PaperNetSpec:
 # sign patterns transfer one to one) and only adapts strides, padding and pooling so that a
 # 32x32 (CIFAR-10) or 28x28 (Fashion-MNIST) image reaches conv3-conv5 at 2x2, where each 3x3 tap
 # still sees data. Both inputs end at 2x2x256 = 1024 features into fc6. This is about 45 M
-# multiply-adds per image, so the seed protocol (20 epochs x 10k images) runs in minutes on 2 CPU
+# multiply-adds per image, so the paper's protocol (20 epochs x 10k images) runs in minutes on 2 CPU
 # cores; the imagenet geometry (1.1 G multiply-adds for AlexNet at 227) is for GPUs.
 ALEXNET = PaperNetSpec(
     name="alexnet",
@@ -73,7 +73,7 @@ ALEXNET = PaperNetSpec(
     kernels=(11, 5, 3, 3, 3),
     lrn_after=(False,) * 5,
     description=(
-        "AlexNet as the seed's prior work builds it (Wang et al. 2023): conv 96@11x11/4, 256@5x5, "
+        "AlexNet as the paper's prior work builds it (Wang et al. 2023): conv 96@11x11/4, 256@5x5, "
         "384@3x3, 384@3x3, 256@3x3, max-pools 3/2, fc 4096-4096-classes, dropout after fc6 and "
         "fc7; no LRN, no groups."
     ),
@@ -262,7 +262,7 @@ def _timm():
 
 
 def list_models() -> list[str]:
-    """`alexnet` and `zfnet` (the seed's networks), torchvision's classifiers and, with timm
+    """`alexnet` and `zfnet` (the paper's networks), torchvision's classifiers and, with timm
     installed, timm's models."""
     import torchvision
 
@@ -280,7 +280,7 @@ def build_model(
     in_channels: int = 3,
     dropout: float = 0.5,
 ) -> nn.Module:
-    """Build `alexnet`/`zfnet` (the seed's networks), a torchvision classifier or, with timm
+    """Build `alexnet`/`zfnet` (the paper's networks), a torchvision classifier or, with timm
     installed, a timm model of that name (torchvision's first), with `num_classes` outputs.
 
     Weights are the library's default init; the trainer re-initialises the constrained layers
@@ -329,7 +329,7 @@ def head_name(model: nn.Module) -> str | None:
 
 
 def constrainable_layers(model: nn.Module, scope: str = "conv") -> list[tuple[str, nn.Module]]:
-    """The layers whose kernels follow a sign pattern: conv only (the seed) or conv and FC
+    """The layers whose kernels follow a sign pattern: conv only (the paper) or conv and FC
     ('all', the prior-work code); the classifier head is never constrained."""
     if scope == "conv":
         return conv_layers(model)

@@ -1,4 +1,4 @@
-"""polarpack.training.data through its public API: layouts, errors, the decode cache, the seed
+"""polarpack.training.data through its public API: layouts, errors, the decode cache, the paper's
 protocol, batching."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The seed paper's Table 1 presets: valid, faithful to the paper, with provenance."""
+"""The paper's Table 1 presets: valid, faithful to the paper, with provenance."""
 
 from __future__ import annotations
 

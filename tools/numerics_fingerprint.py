@@ -1,6 +1,7 @@
 """A fingerprint of the training numerics: hashes of what short runs of every method produce, and
-of the seed-protocol data subsets. Two commits that print the same lines train identically, so a
-grid may continue across them; a changed line means the runs it touches must be redone.
+of the data subsets of the paper's protocol. Two commits that print the same lines train
+identically, so a grid may continue across them; a changed line means the runs it touches must be
+redone.
 
     python tools/numerics_fingerprint.py --data-dir ../shared/data > before.txt
     ... change the code ...

@@ -1,4 +1,4 @@
-"""Built-in distributions from the seed paper, usable wherever a `.polar` file is accepted.
+"""Built-in distributions from the paper, usable wherever a `.polar` file is accepted.
 
 Like torchvision's `Weights` enums, each preset carries its provenance and the paper's reported
 result right next to the numbers. Names: `paper:alexnet` (Table 1, first row: the ImageNet AlexNet
@@ -44,7 +44,7 @@ class Preset:
     name: str
     description: str
     overrides: Mapping[str, tuple[float, float, float]]
-    paper_converged: bool | None  # None: not a row of the seed's Table 1
+    paper_converged: bool | None  # None: not a row of the paper's Table 1
     paper_accuracy: int | None  # % validation accuracy after 20 epochs, ZFNet on CIFAR-10
     # The row's values exactly as Table 1 prints them, where they differ from `overrides`.
     paper_printed: Mapping[str, tuple[float, float, float]] | None = None

@@ -1,4 +1,4 @@
-"""The sign constraint of the seed's Algorithms 1-3, and Algorithm 3's per-epoch change.
+"""The sign constraint of the paper's Algorithms 1-3, and Algorithm 3's per-epoch change.
 
 After every optimizer step, a constrained weight whose sign differs from its target T is reset to
 T * U(0, eps). Zero targets have two readings (`zeros`):
@@ -24,7 +24,7 @@ from torch import nn
 from polarpack.errors import ConfigError
 
 ZERO_MODES = ("pin", "free")
-# flip: the chosen weights and their targets change sign (the seed's W = -W, the pattern moves).
+# flip: the chosen weights and their targets change sign (the paper's W = -W, the pattern moves).
 # permute: the signs of the chosen weights are shuffled among them (proportions stay exact).
 # reset: only the chosen weights flip; their targets stay, so the next projection resets them to
 #   T * U(0, eps): the pattern never changes, the chosen weights restart from near zero.

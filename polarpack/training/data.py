@@ -403,7 +403,7 @@ def load_splits(
     seed: int = 0,
     download: bool = False,
 ) -> tuple[ImageDataset, ImageDataset]:
-    """The seed protocol: (train, val) = balanced subsets of the train and test splits, each from
+    """The paper's protocol: (train, val) = balanced subsets of the train and test splits, each from
     its own generator seeded with `seed` (so `train_size` never changes the validation images);
     balanced because ImageFolder copies are ordered by class. A size of None (or at least the
     split's) keeps the whole split, in order."""
