@@ -272,6 +272,28 @@ def cpu_model() -> str | None:
     )
 
 
+# The CPU features that choose bf16 and matrix kernels: machines that share a model name (a
+# virtual machine's "Intel(R) Xeon(R) Processor") can differ in them, and so in results and speed.
+KERNEL_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_features() -> dict[str, Any] | None:
+    """The CPU's family/model numbers and which of KERNEL_FEATURES its kernel reports."""
+    try:
+        text = read_bytes("/proc/cpuinfo", limit=None, what="CPU information").decode()
+    except PolarpackError:
+        return None
+    first = dict(
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition(":") for line in text.split("\n\n")[0].splitlines())
+    )
+    flags = set(first.get("flags", "").split())
+    return {
+        "family_model": f"{first.get('cpu family', '?')}/{first.get('model', '?')}",
+        "flags": [f for f in KERNEL_FEATURES if f in flags],
+    }
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Where a run computed and with what code."""
     env = {
@@ -283,6 +305,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
     }
     if device.type == "cuda":
         env["cuda_device"] = torch.cuda.get_device_name(device)
