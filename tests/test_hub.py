@@ -926,6 +926,35 @@ def test_a_polar_file_at_the_limit_passes(published, monkeypatch, announced, ext
             pull(REF, endpoint=published.url)
 
 
+UPLOAD = r"/xet-write-token/|\.git/info/lfs/"  # where huggingface_hub uploads LFS files
+
+
+def lfs_modes(hub: FakeHub) -> None:
+    """The upload-modes answers ask for every file in LFS, as the Hub does for large or binary
+    files (this fake Hub stores none, so the LFS upload itself fails)."""
+    files = [
+        {"path": p, "uploadMode": "lfs", "shouldIgnore": False, "oid": None}
+        for p in ("alexnet.polar", "alexnet.polar.safetensors", "README.md")
+    ]
+    hub.misbehave(r"/preupload/", body=[json.dumps({"files": files}).encode()], times=2)
+
+
+def test_files_the_hub_wants_in_lfs_go_through_huggingface_hub(hub):
+    lfs_modes(hub)
+    with pytest.raises(HubError) as err:
+        push("paper:alexnet", REPO, token=TOKEN, endpoint=hub.url)
+    assert one_line(err.value).startswith(f"cannot push paper:alexnet to {REPO}: ")
+    assert hub.calls("GET", UPLOAD) or hub.calls("POST", UPLOAD)  # HfApi's Xet or LFS upload
+    assert hub.calls("POST", r"/commit/") == []
+
+
+def test_an_lfs_upload_that_never_answers_ends_in_time(hub, time_limit):
+    lfs_modes(hub)
+    hub.misbehave(UPLOAD, stall=True, times=10)
+    message = fails_in_time(push, "paper:alexnet", REPO, token=TOKEN, endpoint=hub.url)
+    assert f"no usable answer from {hub.url} within the 1 s limit" in message
+
+
 # -- a guest in its user's process ----------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
-"""Publish and pull `.polar` distributions on the Hugging Face Hub, safe against a hostile or broken
-server: `push` (polarpack.hub.publish) with its model card (polarpack.hub.card); `pull`, `pull_file`,
-`download` and `hf://` references live in polarpack.sources.hub, the Hub as a source, and are
-re-exported here."""
+"""Publish and pull `.polar` distributions on the Hugging Face Hub, safe against a hostile or
+broken server: `push` (polarpack.hub.publish) with its model card (polarpack.hub.card); `pull`,
+`pull_file`, `download` and `hf://` references live in polarpack.sources.hub, the Hub as a source,
+and are re-exported here."""
 
 from polarpack.hub.card import build_card
 from polarpack.hub.publish import PushResult, push

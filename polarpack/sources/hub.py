@@ -82,7 +82,7 @@ SIZE = re.compile(r"[0-9]{1,18}")
 ANSWER_LIMIT = 4 << 20
 # The most bytes a download reads when the server announces no size and the caller sets no limit
 # (the Hub announces every file's size; a server that does not may send for ever).
-UNANNOUNCED_LIMIT = 4 << 30
+UNANNOUNCED_LIMIT = 1 << 30
 # git's rules for ref names (`git check-ref-format`), which also keep a revision a plain path
 BAD_REVISION = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^/|/$|(^|/)\.|\.lock(/|$)")
 
