@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -975,6 +977,42 @@ def huggingface_hub_state() -> dict:
             for log in loggers
         ],
     }
+
+
+IMPORT_CHECK = """
+import logging, torch, huggingface_hub
+from huggingface_hub.utils import _http
+
+NAMES = [""] + sorted(logging.root.manager.loggerDict)  # the loggers there before the import
+
+
+def state():
+    loggers = [logging.getLogger(name) for name in NAMES]
+    return (
+        {k: list(v) for k, v in _http.get_session().event_hooks.items()},
+        _http._GLOBAL_CLIENT_FACTORY,
+        _http._GLOBAL_ASYNC_CLIENT_FACTORY,
+        [(g.level, g.filters[:], g.handlers[:], g.propagate, g.disabled) for g in loggers],
+        torch.get_default_dtype(),
+        torch.get_num_threads(),
+        torch.is_grad_enabled(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
+
+
+before = state()
+import polarpack, polarpack.hub, polarpack.sources.hub  # noqa: E401
+assert state() == before, [(a, b) for a, b in zip(state(), before) if a != b]
+"""
+
+
+def test_importing_polarpack_changes_nothing_process_wide():
+    """In a fresh interpreter: torch, huggingface_hub and logging as they were before the import."""
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_push_and_pull_leave_huggingface_hub_as_they_found_it(hub, polar_file, caplog):

@@ -245,7 +245,7 @@ def _web_address(url: str) -> bool:
         return False
 
 
-async def _send(job: _Push, seconds: float) -> tuple[bool, str | None, dict[str, str]]:
+async def _send(job: _Push, seconds: float) -> tuple[bool, str | None, dict[str, bytes]]:
     """(changed, commit URL, files still to commit through HfApi): every request within `seconds`
     in all; the files the Hub wants in LFS are left to HfApi."""
     async with asyncio.timeout(seconds), get_async_session() as client:
