@@ -19,8 +19,9 @@ Errors carry the headers the client maps to its exceptions: `X-Error-Code: RepoN
 Writes need a known token (`Authorization: Bearer ...`); private repos need one to be read.
 `fail(pattern, status, times)` makes the next matching requests fail (fault injection);
 `misbehave(pattern, ...)` makes them hostile or broken: other headers (a path as the ETag, a lying
-size, a redirect anywhere), a different streamed body (endless, or one byte at a time), headers sent
-one byte at a time, or no answer at all. `SilentEndpoint` accepts TCP connections and never
+size, a redirect anywhere), a different streamed body (endless, or one byte at a time), the usual
+body padded to an exact size or followed by whitespace that never ends, headers sent one byte at a
+time, or no answer at all. `SilentEndpoint` accepts TCP connections and never
 answers.
 
 State is in memory; commit ids are sha1 hex of the commit content (parent, message, file oids),
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import re
 import socket
@@ -120,6 +122,8 @@ class Fault:
     pace: float = 0.0
     slow_headers: bool = False
     stall: bool = False
+    pad_to: int | None = None
+    endless: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -134,11 +138,16 @@ class Fault:
         return Reply.error(self.status, f"Injected failure (HTTP {self.status})")
 
     def apply(self, reply: Reply) -> Reply:
+        body, chunks = reply.body if self.body is None else b"", self.body
+        if self.pad_to is not None:  # trailing whitespace keeps a JSON answer valid
+            body += b" " * (self.pad_to - len(body))
+        if self.endless:
+            body, chunks = b"", itertools.chain([body], itertools.repeat(b" " * (1 << 16)))
         return Reply(
             self.status or reply.status,
-            reply.body if self.body is None else b"",
+            body,
             {**reply.headers, **self.headers},
-            chunks=self.body,
+            chunks=chunks,
             pace=self.pace,
             slow_headers=self.slow_headers,
             stall=self.stall,
@@ -279,11 +288,15 @@ class FakeHub:
         pace: float = 0.0,
         slow_headers: bool = False,
         stall: bool = False,
+        pad_to: int | None = None,
+        endless: bool = False,
     ) -> None:
         """Change the next `times` replies to requests whose path matches `pattern`: another
         `status`, `headers` set over the usual ones (None removes one), the chunks of `body`
-        streamed instead of the usual body, `pace` seconds before each chunk (or each byte of the
-        status line and headers, with `slow_headers`), or no answer at all (`stall`)."""
+        streamed instead of the usual body, the usual body padded with spaces to `pad_to` bytes,
+        the usual body followed by spaces for ever (`endless`, streamed), `pace` seconds before
+        each chunk (or each byte of the status line and headers, with `slow_headers`), or no answer
+        at all (`stall`)."""
         with self._lock:
             self.faults.append(
                 Fault(
@@ -296,6 +309,8 @@ class FakeHub:
                     pace=pace,
                     slow_headers=slow_headers,
                     stall=stall,
+                    pad_to=pad_to,
+                    endless=endless,
                 )
             )
 

@@ -98,7 +98,7 @@ def resolve_distribution(
     if is_preset(ref):
         return get_preset(ref).distribution, None
     if is_hub_reference(ref):  # bounded download; errors name the reference, not the cache path
-        from polarpack.hub import pull_file
+        from polarpack.sources.hub import pull_file
 
         return pull_file(ref, endpoint=endpoint, token=token, revision=revision)
     if not isinstance(ref, (str, os.PathLike)):
@@ -205,7 +205,7 @@ def open_weights(
         )
     text = os.fspath(source)
     if is_hub_reference(text):
-        from polarpack.hub import download
+        from polarpack.sources.hub import download
 
         info = {
             "type": "hub",
