@@ -1,7 +1,7 @@
 """Where weights and distributions come from.
 
 Distributions (`load_distribution`): a `paper:*` preset, an ``hf://owner/repo[@rev]/path`` reference
-(downloaded by `polarpack.hub`) or a ``.polar`` / ``.polar.safetensors`` file.
+(downloaded by `polarpack.sources.hub`) or a ``.polar`` / ``.polar.safetensors`` file.
 
 Weights (`open_weights`, `load_state_dict`), read lazily, one tensor at a time, in model order:
 
