@@ -31,6 +31,7 @@ from polarpack.format.fields import (
 )
 from polarpack.format.json_codec import _dumps, _loads
 from polarpack.format.layer import LayerDistribution, _ChannelStream, _v1_bitmaps
+from polarpack.format.limits import check_layer_size
 from polarpack.format.rules import (
     _check_keys,
     _check_shape,
@@ -220,6 +221,8 @@ def _decode_v2(obj: dict, tensors: _Tensors, where: str) -> Distribution:
     for i, name in enumerate(names):
         shape = _plain(shapes[i]) if isinstance(shapes[i], list) else shapes[i]
         _check_shape(shape, f"layers[{i}]")
+        if shape and granularity != "layer":  # before a byte of its stream is decoded
+            check_layer_size(granularity, shape, f"{where}: layer {name!r}")
         layer_scales = None
         if scales is not None:
             layer_scales = scales[scale_at : scale_at + (shape[0] if shape else 0)]
@@ -411,6 +414,7 @@ def _v1_payload(layer: LayerDistribution, tensors: _Tensors, i: int) -> LayerDis
     table = tensors.get(channels, "I64") if channels in tensors else None
     stream = None
     if pattern in tensors:
+        check_layer_size("pattern", layer.shape, where)
         zero_map, sign_map = _v1_bitmaps(tensors.bytes(pattern), layer.shape, layer.counts, where)
         stream = coding.encode_bitmaps(zero_map, sign_map, layer.numel, layer.counts)
     return LayerDistribution(

@@ -14,7 +14,14 @@ from polarpack.errors import FormatError, PolarpackError
 from polarpack.format.container import decode_safetensors, encode_safetensors
 from polarpack.format.distribution import Distribution
 from polarpack.format.json_codec import _loads, encode_json
-from polarpack.format.limits import check_file_size
+from polarpack.format.limits import (
+    FILE_VARIABLE,
+    LAYER_VARIABLE,
+    check_file_size,
+    decoded_bytes,
+    layer_limit,
+    size_limit,
+)
 from polarpack.format.rules import validate
 
 
@@ -24,10 +31,28 @@ def encoding_for_path(path: str | os.PathLike) -> str:
 
 
 def encode(dist: Distribution, encoding: str = "json") -> bytes:
+    """The file's bytes, refused unless this polarpack's reader would read them back: every layer
+    within the decoded-size limit (safetensors) and the whole within the file-size limit."""
     if encoding not in ("json", "safetensors"):
         raise FormatError(f"unknown encoding {encoding!r}; use 'json' or 'safetensors'")
     validate(dist)  # a distribution changed after it was made is checked again
-    return encode_json(dist) if encoding == "json" else encode_safetensors(dist)
+    if encoding == "safetensors":  # the JSON encoding holds nothing coded
+        for layer in dist.layers:
+            n = decoded_bytes(dist.granularity, layer.shape or (0,))
+            _check_writable(n, layer_limit(), f"{layer.where}: it decodes to", LAYER_VARIABLE)
+    data = encode_json(dist) if encoding == "json" else encode_safetensors(dist)
+    _check_writable(len(data), size_limit(encoding), f"the {encoding} file is", FILE_VARIABLE)
+    return data
+
+
+def _check_writable(n: int, limit: int, what: str, variable: str) -> None:
+    """A reader's limit applied to what is about to be written: what polarpack writes, it reads."""
+    if n > limit:
+        raise FormatError(
+            f"{what} {n:,} bytes, over the {limit:,}-byte limit of readers (${variable}); not "
+            f"written, as it would not read back: use a coarser granularity, or raise {variable} "
+            "for the writer and every reader"
+        )
 
 
 def detect_encoding(data: bytes) -> str:

@@ -5,7 +5,7 @@ bounds of its granularity (spec: "Information").
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,19 +40,47 @@ def _channel_entropy_bits(table: np.ndarray) -> float:
     return float(-terms.sum())
 
 
-def _layer_table(layer: LayerDistribution) -> np.ndarray | None:
-    """A layer's per-channel counts: stored, or counted from its decoded signs (a layer of one
-    symbol needs no decoding)."""
+def _channel_bits(layer: LayerDistribution) -> float | None:
+    """A layer's channel-conditional bound in bits: from its stored channel counts, or counted from
+    its pattern a block of weights at a time (`_pattern_channel_counts`); None when unknown."""
     if layer._channels is not None:
-        return layer.channel_counts
+        return _channel_entropy_bits(layer.channel_counts)
     if layer._pattern is None:
         return None
+    return sum(map(_channel_entropy_bits, _pattern_channel_counts(layer)), 0.0)
+
+
+def _pattern_channel_counts(layer: LayerDistribution) -> Iterator[np.ndarray]:
+    """The per-channel counts of a pattern layer, consecutive channels at a time, read from its two
+    maps (at most a quarter of a byte per weight) a block of weights at a time: measuring never
+    builds the int8 signs. A layer of one symbol yields nothing: its channels cost no bits."""
+    n, counts = layer.numel, layer.counts
+    if coding.present_bitmaps(n, counts) == (None, None):
+        return
+    zero_map, sign_map = coding.decode_bitmaps(layer._pattern, n, counts, layer.where)
     c, m = layer.shape[0], _per_channel(layer.shape)
-    if not len(layer._pattern):
-        return np.array([[v // c for v in layer.counts]] * c)
-    rows = coding.decode_pattern(layer._pattern, layer.numel, layer.counts, layer.where)
-    rows = rows.reshape(c, m)
-    return np.stack([np.count_nonzero(rows == v, axis=1) for v in (0, -1, 1)], axis=1)
+    rows = max(1, coding.BLOCK // m)  # whole rows per block; a longer row is read in blocks
+    taken = 0  # sign-map bits before the block: the non-zero weights so far
+    for first in range(0, c, rows):
+        r = min(rows, c - first)
+        zeros, negative = np.zeros(r, np.int64), np.zeros(r, np.int64)
+        for start in range(first * m, (first + r) * m, coding.BLOCK if r == 1 else r * m):
+            count = min(coding.BLOCK if r == 1 else r * m, (first + r) * m - start)
+            if zero_map is None:  # counts without zeros
+                nonzero = np.full(r, count // r, np.int64)
+            else:
+                bits = coding._read_bits(zero_map, start, count).reshape(r, -1)
+                nonzero = count // r - bits.sum(1, dtype=np.int64)
+            zeros += count // r - nonzero
+            if sign_map is not None:
+                signs = coding._read_bits(sign_map, taken, int(nonzero.sum()))
+                ones = np.concatenate(([0], np.cumsum(signs, dtype=np.int64)))
+                edges = np.concatenate(([0], np.cumsum(nonzero)))
+                negative += ones[edges[1:]] - ones[edges[:-1]]
+            elif counts[1]:  # every non-zero weight is negative
+                negative += nonzero
+            taken += int(nonzero.sum())
+        yield np.column_stack([zeros, negative, m - zeros - negative])
 
 
 def _information_bits(dist: Distribution, sizes: list[int | None]) -> float | None:
@@ -107,9 +135,8 @@ def size_report(dist: Distribution, polar_bytes: int | None = None) -> dict[str,
         if weights
         else None
     )
-    tables = [_layer_table(layer) for layer in dist.layers] if weights else [None]
-    known = all(table is not None for table in tables)
-    channel = sum(map(_channel_entropy_bits, tables)) if known else None
+    bits = [_channel_bits(layer) for layer in dist.layers] if weights else [None]
+    channel = sum(bits) if None not in bits else None
     parts, information = coded_bytes(dist), _information_bits(dist, sizes)
     coded_patterns = dist.granularity in ("pattern", "scaled")
 
