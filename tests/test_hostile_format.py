@@ -366,3 +366,8 @@ def test_a_limit_that_is_not_a_number_is_a_one_line_error(tmp_path, monkeypatch)
     monkeypatch.setenv(LAYER_VARIABLE, "lots")
     line = one_line_error(CliRunner().invoke(cli, ["inspect", str(path)]))
     assert LAYER_VARIABLE in line and "'lots'" in line, line
+
+
+def test_inspect_help_names_the_limits_and_how_to_raise_them():
+    text = " ".join(CliRunner().invoke(cli, ["inspect", "--help"]).output.split())
+    assert "256 MiB" in text and LAYER_VARIABLE in text and FILE_VARIABLE in text, text

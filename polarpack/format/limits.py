@@ -6,7 +6,7 @@ Two ceilings, each in bytes and each raised by an environment variable for files
 - one layer's decoded form: 256 MiB (`POLARPACK_MAX_LAYER_BYTES`), the int8 signs of a pattern or
   scaled layer (one byte per weight) or the int64 table of a channel layer (24 bytes per channel).
   A coded stream can describe far more than it holds (a gap-coded map of one zero among 2^36
-  weights takes 8 bytes), so the file's size alone does not bound what a layer decodes to.
+  weights takes a few bytes), so the file's size alone does not bound what a layer decodes to.
 
 Writers apply the same limits (`polarpack.format.files.encode`): what polarpack writes, it reads
 back.
