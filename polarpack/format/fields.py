@@ -18,8 +18,6 @@ SOURCE_TYPES = ("torchvision", "file", "hub", "paper", "manual")
 NORM_MEMBERS = ("weight", "bias", "running_mean", "running_var")
 SUM_TOLERANCE = 1e-9
 INT64_MAX = 2**63 - 1
-
-
 TOP_KEYS = (
     "format_version",
     "granularity",

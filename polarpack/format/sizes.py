@@ -13,9 +13,7 @@ import numpy as np
 from polarpack.format import coding
 from polarpack.format.container import _derived
 from polarpack.format.distribution import Distribution
-from polarpack.format.fields import (
-    JSON_GRANULARITIES,
-)
+from polarpack.format.fields import JSON_GRANULARITIES
 from polarpack.format.files import encode
 from polarpack.format.layer import LayerDistribution, _per_channel
 
