@@ -345,6 +345,10 @@ def inspect(
     paper:table1-exp1 ... exp7) or hf://owner/repo[@rev]/path. With --json, stdout gets the
     distribution's .polar JSON object plus a "computed" key.
 
+    Files are untrusted: a file over 16 MiB (JSON) or 1 GiB (safetensors) is refused, and so is a
+    layer that would decode to over 256 MiB (its int8 signs, or 24 bytes per channel). For files
+    you trust, raise them with POLARPACK_MAX_POLAR_BYTES and POLARPACK_MAX_LAYER_BYTES (bytes).
+
     \b
     Examples:
       polarpack inspect paper:alexnet

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import polarpack._io
 import polarpack.format as fmt
+import polarpack.format.files
 from polarpack.errors import FormatError, PolarpackError
 from polarpack.format import (
     SOURCE_TYPES,
@@ -753,8 +754,8 @@ def test_failing_writes_leave_the_target_untouched_and_no_temp_files(tmp_path, m
         raise RuntimeError("encoder failed")
 
     with monkeypatch.context() as m:
-        m.setattr(fmt, "encode_json", boom)
-        m.setattr(fmt, "encode_safetensors", boom)
+        m.setattr(polarpack.format.files, "encode_json", boom)
+        m.setattr(polarpack.format.files, "encode_safetensors", boom)
         with pytest.raises(RuntimeError):
             save(example(), target)
     unchanged()

@@ -307,11 +307,15 @@ def test_the_pickle_module_is_never_used_on_a_polar_file(tmp_path):
     assert result.exit_code == 1 and not (tmp_path / "marker").exists()
 
 
-def test_a_pattern_file_claiming_a_huge_layer_is_checked_without_expanding_it(tmp_path):
+def test_a_pattern_file_claiming_a_huge_layer_is_checked_without_expanding_it(
+    tmp_path, monkeypatch
+):
     """A single-sign layer needs no bits, so a file can claim 2**40 weights in a few bytes: reading
-    it must not allocate them (materializing checks the shape against the model first)."""
+    it must not allocate them (materializing checks the shape against the model first). The layer
+    limit refuses it by default (test_hostile_format); raised, the file reads."""
     from polarpack.format import Distribution, LayerDistribution, decode, encode
 
+    monkeypatch.setenv("POLARPACK_MAX_LAYER_BYTES", str(2**40))
     n = 2**40
     layer = LayerDistribution.from_counts("huge", [0, n, 0], shape=[n], pattern=b"")
     dist = decode(encode(Distribution([layer], granularity="pattern"), "safetensors"))

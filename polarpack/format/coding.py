@@ -119,6 +119,27 @@ class AnsReader:
             )
 
 
+STATE_BITS = 64  # the coder's state: the most a stream can hold beyond the information it codes
+
+
+def least_bits(weights: Sequence[int] | np.ndarray) -> float:
+    """The fewest bits any one symbol of a model with these integer weights costs: -log2 of its
+    largest probability. Every weight is at least 1 of 2**24, so no symbol is free."""
+    return -math.log2(int(max(weights)) / TOTAL)
+
+
+def check_capacity(coded: int, symbols: int, bits: float, what: str, where: str) -> None:
+    """Refuse, before decoding, an ANS part of `coded` bytes that cannot hold `symbols` symbols
+    needing at least `bits` bits: an ANS stream holds at most its own bits plus its state's
+    (`STATE_BITS`), and one that codes anything is at least one word. constriction's decoder yields
+    zeros once a stream runs out, so a stream that ends early would otherwise be decoded in full."""
+    if symbols and (not coded or bits > 8 * coded + STATE_BITS):
+        raise FormatError(
+            f"{where}: the {what} ends early: {coded} coded bytes cannot hold {symbols:,} symbols "
+            f"of at least {bits:,.0f} bits in all; the file is corrupt"
+        )
+
+
 # -- lengths -------------------------------------------------------------------------------------
 
 
@@ -444,6 +465,10 @@ def _split_pattern(stream: bytes | memoryview, n: int, counts: Sequence[int], wh
             f"{where}: pattern is {len(stream)} bytes but counts {list(counts)} with flags "
             f"{flags} need {pos + sum(sizes)}{' plus the coded part' if ANS in kinds else ''}"
         )
+    ans = [specs[i] for i in (0, 1) if kinds[i] == ANS]
+    symbols = sum(bitmap_bytes(bits) for bits, _ in ans)
+    least = sum(bitmap_bytes(bits) * least_bits(bitmap_weights(ones, bits)) for bits, ones in ans)
+    check_capacity(middle, symbols, least, "pattern's coded part", where)
     zero_part = stream[pos : pos + sizes[0]]
     sign_part = stream[len(stream) - sizes[1] :]
     for i, part, what in ((0, zero_part, "zero map"), (1, sign_part, "sign map")):
@@ -666,6 +691,13 @@ def _channel_header(
             f"{where}: channel stream is {len(data)} bytes but counts {list(counts)} leave every "
             "channel's counts fixed, which needs 0"
         )
+    symbols, least = 0, 0.0
+    for hist in filter(None, hists):  # buckets (when more than one), then mantissas at 1 bit
+        mantissas = sum(h * max(b - 1, 0) for b, h in enumerate(hist))
+        buckets = channels if len(hist) > 1 else 0
+        symbols += buckets + mantissas
+        least += mantissas + (buckets * least_bits(model_weights(hist)) if buckets else 0.0)
+    check_capacity(len(data) - pos, symbols, least, "channel stream's coded part", where)
     return hists[0], hists[1], pos
 
 
