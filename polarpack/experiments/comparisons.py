@@ -236,7 +236,8 @@ def by_machine(
     ra: Sequence[Run], rb: Sequence[Run], threshold: float, censored: bool
 ) -> tuple[list[MachineEstimate], dict[str, Interval | None]]:
     """Paired estimates within each kind of machine (none when one kind ran every pair), and,
-    with two kinds, Welch's test of whether the per-seed differences differ between them."""
+    with two kinds of at least two seeds each, Welch's test of whether the per-seed differences
+    differ between them."""
     kinds: dict[str, list[tuple[Run, Run]]] = {}
     for a, b in zip(ra, rb, strict=True):
         kinds.setdefault(a.machine, []).append((a, b))
@@ -262,8 +263,8 @@ def by_machine(
         )
         for kind, pairs in kinds.items()
     ]
-    if len(kinds) != 2:
-        return estimates, {}
+    if len(kinds) != 2 or min(len(pairs) for pairs in kinds.values()) < 2:
+        return estimates, {}  # Welch's test needs two kinds with a spread each
     first, second = kinds.values()
     differ = {m: t_interval(diffs(first, m), diffs(second, m), paired=False) for m in measures}
     return estimates, differ

@@ -496,7 +496,7 @@ def markdown_report(
 
 
 def table1_markdown(groups: Sequence[Group]) -> str | None:
-    """The seed's Table 1 next to ours: one row per Table 1 preset, a column pair per zeros
+    """The paper's Table 1 next to ours: one row per Table 1 preset, a column pair per zeros
     mode."""
     from polarpack.sources.presets import PRESETS
 
@@ -509,11 +509,11 @@ def table1_markdown(groups: Sequence[Group]) -> str | None:
         )
 
     rows = [g for g in groups if is_row(g)]
-    if len({g.config["dist"] for g in rows}) < 2:  # one distribution is not the seed's table
+    if len({g.config["dist"] for g in rows}) < 2:  # one distribution is not the paper's table
         return None
     zeros = sorted({g.config["zeros"] for g in rows}, key=lambda z: z != "pin")
     lines = [
-        "## Table 1: the seed's results next to ours (Freeze SPIN-Polarity)",
+        "## Table 1: the paper's results next to ours (Freeze SPIN-Polarity)",
         "",
         "Paper: ZFNet, CIFAR-10, 20 epochs. Ours: mean ± std over seeds; converged k/n (final "
         f">= chance + {100 * CONVERGED_MARGIN:.0f} points).",
