@@ -83,10 +83,11 @@ def _difference(a: Sequence[float], b: Sequence[float], paired: bool):
     return ma - mb, math.sqrt(va + vb), df
 
 
-def _p_value(diff: float, se: float, df: float) -> float:
-    """Two-sided p of "the true difference is 0"; no spread: 1 if the runs agree, else 0."""
+def _p_value(diff: float, se: float, df: float) -> float | None:
+    """Two-sided p of "the true difference is 0"; None where the differences do not spread (every
+    seed's the same: there is no error to test against)."""
     if se == 0:
-        return 1.0 if diff == 0 else 0.0
+        return None
     return float(2 * stats.t.sf(abs(diff) / se, df))
 
 
