@@ -420,7 +420,7 @@ def _crossings(g: Group) -> str:
     never = ", ".join(f"s{s}" for s in g.never_reached)
     if not reached:
         return f"never ({never})"
-    return f"{text} ({len(reached)} runs); never: {never}"
+    return f"{text} ({len(reached)} run{'s' if len(reached) > 1 else ''}); never: {never}"
 
 
 def _groups_table(groups: Sequence[Group]) -> list[str]:
