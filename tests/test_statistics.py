@@ -122,3 +122,11 @@ def test_tost_reports_its_power_when_paired():
     assert paired.n_for_80 == n_for_power(sd, 0.02) and paired.n_for_80 <= 5
     unpaired = tost(a, b, paired=False, margin=0.02)
     assert unpaired.power is None and unpaired.n_for_80 is None
+
+
+def test_no_p_value_where_the_differences_do_not_spread():
+    """Three seeds, each one epoch apart: a difference with no error to test it against gets no
+    p-value (not 0), so it cannot enter a family as the smallest p."""
+    same = t_interval([12, 13, 14], [13, 14, 15], paired=True)
+    assert same.diff == -1 and same.low == same.high == -1 and same.p_value is None
+    assert holm([same.p_value, 0.04]) == [None, 0.04]
