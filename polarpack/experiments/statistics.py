@@ -78,8 +78,10 @@ def _difference(a: Sequence[float], b: Sequence[float], paired: bool):
     va, vb = sa**2 / len(a), sb**2 / len(b)
     if va + vb == 0:
         return ma - mb, 0.0, len(a) + len(b) - 2
-    # Welch-Satterthwaite, rounded down as tables do (conservative)
-    df = math.floor((va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)))
+    # Welch-Satterthwaite, rounded down as tables do (conservative); written with a's share of
+    # the variance so that tiny variances do not underflow when squared
+    share = va / (va + vb)
+    df = math.floor(1 / (share**2 / (len(a) - 1) + (1 - share) ** 2 / (len(b) - 1)))
     return ma - mb, math.sqrt(va + vb), df
 
 
