@@ -154,7 +154,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['family']} | {r['rung']} | {r['n']} | {acc} | {share} | "
             f"{r['info_bytes']:,} | {r['file_bytes']:,} | "
-            f"{r['epochs_to_threshold'] or '-'} |"
+            + ("- |" if r["epochs_to_threshold"] is None else f"{r['epochs_to_threshold']:.1f} |")
         )
     return "\n".join(lines) + "\n"
 

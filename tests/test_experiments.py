@@ -329,7 +329,8 @@ def test_aggregation_and_comparison_by_hand(tmp_path):
     spin = next(g for g in groups if g.config["method"] == "freeze-spin")
     assert spin.final_val_mean == pytest.approx(0.4667, abs=1e-4)
     assert spin.final_val_std == pytest.approx(0.1528, abs=1e-4)
-    assert spin.epochs_to_threshold == 3  # the mean is 0.353 at epoch 2
+    assert spin.mean_curve_crossing == 3  # the mean is 0.353 at epoch 2
+    assert spin.epochs_to_threshold is None and spin.never_reached == [2]  # no mean over s2
     assert spin.epochs_to_threshold_per_seed == [2, 2, None]
     assert spin.converged == 3 and spin.dips_mean == 0
     scratch = next(g for g in groups if g.config["method"] == "scratch")

@@ -1,25 +1,27 @@
-"""Reports over a results store: per-group statistics over seeds, comparisons with 95% intervals
-and equivalence tests, the seed's Table 1 side by side, and Figure 1/2-style plots.
+"""Reports over a results store: per-group statistics over seeds, comparisons with 95% intervals,
+family-adjusted p-values and equivalence tests, the paper's Table 1 side by side, and Figure
+1/2-style plots.
 
 Definitions. A *group* is the cells that differ only in ``seed``. Per group and epoch: the mean
 and sample standard deviation (n - 1) of train and validation accuracy over the seeds that reached
-the epoch. *Epochs to threshold* is the first epoch whose *mean* validation accuracy reaches the
-runs' `threshold` option (the seed's 40%). A run *converged* when its final validation accuracy is
-at least chance (1 / the number of classes) + 5 points and it did not diverge (the seed's
-criterion is "above 10%" on ten classes; the margin keeps a run that hovers at chance from
-counting). A *dip* is an epoch whose validation accuracy falls 2 points or more below the
-previous epoch's.
+the epoch (the curve: a picture). *Epochs to threshold* is, per run, the first epoch whose
+validation accuracy reaches the runs' `threshold` option (the paper's 40%); a group gives the mean
+and standard deviation of its runs' crossings and names the runs that never cross, which are
+counted, not dropped. A run *converged* when its final validation accuracy is at least chance (1 /
+the number of classes) + 5 points and it did not diverge (the paper's criterion is "above 10%" on
+ten classes; the margin keeps a run that hovers at chance from counting). A *dip* is an epoch whose
+validation accuracy falls 2 points or more below the previous epoch's.
 
-Comparisons (``[[compare]]`` in the experiment file: `a` and `b` select groups by options; each
-a-group is matched with the b-group that agrees on every other option) give the difference a - b
-of the final validation accuracy and of the per-seed epochs to threshold, with a 95% Student t
-interval: paired over the seeds both groups ran (same data subset and batch order per seed) when
-every seed's two runs computed on one kind of machine (kernels round differently between CPU kinds
-and GPUs); else Welch's over all runs, so that no seed is dropped. A `margin = { final_val_acc =
-0.02, epochs_to_40 = 1 }` adds two one-sided tests (TOST,
-`polarpack.experiments.statistics`). Epochs to
-threshold has no interval when a run never got there (censored). Every comparison says which
-machines and commits its pairs used.
+Comparisons (``[[compare]]`` in the experiment file; `polarpack.experiments.comparisons`) give
+the difference a - b of the final validation accuracy and of the per-run epochs to threshold,
+with a 95% Student t interval and a p-value beside its Holm adjustment over the report's
+comparisons; the estimates within each kind of machine where the pairs ran on several; and, with
+a `margin = { final_val_acc = 0.02, epochs_to_40 = 1 }`, two one-sided tests (TOST) with their
+power. Epochs to threshold has no interval when a run never got there (censored). Every
+comparison says which machines and commits its pairs used.
+
+A metrics file whose accuracies are not numbers between 0 and 1 (NaN, infinite, out of range) is
+an error naming the file and the epoch: such a value is neither a measurement nor a missing one.
 """
 
 from __future__ import annotations
@@ -34,11 +36,23 @@ from typing import Any
 
 from polarpack._io import atomic_write_text, printable, read_json
 from polarpack.errors import ConfigError, PolarpackError
+from polarpack.experiments.comparisons import (
+    Comparison,
+    compare,
+    compare_each,
+    comparison,
+    comparisons_markdown,
+    crossing,
+    paired_runs,
+)
 from polarpack.experiments.grid import NOT_HASHED, UNUSED, Cell, config_hash, load_experiment
 from polarpack.experiments.runner import ResultsStore
-from polarpack.experiments.statistics import Equivalence, Interval, mean_std, t_interval, tost
+from polarpack.experiments.statistics import mean_std
 from polarpack.training import runs
 from polarpack.training.runs import FINISHED, EpochRow
+
+__all__ = ["Comparison", "Group", "Report", "Run", "compare", "compare_each", "comparison"]
+__all__ += ["aggregate", "markdown_report", "paired_runs", "plot_figure", "report"]
 
 CONVERGED_MARGIN = 0.05  # above chance
 DIP = 0.02
@@ -130,15 +144,32 @@ class Group:
         return [f"s{r.seed}: {len(r.metrics)} epochs" for r in self.runs if r.status == "partial"]
 
     @property
-    def epochs_to_threshold(self) -> int | None:
-        return next((p.epoch for p in self.curve if (p.val_mean or 0) >= self.threshold), None)
+    def epochs_to_threshold_per_seed(self) -> list[int | None]:
+        """Each run's first epoch at the threshold; None: it never got there."""
+        return [crossing(r, self.threshold) for r in self.runs]
 
     @property
-    def epochs_to_threshold_per_seed(self) -> list[int | None]:
-        return [
-            next((m["epoch"] for m in r.metrics if (m["val_acc"] or 0) >= self.threshold), None)
-            for r in self.runs
-        ]
+    def never_reached(self) -> list[int]:
+        """The seeds whose run never reached the threshold."""
+        return [r.seed for r in self.runs if crossing(r, self.threshold) is None]
+
+    @property
+    def epochs_to_threshold(self) -> float | None:
+        """The mean of the runs' crossings; None when a run never crossed (see
+        `never_reached`: a mean without it would flatter the group)."""
+        crossings = self.epochs_to_threshold_per_seed
+        return None if None in crossings else mean_std(crossings)[0]
+
+    @property
+    def epochs_to_threshold_std(self) -> float | None:
+        crossings = self.epochs_to_threshold_per_seed
+        return None if None in crossings else mean_std(crossings)[1]
+
+    @property
+    def mean_curve_crossing(self) -> int | None:
+        """The first epoch whose mean validation accuracy reaches the threshold: where the
+        figure draws its dashed line, not a statistic."""
+        return next((p.epoch for p in self.curve if (p.val_mean or 0) >= self.threshold), None)
 
     @property
     def dips_mean(self) -> float | None:
@@ -170,7 +201,10 @@ class Group:
             "diverged",
             "partial",
             "epochs_to_threshold",
+            "epochs_to_threshold_std",
             "epochs_to_threshold_per_seed",
+            "never_reached",
+            "mean_curve_crossing",
             "dips_mean",
             "machines",
             "commits",
@@ -188,20 +222,6 @@ class Group:
         ]  # the per-epoch metrics are in each run's metrics.jsonl
         fields = {k: v for k, v in asdict(self).items() if k != "runs"}
         return fields | {"runs": runs} | {name: getattr(self, name) for name in names}
-
-
-@dataclass
-class Comparison:
-    name: str
-    a: str
-    b: str
-    n: tuple[int, int]  # runs of a and b
-    seeds: list[int]  # the seeds paired (empty: unpaired)
-    final_val_acc: Interval | None
-    epochs_to_threshold: Interval | None
-    censored: bool
-    pairing: str  # which machines and commits the pairs used
-    equivalence: dict[str, Equivalence | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -278,11 +298,30 @@ def _label(config: Mapping[str, Any], varying: Sequence[str]) -> str:
 
 
 def machine_kind(environment: Mapping[str, Any], device: str) -> str:
-    """Where a run computed: kernels differ by GPU and by CPU kind."""
+    """Where a run computed: kernels differ by GPU and by CPU kind. A run that recorded neither
+    its CPU model nor its capability says so, and counts as a kind of its own."""
     if environment.get("cuda_device"):
         return str(environment["cuda_device"])
     cpu = environment.get("cpu") or "CPU model not recorded"
-    return f"{device} {environment.get('cpu_capability', '?')} ({cpu})"
+    capability = environment.get("cpu_capability") or "capability not recorded"
+    return f"{device} {capability} ({cpu})"
+
+
+def checked_metrics(run_dir: Path) -> list[EpochRow]:
+    """The run's epochs, each accuracy a number between 0 and 1: a NaN, an infinity or 1e308 is
+    neither a measurement nor a missing one, so it is an error naming the file and the epoch."""
+    rows = runs.read_metrics(run_dir)
+    for row in rows:
+        for key in ("train_acc", "val_acc"):
+            value = row.get(key)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (number and 0.0 <= value <= 1.0):  # NaN fails every comparison
+                raise ConfigError(
+                    f"{run_dir / runs.METRICS_FILE}: epoch {row['epoch']} has {key} = "
+                    f"{value!r}, not an accuracy between 0 and 1 (a damaged or foreign file); "
+                    "restore it, or rerun the run"
+                )
+    return rows
 
 
 def _run(cell: Cell, run_dir: Path, status: str, rows: list[EpochRow]) -> Run:
@@ -323,7 +362,7 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
         run_dir = store.run_dir(cell)
         summary = store.summary(cell)
         status = summary.get("status")
-        rows = runs.read_metrics(run_dir) if status else []
+        rows = checked_metrics(run_dir) if status else []
         if status in FINISHED or (partial and rows):
             group.runs.append(_run(cell, run_dir, status, rows))
         elif status == "failed":
@@ -346,135 +385,6 @@ def _curve(group_runs: Sequence[Run]) -> list[CurvePoint]:
     return curve
 
 
-# -- comparisons ---------------------------------------------------------------------------------
-
-
-def _matches(a: Mapping[str, Any], b: Mapping[str, Any], ignore: set[str]) -> bool:
-    """b agrees with a on every option but `ignore` and those one of the two methods does not
-    use."""
-    methods = (a.get("method"), b.get("method"))
-    unused = {k for k, used_not in UNUSED.items() if set(methods) & set(used_not)}
-    return all(b.get(k) == v for k, v in a.items() if k not in ignore | unused)
-
-
-def _selects(group: Group, selector: Mapping[str, Any]) -> bool:
-    """TOML has no null: "" in a selector means the option is not set."""
-    return bool(group.finished) and all(
-        group.config.get(k) in (None, "") if v == "" else group.config.get(k) == v
-        for k, v in selector.items()
-    )
-
-
-def paired_runs(ga: Group, gb: Group) -> tuple[list[Run], list[Run], str]:
-    """The runs of the seeds both groups ran, paired, and which machines and commits they used;
-    empty lists when the comparison must be unpaired: fewer than two seeds, or a seed whose two
-    runs computed on different kinds of machine (comparing all runs unpaired then keeps every
-    seed, where pairing would drop one)."""
-    by_seed = {r.seed: r for r in gb.runs}
-    pairs = [(ra, by_seed[ra.seed]) for ra in ga.runs if ra.seed in by_seed]
-    straddle = [f"s{ra.seed}" for ra, rb in pairs if ra.machine != rb.machine]
-    if straddle:
-        return [], [], f"unpaired: {', '.join(straddle)} ran a and b on different machines"
-    if not pairs:
-        return [], [], "unpaired (no seed ran both)"
-    machines: dict[str, list[int]] = {}
-    commits: dict[str, list[int]] = {}
-    for ra, rb in pairs:
-        machines.setdefault(ra.machine, []).append(ra.seed)
-        ca, cb = (ra.commit or "unknown")[:8], (rb.commit or "unknown")[:8]
-        commits.setdefault(ca if ca == cb else f"{ca} (a) / {cb} (b)", []).append(ra.seed)
-    text = "; ".join(f"{m}: {_seeds(s)}" for m, s in machines.items())
-    text += "; commits " + ", ".join(f"{c}: {_seeds(s)}" for c, s in commits.items())
-    if len(pairs) < 2:
-        return [], [], f"unpaired (only one seed ran both: {text})"
-    return [a for a, _ in pairs], [b for _, b in pairs], text
-
-
-def _seeds(seeds: Sequence[int]) -> str:
-    return "s" + ",".join(map(str, seeds))
-
-
-def _margins(spec: Mapping[str, Any]) -> dict[str, float]:
-    margin = spec.get("margin") or {}
-    if not isinstance(margin, Mapping):
-        raise ConfigError(
-            f"[[compare]] {spec.get('name')!r}: margin must be a table such as "
-            "{ final_val_acc = 0.02, epochs_to_40 = 1 }"
-        )
-    aliases = {"epochs_to_40": "epochs_to_threshold"}
-    return {aliases.get(k, k): float(v) for k, v in margin.items()}
-
-
-def compare_each(
-    groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]
-) -> list[list[Comparison]]:
-    """Per spec, its a-groups against their matching b-groups (see the module docstring); an
-    empty list says the spec found nothing to compare."""
-    out = []
-    for spec in specs:
-        a_sel, b_sel = dict(spec.get("a", {})), dict(spec.get("b", {}))
-        ignore = set(a_sel) | set(b_sel)
-        made = []
-        for ga in (g for g in groups if _selects(g, a_sel)):
-            gb = next(
-                (
-                    g
-                    for g in groups
-                    if g is not ga and _selects(g, b_sel) and _matches(ga.config, g.config, ignore)
-                ),
-                None,
-            )
-            if gb is not None:
-                made.append(comparison(str(spec.get("name", "a - b")), ga, gb, _margins(spec)))
-        out.append(made)
-    return out
-
-
-def compare(groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]) -> list[Comparison]:
-    """Every spec's comparisons, in order."""
-    return [c for made in compare_each(groups, specs) for c in made]
-
-
-def comparison(
-    name: str, ga: Group, gb: Group, margins: Mapping[str, float] | None = None
-) -> Comparison:
-    """a - b, paired by seed where `paired_runs` allows, else Welch's over all runs; each margin
-    adds an equivalence test."""
-    ra, rb, pairing = paired_runs(ga, gb)
-    paired = bool(ra)
-    ra, rb = (ra, rb) if paired else (ga.runs, gb.runs)
-    threshold = ga.threshold
-
-    def crossing(r: Run) -> int | None:
-        return next((m["epoch"] for m in r.metrics if (m["val_acc"] or 0) >= threshold), None)
-
-    values = {
-        "final_val_acc": ([r.final for r in ra], [r.final for r in rb]),
-        "epochs_to_threshold": ([crossing(r) for r in ra], [crossing(r) for r in rb]),
-    }
-    censored = None in values["epochs_to_threshold"][0] + values["epochs_to_threshold"][1]
-    intervals = {
-        k: None if (k != "final_val_acc" and censored) else t_interval(*v, paired)
-        for k, v in values.items()
-    }
-    equivalence = {
-        k: None if (k != "final_val_acc" and censored) else tost(*values[k], paired, margin)
-        for k, margin in (margins or {}).items()
-    }
-    return Comparison(
-        name,
-        ga.label,
-        gb.label,
-        (ga.finished, gb.finished),
-        [r.seed for r in ra] if paired else [],
-        intervals["final_val_acc"],
-        intervals["epochs_to_threshold"],
-        censored,
-        pairing,
-        equivalence,
-    )
-
-
 # -- output --------------------------------------------------------------------------------------
 
 
@@ -486,26 +396,6 @@ def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "-"
     return f"{100 * mean:.1f}" + (" (n=1)" if std is None else f" ± {100 * std:.1f}")
-
-
-def _interval(c: Interval | None, scale: float, unit: str = "") -> str:
-    if c is None:
-        return "-"
-    if c.low is None:
-        return f"{scale * c.diff:+.1f}{unit} (no interval: n=1)"
-    return f"{scale * c.diff:+.1f}{unit} [{scale * c.low:+.1f}, {scale * c.high:+.1f}]"
-
-
-def _tost(e: Equivalence | None, scale: float) -> str:
-    if e is None:
-        return "-"
-    if e.low is None:
-        return f"±{scale * e.margin:g}: no test (n=1)"
-    verdict = "equivalent" if e.equivalent else "not shown equivalent"
-    return (
-        f"±{scale * e.margin:g}: 90% [{scale * e.low:+.1f}, {scale * e.high:+.1f}], "
-        f"p = {e.p_value:.3f}, {verdict}"
-    )
 
 
 def _notes(g: Group) -> str:
@@ -520,12 +410,26 @@ def _notes(g: Group) -> str:
     return "; ".join(text for text, show in shown if show).replace("|", "/")
 
 
+def _crossings(g: Group) -> str:
+    """The mean ± std of the runs' epochs to threshold, and which never got there."""
+    reached = [c for c in g.epochs_to_threshold_per_seed if c is not None]
+    mean, std = mean_std(reached)
+    text = "-" if mean is None else f"{mean:.1f}" + ("" if std is None else f" ± {std:.1f}")
+    if not g.never_reached:
+        return text if g.runs else "-"
+    never = ", ".join(f"s{s}" for s in g.never_reached)
+    if not reached:
+        return f"never ({never})"
+    return f"{text} ({len(reached)} run{'s' if len(reached) > 1 else ''}); never: {never}"
+
+
 def _groups_table(groups: Sequence[Group]) -> list[str]:
     threshold = {f"{100 * g.threshold:.0f}%" for g in groups} or {"40%"}
     lines = [
         "Final validation accuracy (%): mean ± sample std over the seeds that finished; converged "
         f"= final val acc >= chance + {100 * CONVERGED_MARGIN:.0f} points; epochs to "
-        f"{'/'.join(sorted(threshold))} = first epoch whose mean val acc reaches it;",
+        f"{'/'.join(sorted(threshold))} = mean ± std over runs of each run's first epoch whose "
+        "val acc reaches it (a run that never does is named, not averaged);",
         f"dips = mean count per run of epochs whose val acc fell >= {100 * DIP:.0f} points.",
         "",
         "| group | precision | seeds | final val acc % | best epoch mean % | epochs to threshold "
@@ -537,41 +441,8 @@ def _groups_table(groups: Sequence[Group]) -> list[str]:
         lines.append(
             f"| {g.label} | {g.config.get('precision', '-')} | {g.finished}/{g.planned} | "
             f"{_pm(g.final_val_mean, g.final_val_std)} | {_pct(g.best_val_mean)} | "
-            f"{g.epochs_to_threshold or '-'} | {g.converged}/{g.finished} | {dips} | {_notes(g)} |"
+            f"{_crossings(g)} | {g.converged}/{g.finished} | {dips} | {_notes(g)} |"
         )
-    return lines
-
-
-def _comparisons_table(comparisons: Sequence[Comparison]) -> list[str]:
-    tested = any(c.equivalence for c in comparisons)
-    head = (
-        "| comparison | a | b | runs (a, b) | final val acc, points | epochs to threshold | test |"
-    )
-    head += " TOST final acc | TOST epochs |" if tested else ""
-    lines = [
-        "",
-        "## Comparisons (a - b, 95% t interval over seeds)",
-        "",
-        head,
-        "| --- " * (9 if tested else 7) + "|",
-    ]
-    for c in comparisons:
-        epochs = (
-            "n/a: a run never reached it" if c.censored else _interval(c.epochs_to_threshold, 1)
-        )
-        test = c.final_val_acc.test if c.final_val_acc else "-"
-        row = (
-            f"| {c.name} | {c.a} | {c.b} | {c.n[0]}, {c.n[1]} | "
-            f"{_interval(c.final_val_acc, 100)} | {epochs} | {test} |"
-        )
-        if tested:
-            row += (
-                f" {_tost(c.equivalence.get('final_val_acc'), 100)} | "
-                f"{_tost(c.equivalence.get('epochs_to_threshold'), 1)} |"
-            )
-        lines.append(row)
-    lines += ["", "Pairs (per comparison: the machines and commits of the paired runs):", ""]
-    lines += [f"- {c.name} ({c.a} vs {c.b}): {printable(c.pairing)}" for c in comparisons]
     return lines
 
 
@@ -603,7 +474,7 @@ def markdown_report(
 ) -> str:
     lines = [f"# {printable(name)}", "", *_groups_table(groups), *_provenance(groups)]
     if comparisons:
-        lines += _comparisons_table(comparisons)
+        lines += comparisons_markdown(comparisons)
     if unmatched:
         lines += [
             "",
@@ -625,7 +496,7 @@ def markdown_report(
 
 
 def table1_markdown(groups: Sequence[Group]) -> str | None:
-    """The seed's Table 1 next to ours: one row per Table 1 preset, a column pair per zeros
+    """The paper's Table 1 next to ours: one row per Table 1 preset, a column pair per zeros
     mode."""
     from polarpack.sources.presets import PRESETS
 
@@ -638,11 +509,11 @@ def table1_markdown(groups: Sequence[Group]) -> str | None:
         )
 
     rows = [g for g in groups if is_row(g)]
-    if len({g.config["dist"] for g in rows}) < 2:  # one distribution is not the seed's table
+    if len({g.config["dist"] for g in rows}) < 2:  # one distribution is not the paper's table
         return None
     zeros = sorted({g.config["zeros"] for g in rows}, key=lambda z: z != "pin")
     lines = [
-        "## Table 1: the seed's results next to ours (Freeze SPIN-Polarity)",
+        "## Table 1: the paper's results next to ours (Freeze SPIN-Polarity)",
         "",
         "Paper: ZFNet, CIFAR-10, 20 epochs. Ours: mean ± std over seeds; converged k/n (final "
         f">= chance + {100 * CONVERGED_MARGIN:.0f} points).",
@@ -735,8 +606,8 @@ def _plot_group(column, g: Group, color) -> None:
             alpha=0.15,
             linewidth=0,
         )
-        if g.epochs_to_threshold:
-            ax.axvline(g.epochs_to_threshold, color=color, linestyle="--", linewidth=1)
+        if g.mean_curve_crossing:
+            ax.axvline(g.mean_curve_crossing, color=color, linestyle="--", linewidth=1)
 
 
 def _decorate(column, panel: tuple[str, str], threshold: float) -> None:
