@@ -14,7 +14,7 @@ from polarpack_cli.main import cli
 from scipy import stats
 
 from polarpack.experiments.grid import load_experiment
-from polarpack.experiments.reporting import report
+from polarpack.experiments.reporting import machine_kind, report
 from polarpack.experiments.runner import ResultsStore
 from polarpack.experiments.statistics import holm
 
@@ -226,3 +226,14 @@ def test_holm_in_a_report_matches_the_function(tmp_path):
     for measure in ("final_val_acc", "epochs_to_threshold"):
         raw = [getattr(c, measure).p_value for c in made.comparisons]
         assert [c.p_adjusted[measure] for c in made.comparisons] == holm(raw)
+
+
+def test_one_model_name_with_other_kernel_features_is_another_kind_of_machine():
+    """A virtual machine names many CPUs "Intel(R) Xeon(R) Processor": the family/model and the
+    bf16/AMX features a run recorded tell them apart; runs that recorded none keep their kind."""
+    amx = {**INTEL, "cpu_features": {"family_model": "6/143", "flags": ["avx512f", "amx_bf16"]}}
+    plain = {**INTEL, "cpu_features": {"family_model": "6/207", "flags": ["avx512f"]}}
+    kinds = {machine_kind(env, "cpu") for env in (INTEL, amx, plain)}
+    assert len(kinds) == 3
+    assert machine_kind(INTEL, "cpu") == "cpu AVX512 (Intel(R) Xeon(R) Processor)"
+    assert machine_kind(plain, "cpu") == "cpu AVX512 (Intel(R) Xeon(R) Processor; 6/207: avx512f)"

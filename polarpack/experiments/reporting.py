@@ -299,11 +299,17 @@ def _label(config: Mapping[str, Any], varying: Sequence[str]) -> str:
 
 def machine_kind(environment: Mapping[str, Any], device: str) -> str:
     """Where a run computed: kernels differ by GPU and by CPU kind. A run that recorded neither
-    its CPU model nor its capability says so, and counts as a kind of its own."""
+    its CPU model nor its capability says so, and counts as a kind of its own. Virtual machines
+    share model names across CPUs, so where a run recorded its CPU's family/model and kernel
+    features, they are part of its kind."""
     if environment.get("cuda_device"):
         return str(environment["cuda_device"])
     cpu = environment.get("cpu") or "CPU model not recorded"
     capability = environment.get("cpu_capability") or "capability not recorded"
+    features = environment.get("cpu_features")
+    if isinstance(features, dict):
+        flags = ", ".join(map(str, features.get("flags") or [])) or "no listed features"
+        cpu += f"; {features.get('family_model', '?')}: {flags}"
     return f"{device} {capability} ({cpu})"
 
 
