@@ -34,7 +34,14 @@ from typing import Any
 
 from polarpack._io import atomic_write_text, printable, read_json
 from polarpack.errors import ConfigError, PolarpackError
-from polarpack.experiments.grid import NOT_HASHED, UNUSED, Cell, config_hash, load_experiment
+from polarpack.experiments.grid import (
+    NOT_HASHED,
+    UNUSED,
+    Cell,
+    config_hash,
+    load_experiment,
+    method_of,
+)
 from polarpack.experiments.runner import ResultsStore
 from polarpack.experiments.statistics import Equivalence, Interval, mean_std, t_interval, tost
 from polarpack.training import runs
@@ -632,7 +639,7 @@ def table1_markdown(groups: Sequence[Group]) -> str | None:
     def is_row(g: Group) -> bool:
         preset = PRESETS.get(g.config.get("dist"))
         return (
-            g.config.get("method") == "freeze-spin"
+            getattr(method_of(g.config), "algorithm", None) == 1
             and preset is not None
             and (preset.paper_converged is not None)
         )
