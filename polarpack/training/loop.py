@@ -64,7 +64,7 @@ class TrainResult:
     run_dir: Path
     status: str  # completed | diverged
     metrics: list[EpochRow]
-    summary: dict[str, Any]
+    summary: runs.RunSummary
     config: TrainConfig
     model: nn.Module | None = field(default=None, repr=False)  # None when nothing was trained
 
@@ -294,7 +294,7 @@ class _Trainer:
             }
         return row  # type: ignore[return-value]
 
-    def summary(self, status: str) -> dict[str, Any]:
+    def summary(self, status: str) -> runs.RunSummary:
         return runs.summarize(
             self.rows,
             epochs=self.config.epochs,
@@ -365,7 +365,7 @@ def train(
         config = TrainConfig.from_dict(files.config).validate()
         if files.finished:  # nothing to do: no data is loaded
             return TrainResult(
-                files.run_dir, files.summary["status"], files.metrics, files.summary, config
+                files.run_dir, files.summary.status, files.metrics, files.summary, config
             )
     else:
         files = None
