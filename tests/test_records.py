@@ -42,13 +42,48 @@ def test_every_committed_summary_reads_and_writes_back_the_same(path, tmp_path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
-def test_every_committed_config_reads_as_the_options_it_was_run_with(path):
-    options, token = runs.read_config(path.parent)
-    config = TrainConfig.from_dict(options).validate()
-    assert token and config.to_dict() == {**TrainConfig().to_dict(), **options}
+def test_every_committed_config_reads_as_the_options_it_was_run_with(path, tmp_path):
+    saved = runs.load_config(path.parent)
+    config = saved.train_config()
+    assert saved.run_token and saved.environment and saved.resolved["device"]
+    assert config.to_dict() == {**TrainConfig().to_dict(), **saved.options}  # added: defaults
     if path.parent.parent.name == "runs":  # a grid's run: its directory is named by its options
-        assert path.parent.name.endswith(config_hash(options)[:8])
+        assert path.parent.name.endswith(config_hash(saved.options)[:8])
         assert path.parent.name.endswith(run_id_for(config.to_dict())[-8:])
+    runs.write_config(tmp_path, saved)
+    assert json.loads((tmp_path / "config.json").read_text()) == json.loads(path.read_text())
+
+
+def test_a_resume_is_recorded_in_the_config(tmp_path):
+    options = TrainConfig(method="scratch").to_dict()
+    runs.write_config(tmp_path, runs.RunConfig(options, "token", {"device": "cpu"}, {"cpu": "A"}))
+    runs.record_resume(tmp_path, 3, {"cpu": "B"})
+    saved = runs.load_config(tmp_path)
+    assert saved.resumes == ({"epoch": 3, "environment": {"cpu": "B"}},)
+    assert saved.options == options and runs.read_config(tmp_path) == (options, "token")
+    assert saved.train_config() == TrainConfig(method="scratch")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        '{"config": 5, "run_token": "t"}',
+        '{"config": {}, "run_token": 5}',
+        '{"config": {}, "run_token": "t", "resumes": [1]}',
+        '{"config": {}, "run_token": "t", "environment": "here"}',
+    ],
+)
+def test_a_config_of_the_wrong_shape_is_refused(tmp_path, text):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match="config.json: not a polarpack run config"):
+        runs.load_config(tmp_path)
+
+
+def test_unknown_options_in_a_config_are_refused_by_name(tmp_path):
+    runs.write_config(tmp_path, runs.RunConfig({"colour": "red"}, "t"))
+    with pytest.raises(ConfigError, match=r"unknown training option\(s\) \['colour'\]"):
+        runs.load_config(tmp_path).train_config()
 
 
 OLDER_SHAPES = [

@@ -529,12 +529,7 @@ def _write_config(
     }
     if setup.world.world_size > 1:
         resolved["distributed"] = setup.world.describe()
-    meta = {
-        "config": options,
-        "resolved": resolved,
-        "environment": runs.environment(setup.device),
-        "run_token": token,
-    }
-    runs.write_config(run_dir, meta)
+    saved = runs.RunConfig(options, token, resolved, runs.environment(setup.device))
+    runs.write_config(run_dir, saved)
     if config.save_init and start.materialized is not None:
         start.materialized.save(run_dir / runs.INIT_FILE)

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -42,6 +42,7 @@ from torch import nn
 from polarpack._io import atomic_output, atomic_write_text, read_bytes, read_json
 from polarpack._version import __version__
 from polarpack.errors import ConfigError, PolarpackError
+from polarpack.training.config import TrainConfig
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 MODEL_FILE, STATE_FILE, INIT_FILE = (
@@ -162,6 +163,54 @@ _SUMMARY_TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """config.json: the options the run started with (`TrainConfig.to_dict()`, what a grid's cell
+    holds; its config digest and a grid's hash are taken over them as saved), what they resolved
+    to (device, precision, the method's start), where it computed, the run token, and where each
+    resume computed. Every version's file reads: options added since take their defaults."""
+
+    options: dict[str, Any]
+    run_token: str
+    resolved: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    resumes: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Any, path: str | os.PathLike) -> RunConfig:
+        """The one reader: a ConfigError naming `path` when the shape is wrong."""
+        ok = isinstance(data, dict) and isinstance(data.get("config"), dict)
+        ok = ok and isinstance(data.get("run_token"), str)
+        ok = ok and all(isinstance(data.get(k, {}), dict) for k in ("resolved", "environment"))
+        resumes = data.get("resumes", []) if ok else None
+        if not ok or not isinstance(resumes, list) or not all(isinstance(r, dict) for r in resumes):
+            raise ConfigError(
+                f"{path}: not a polarpack run config (an object with 'config' options and a "
+                "'run_token'); restore it, or start the run over with --overwrite"
+            )
+        return cls(
+            data["config"],
+            data["run_token"],
+            data.get("resolved", {}),
+            data.get("environment", {}),
+            tuple(resumes),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The one writer's object, in the order the first versions wrote it."""
+        data = {
+            "config": self.options,
+            "resolved": self.resolved,
+            "environment": self.environment,
+            "run_token": self.run_token,
+        }
+        return data | ({"resumes": list(self.resumes)} if self.resumes else {})
+
+    def train_config(self) -> TrainConfig:
+        """The options as a `TrainConfig` (validated)."""
+        return TrainConfig.from_dict(self.options).validate()
+
+
 @dataclass
 class RunFiles:
     """What an existing run directory says about its run, checked for consistency."""
@@ -230,19 +279,18 @@ def claim(run_dir: Path, config: Mapping[str, Any], overwrite: bool) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def read_config(run_dir: Path) -> tuple[dict[str, Any], str]:
-    """The options and run token of config.json, refused clearly when it has another shape."""
-    path = run_dir / CONFIG_FILE
+def load_config(run_dir: str | os.PathLike) -> RunConfig:
+    """config.json, refused clearly when it is missing or has another shape."""
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no {CONFIG_FILE} there; is it a polarpack run directory?")
-    saved = read_json(path)
-    ok = isinstance(saved, dict) and isinstance(saved.get("config"), dict)
-    if not ok or not isinstance(saved.get("run_token"), str):
-        raise ConfigError(
-            f"{path}: not a polarpack run config (an object with 'config' options and a "
-            "'run_token'); restore it, or start the run over with --overwrite"
-        )
-    return saved["config"], saved["run_token"]
+    return RunConfig.from_json(read_json(path), path)
+
+
+def read_config(run_dir: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """The options and run token of config.json."""
+    saved = load_config(run_dir)
+    return saved.options, saved.run_token
 
 
 def load_summary(run_dir: str | os.PathLike) -> RunSummary | None:
@@ -370,17 +418,19 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def write_config(run_dir: Path, meta: Mapping[str, Any]) -> None:
+def write_config(run_dir: Path, saved: RunConfig) -> None:
+    """The one writer of config.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(meta, indent=2, default=str) + "\n")
+    text = json.dumps(saved.to_json(), indent=2, default=str) + "\n"
+    atomic_write_text(run_dir / CONFIG_FILE, text)
 
 
 def record_resume(run_dir: Path, epoch: int, environment: Mapping[str, Any]) -> None:
     """Add to config.json where a resumed run computes from `epoch` on: a run that straddles two
     machines or commits must say so (reports never pair it as if it ran on one)."""
-    saved = read_json(run_dir / CONFIG_FILE)
-    saved["resumes"] = [*saved.get("resumes", []), {"epoch": epoch, "environment": environment}]
-    write_config(run_dir, saved)
+    saved = load_config(run_dir)
+    resume = {"epoch": epoch, "environment": dict(environment)}
+    write_config(run_dir, replace(saved, resumes=(*saved.resumes, resume)))
 
 
 def write_metrics(run_dir: Path, rows: list[EpochRow]) -> None:
