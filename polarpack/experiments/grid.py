@@ -25,8 +25,10 @@
     b = { method = "scratch" }
 
 Every key must be a TrainConfig field (or an alias): anything else is an error naming the key, the
-file and the allowed keys. Options a method does not use are dropped from its cells, so methods x
-dists does not repeat the scratch run. Cells run seed-major, then in [grid] key order. Relative
+file and the allowed keys. Options a method does not use (its entry in
+`polarpack.training.methods.METHODS` says which) are dropped from its cells, so methods x dists
+does not repeat the scratch run. A file expands to at most MAX_CELLS cells, counted before any is
+built. Cells run seed-major, then in [grid] key order. Relative
 paths resolve against the current directory. A cell's identity is the hash of the options that
 differ from TrainConfig's defaults (plus the resolved precision), so adding a new option with a
 neutral default keeps every existing run; `threads`, `data_dir`, `download` and `checkpoint_every`
