@@ -64,7 +64,9 @@ def experiment(file, results, jobs, nproc_per_run, sets, dry_run, as_json):
     skipped (committed results count), an interrupted one resumes from its last epoch, a failed one
     is retried; cells that need missing weights are skipped with the reason. One process writes to a
     results folder at a time. Exit status 1 when any cell failed. Relative paths in FILE resolve
-    against the current directory.
+    against the current directory. A file expands to at most 100,000 cells (the product of its
+    [grid] lists times its seeds, plus its [[include]]s); a larger one is refused before any cell is
+    built.
 
     \b
     Examples:

@@ -103,3 +103,96 @@ def test_norms_from_a_file_without_them_or_another_network_are_refused(tmp_path,
         _start(TrainConfig(method="scratch", model="mobilenet_v2", norms=str(plain), **TINY))
     with pytest.raises(ModelError, match="normalisation tensors, e.g."):
         _start(TrainConfig(method="scratch", model="resnet18", norms=str(polar), **TINY))
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+
+SOURCES = {"dist": "paper:alexnet", "weights": "alexnet.safetensors"}
+
+
+def test_the_registry_is_the_train_commands_method_choices_and_help():
+    from click.testing import CliRunner
+    from polarpack_cli.main import cli
+    from polarpack_cli.train import train as train_command
+
+    from polarpack.training.methods import METHODS
+
+    option = next(p for p in train_command.params if p.name == "method")
+    assert tuple(option.type.choices) == tuple(METHODS)
+    usage = CliRunner().invoke(cli, ["train", "--method", "no-such-method"])
+    assert usage.exit_code == 2
+    assert all(name in usage.output for name in METHODS)
+    shown = "".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+    for method in METHODS.values():  # compared without the spaces the help's wrapping moves
+        assert "".join(f"{method.name}: {method.help}".split()) in shown
+
+
+def test_validation_asks_each_method_for_what_its_entry_says_it_starts_from():
+    from polarpack.errors import ConfigError
+    from polarpack.training.methods import METHODS
+
+    for method in METHODS.values():
+        if method.source is None:
+            TrainConfig(method=method.name).validate()
+            continue
+        with pytest.raises(ConfigError, match=f"--method {method.name} needs"):
+            TrainConfig(method=method.name).validate()
+        TrainConfig(method=method.name, **{method.source: SOURCES[method.source]}).validate()
+    with pytest.raises(
+        ConfigError, match="choose one of " + str(list(METHODS)).replace("[", r"\[")
+    ):
+        TrainConfig(method="no-such-method").validate()
+
+
+def test_a_float_weights_method_refuses_a_distribution_and_names_the_sign_methods():
+    from polarpack.errors import ConfigError
+    from polarpack.training.methods import METHODS, SIGNS, WEIGHTS
+
+    for method in (m for m in METHODS.values() if m.start == WEIGHTS):
+        with pytest.raises(ConfigError, match="is a distribution") as caught:
+            TrainConfig(method=method.name, weights="paper:alexnet").validate()
+        signs = [m.name for m in METHODS.values() if m.start == SIGNS]
+        assert signs and all(name in str(caught.value) for name in signs)
+
+
+def test_grid_cells_drop_exactly_the_options_a_method_does_not_use(tmp_path):
+    from polarpack.experiments.grid import defaults, load_experiment
+    from polarpack.training.methods import METHOD_OPTIONS, METHODS
+
+    changed = {
+        "dist": "paper:rand",
+        "weights": "hf://owner/repo/w.safetensors",
+        "zeros": "free",
+        "eps": 0.01,
+        "sampling": "iid",
+        "fluid_fraction": 0.25,
+        "fluid_mode": "permute",
+    }
+    assert set(changed) == set(METHOD_OPTIONS)
+    options = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in changed.items())
+    path = tmp_path / "g.toml"
+    path.write_text(f'[defaults]\ndevice = "cpu"\n{options}[grid]\nmethod = {list(METHODS)}\n')
+    cells = {c.config["method"]: c.config for c in load_experiment(path).cells}
+    assert set(cells) == set(METHODS)
+    for name, config in cells.items():
+        for option, value in changed.items():
+            expected = value if METHODS[name].uses(option) else defaults()[option]
+            assert config[option] == expected, (name, option)
+
+
+def test_the_training_loop_constrains_and_changes_what_the_registry_says(tmp_path):
+    from polarpack.training.methods import METHODS
+
+    for method in ("fluid-spin", "scratch"):
+        result = train(
+            method=method,
+            dist="paper:alexnet",
+            epochs=2,
+            out=tmp_path / method,
+            progress=False,
+            **TINY,
+        )
+        spec = METHODS[method]
+        assert ("held" in result.metrics[0]) is spec.constrained
+        assert (result.metrics[1]["fluid_flips"] > 0) is spec.fluid

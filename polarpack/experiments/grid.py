@@ -25,8 +25,10 @@
     b = { method = "scratch" }
 
 Every key must be a TrainConfig field (or an alias): anything else is an error naming the key, the
-file and the allowed keys. Options a method does not use are dropped from its cells, so methods x
-dists does not repeat the scratch run. Cells run seed-major, then in [grid] key order. Relative
+file and the allowed keys. Options a method does not use (its entry in
+`polarpack.training.methods.METHODS` says which) are dropped from its cells, so methods x dists
+does not repeat the scratch run. A file expands to at most MAX_CELLS cells, counted before any is
+built. Cells run seed-major, then in [grid] key order. Relative
 paths resolve against the current directory. A cell's identity is the hash of the options that
 differ from TrainConfig's defaults (plus the resolved precision), so adding a new option with a
 neutral default keeps every existing run; `threads`, `data_dir`, `download` and `checkpoint_every`
@@ -36,11 +38,13 @@ say where and how fast, not what is computed, and are not part of it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,13 @@ from typing import Any
 from polarpack._io import read_bytes
 from polarpack.errors import ConfigError
 from polarpack.sources.references import is_local_file
-from polarpack.training.config import IN_METHODS, SPIN_METHODS, TrainConfig
-from polarpack.training.loop import resolve_device, resolve_precision
+from polarpack.training.config import (
+    TrainConfig,
+    check_option,
+    resolve_device,
+    resolve_precision,
+)
+from polarpack.training.methods import METHOD_OPTIONS, METHODS, WEIGHTS, Method
 
 SECTIONS = ("experiment", "defaults", "grid", "weights", "include", "compare")
 ALIASES = {
@@ -62,17 +71,12 @@ ALIASES = {
     "seeds": "seed",
 }
 NOT_HASHED = ("threads", "data_dir", "download", "checkpoint_every", "checkpoint_seconds")
-UNCONSTRAINED = ("scratch", "fluid-in", "fluid-in-polarity")
-UNUSED = {  # options a method ignores: dropped from its cells
-    "dist": ("scratch", "freeze-in", "fluid-in", "fluid-in-polarity"),
-    "weights": ("scratch", "freeze-spin", "fluid-spin"),
-    "zeros": UNCONSTRAINED,
-    "eps": UNCONSTRAINED,
-    "sampling": ("scratch", "fluid-in", "freeze-in", "fluid-in-polarity"),
-    "fluid_fraction": ("scratch", "fluid-in", "freeze-in", "freeze-spin", "fluid-in-polarity"),
-    "fluid_mode": ("scratch", "fluid-in", "freeze-in", "freeze-spin", "fluid-in-polarity"),
+UNUSED = {  # options a method ignores (its registry entry says): dropped from its cells
+    option: tuple(m.name for m in METHODS.values() if not m.uses(option))
+    for option in METHOD_OPTIONS
 }
 EXPERIMENT_LIMIT = 1 << 20  # bytes: an experiment file is a page of TOML
+MAX_CELLS = 100_000  # cells a file may expand to (grid product x seeds, plus the includes)
 
 
 @dataclass
@@ -101,13 +105,23 @@ class Experiment:
     compare: list[dict[str, Any]] = field(default_factory=list)
 
 
+_DEFAULTS = TrainConfig().to_dict()  # every default is immutable (None, str, number, bool)
+
+
 def defaults() -> dict[str, Any]:
-    return TrainConfig().to_dict()
+    return dict(_DEFAULTS)
+
+
+def method_of(cfg: Mapping[str, Any]) -> Method | None:
+    """The registry entry of a cell's method; None for a name the registry lacks (which
+    validation then refuses, naming the methods)."""
+    name = cfg.get("method")
+    return METHODS.get(name) if isinstance(name, str) else None
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
     """sha256 of the options that differ from TrainConfig's defaults (see the module docstring)."""
-    base = defaults()
+    base = _DEFAULTS
     ident = {
         k: v
         for k, v in sorted(cfg.items())
@@ -126,9 +140,10 @@ def _slug_part(value: Any) -> str:
 def run_id_for(cfg: Mapping[str, Any]) -> str:
     """A readable slug (model, dataset, method, dist, telling options, precision, seed) + 8 hex of
     the hash."""
-    base = defaults()
+    base, method = _DEFAULTS, METHODS[cfg["method"]]
     parts = [cfg["model"], cfg["dataset"], cfg["method"]]
-    parts += [cfg[k] for k in ("dist", "weights") if cfg.get(k) and cfg["method"] != "fluid-in"]
+    # float weights to fine-tune are a long checkpoint name: the hash tells them apart
+    parts += [cfg[k] for k in ("dist", "weights") if cfg.get(k) and method.start != WEIGHTS]
     parts += ["norms", cfg["norms"]] if cfg.get("norms") else []
     telling = (
         "geometry",
@@ -141,9 +156,9 @@ def run_id_for(cfg: Mapping[str, Any]) -> str:
         "momentum",
     )
     parts += [f"{k}-{cfg[k]}" for k in telling if cfg.get(k) != base.get(k)]
-    if cfg["method"] in (*SPIN_METHODS, "freeze-in"):
+    if method.constrained:
         parts.append(f"zeros-{cfg['zeros']}")
-    if cfg["method"] == "fluid-spin" and cfg["fluid_fraction"] != base["fluid_fraction"]:
+    if method.fluid and cfg["fluid_fraction"] != base["fluid_fraction"]:
         parts.append(f"frac-{cfg['fluid_fraction']}")
     parts += [cfg["precision"], f"s{cfg['seed']}"]
     return "-".join(_slug_part(p) for p in parts) + "-" + config_hash(cfg)[:8]
@@ -159,7 +174,7 @@ def parse_sets(items: Iterable[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"--set {item!r}: expected key=value (e.g. --set geometry=imagenet)")
         try:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, RecursionError):
             value = text.strip()
         out.append((key.strip(), value))
     return out
@@ -186,19 +201,65 @@ def _keys(table: Any, section: str, path: Path) -> dict[str, Any]:
     return out
 
 
-def _product(axes: Mapping[str, Any], path: Path) -> list[dict[str, Any]]:
-    combos: list[dict[str, Any]] = [{}]
-    for key, values in axes.items():
-        values = values if isinstance(values, list) else [values]
-        if not values:
-            raise ConfigError(f"{path}: {key} is an empty list; give at least one value")
-        combos = [{**c, key: v} for c in combos for v in values]
-    return combos
+def _values(key: str, values: Any, path: Path) -> list[Any]:
+    """An axis of the grid: its values as a list (a single value is a list of one)."""
+    values = values if isinstance(values, list) else [values]
+    if not values:
+        raise ConfigError(f"{path}: {key} is an empty list; give at least one value")
+    return values
 
 
-def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experiment:
-    """Read and expand an experiment file into its cells (validated, seed-major order)."""
-    path = Path(path)
+def _product(axes: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the axes, the last one varying fastest."""
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def _seed_rank(seeds: Sequence[Any]) -> Callable[[Any], int]:
+    """A seed's place in the grid's seed list (a dict, not `seeds.index`, which made expansion
+    quadratic in the seeds); seeds only an [[include]] names come last."""
+    order: dict[Any, int] = {}
+    for i, seed in enumerate(seeds):
+        if isinstance(seed, Hashable):
+            order.setdefault(seed, i)
+
+    def rank(seed: Any) -> int:
+        return order.get(seed, len(seeds)) if isinstance(seed, Hashable) else len(seeds)
+
+    return rank
+
+
+def _expand(
+    base: dict[str, Any], grid: dict[str, Any], includes: list[dict[str, Any]], path: Path
+) -> list[dict[str, Any]]:
+    """The options of every cell, seed-major: the grid's product for each seed, then each
+    [[include]]'s (defaults + its options). The cells are counted before any is built, and a file
+    of more than MAX_CELLS is refused."""
+    seeds = _values("seed", grid.pop("seed", base.pop("seed", 0)), path)
+    parts = []  # (seeds, axes) of the grid and of each include
+    if grid or not includes:  # a file of [[include]]s only: just those
+        parts.append((seeds, {k: _values(k, v, path) for k, v in grid.items()}))
+    for inc in includes:
+        inc_seeds = _values("seed", inc.pop("seed", seeds), path)
+        parts.append((inc_seeds, {k: _values(k, v, path) for k, v in inc.items()}))
+    count = sum(len(s) * math.prod(len(v) for v in axes.values()) for s, axes in parts)
+    if count > MAX_CELLS:
+        raise ConfigError(
+            f"{path}: the grid expands to {count:,} cells, more than the {MAX_CELLS:,} a file "
+            "may hold; give fewer values, or split it into several files"
+        )
+    rank = _seed_rank(seeds)
+    raw = [
+        (rank(seed), {**base, **combo, "seed": seed})
+        for part_seeds, axes in parts
+        for combos in (_product(axes),)
+        for seed in part_seeds
+        for combo in combos
+    ]
+    raw.sort(key=lambda item: item[0])  # stable: within a seed, the file's order
+    return [options for _, options in raw]
+
+
+def _parse(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"experiment file {path} not found")
     text = read_bytes(path, limit=EXPERIMENT_LIMIT, what="experiment files")
@@ -206,6 +267,11 @@ def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experi
         data = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a TOML experiment file ({exc})") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: not a valid grid file (its arrays or tables nest too deep to read; a grid "
+            "axis is a flat list of values)"
+        ) from None
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(
@@ -214,6 +280,13 @@ def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experi
     meta = data.get("experiment", {})
     if not isinstance(meta, dict) or not set(meta) <= {"name", "description"}:
         raise ConfigError(f"{path}: [experiment] holds only name and description")
+    return data
+
+
+def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experiment:
+    """Read and expand an experiment file into its cells (validated, seed-major order)."""
+    path = Path(path)
+    data = _parse(path)
     base, grid = (
         _keys(data.get("defaults", {}), "defaults", path),
         _keys(data.get("grid", {}), "grid", path),
@@ -229,36 +302,23 @@ def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experi
             continue
         to_grid = key.startswith("grid.") or isinstance(value, list)
         key = ALIASES.get(key.split(".", 1)[-1], key.split(".", 1)[-1])
-        if key not in defaults():
+        if key not in _DEFAULTS:
             raise ConfigError(
-                f"--set {key}: unknown key; allowed keys: {', '.join(sorted(defaults()))} or "
+                f"--set {key}: unknown key; allowed keys: {', '.join(sorted(_DEFAULTS))} or "
                 "weights.MODEL"
             )
         (grid if to_grid else base)[key] = value
         (base if to_grid else grid).pop(key, None)
         for inc in includes if not to_grid else ():
             inc.pop(key, None)
-    seeds = grid.pop("seed", base.pop("seed", 0))
-    seeds = seeds if isinstance(seeds, list) else [seeds]
-    _product({"seed": seeds}, path)
-    combos = (
-        _product(grid, path) if grid or not includes else []
-    )  # a file of [[include]]s only: just those
-    raw = [(seed, {**base, **combo, "seed": seed}) for seed in seeds for combo in combos]
-    for inc in includes:
-        inc_seeds = inc.pop("seed", seeds)
-        raw += [
-            (s, {**base, **combo, "seed": s})
-            for s in (inc_seeds if isinstance(inc_seeds, list) else [inc_seeds])
-            for combo in _product(inc, path)
-        ]
-    raw.sort(key=lambda item: seeds.index(item[0]) if item[0] in seeds else len(seeds))
-    cells = {}
-    for _, options in raw:
-        cell = _make_cell(options, weights, path)
+    cells: dict[str, Cell] = {}
+    known: dict[Any, Any] = {}
+    for options in _expand(base, grid, includes, path):
+        cell = _make_cell(options, weights, path, known)
         cells.setdefault(cell.run_id, cell)
     if not cells:
         raise ConfigError(f"{path}: the grid is empty")
+    meta = data.get("experiment", {})
     return Experiment(
         str(meta.get("name") or path.stem),
         str(meta.get("description", "")),
@@ -281,20 +341,47 @@ def _tables(value: Any, section: str, path: Path) -> list[dict[str, Any]]:
     return value
 
 
-def _make_cell(options: dict[str, Any], weights: Mapping[str, Any], path: Path) -> Cell:
-    base = defaults()
-    cfg = {**base, **options}
-    method = cfg["method"]
-    for key, methods in UNUSED.items():
-        if method in methods:
-            cfg[key] = base[key]
+def _make_cell(
+    options: dict[str, Any], weights: Mapping[str, Any], path: Path, known: dict[str, Any]
+) -> Cell:
+    """A validated cell. Cells that differ only in seed share the rest of their validation (in
+    `known`, with the precision `auto` resolves to per device), so 100,000 seeds expand in
+    seconds."""
+    shared = repr(sorted((k, v) for k, v in options.items() if k != "seed"))
+    if shared not in known:
+        known[shared] = _validated(options, weights, path, known)
+    cfg, reason = known[shared]
+    try:
+        check_option("seed", options["seed"])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: cell {_described(options)}: {exc}") from None
+    cfg = {**cfg, "seed": options["seed"]}
+    return Cell(cfg, run_id_for(cfg), reason)
+
+
+def _described(options: Mapping[str, Any]) -> str:
+    keys = ("model", "dataset", "method", "dist", "seed")
+    return ", ".join(f"{k}={options[k]}" for k in keys if k in options)
+
+
+def _validated(
+    options: dict[str, Any], weights: Mapping[str, Any], path: Path, known: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """A cell's options: those its method ignores reset to their defaults, transferred weights
+    looked up per model, `auto` precision resolved, all validated; and why it is skipped, if it
+    is."""
+    cfg = {**_DEFAULTS, **options}
+    method = method_of(cfg)
+    for key in METHOD_OPTIONS if method is not None else ():
+        if not method.uses(key):
+            cfg[key] = _DEFAULTS[key]
     reason = None
-    if method in IN_METHODS and not cfg.get("weights"):
+    if method is not None and method.source == "weights" and not cfg.get("weights"):
         cfg["weights"] = weights.get(str(cfg["model"])) or weights.get("default")
         if not cfg["weights"]:
             reason = (
-                f"{method} needs transferred weights for model {cfg['model']!r}, and none are "
-                f'given (set [weights] {cfg["model"]} = "SOURCE" in {path} or --set '
+                f"{method.name} needs transferred weights for model {cfg['model']!r}, and none "
+                f'are given (set [weights] {cfg["model"]} = "SOURCE" in {path} or --set '
                 f"weights.{cfg['model']}=SOURCE)"
             )
     for key in ("weights", "dist"):
@@ -303,18 +390,19 @@ def _make_cell(options: dict[str, Any], weights: Mapping[str, Any], path: Path) 
             and is_local_file(cfg.get(key))
             and not Path(cfg[key]).expanduser().exists()
         ):
-            reason = f"{method}: {key} file {cfg[key]!r} not found (relative to {Path.cwd()})"
-    described = ", ".join(
-        f"{k}={options[k]}" for k in ("model", "dataset", "method", "dist", "seed") if k in options
-    )
+            where = f"not found (relative to {Path.cwd()})"
+            reason = f"{cfg['method']}: {key} file {cfg[key]!r} {where}"
     try:
         config = TrainConfig.from_dict(cfg)
         if reason is None:
             config.validate()
     except (ConfigError, TypeError) as exc:
-        raise ConfigError(f"{path}: cell {described}: {exc}") from None
+        raise ConfigError(f"{path}: cell {_described(options)}: {exc}") from None
     cfg = config.to_dict()
     # auto must not hide the precision; a pinned one needs no device (report GPU runs anywhere)
     if cfg["precision"] == "auto":
-        cfg["precision"] = resolve_precision("auto", resolve_device(cfg["device"]))
-    return Cell(cfg, run_id_for(cfg), reason)
+        device = ("device", cfg["device"])
+        if device not in known:
+            known[device] = resolve_precision("auto", resolve_device(cfg["device"]))
+        cfg["precision"] = known[device]
+    return cfg, reason

@@ -45,7 +45,14 @@ from polarpack.experiments.comparisons import (
     crossing,
     paired_runs,
 )
-from polarpack.experiments.grid import NOT_HASHED, UNUSED, Cell, config_hash, load_experiment
+from polarpack.experiments.grid import (
+    NOT_HASHED,
+    UNUSED,
+    Cell,
+    config_hash,
+    load_experiment,
+    method_of,
+)
 from polarpack.experiments.runner import ResultsStore
 from polarpack.experiments.statistics import mean_std
 from polarpack.training import runs
@@ -366,13 +373,13 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
             group.skipped.append(printable(cell.skip_reason))
             continue
         run_dir = store.run_dir(cell)
-        summary = store.summary(cell)
-        status = summary.get("status")
+        summary = runs.load_summary(run_dir)
+        status = summary.status if summary else None
         rows = checked_metrics(run_dir) if status else []
         if status in FINISHED or (partial and rows):
             group.runs.append(_run(cell, run_dir, status, rows))
-        elif status == "failed":
-            group.failed.append(printable(str(summary.get("error"))))
+        elif summary and status == "failed":
+            group.failed.append(printable(str(summary.error)))
         else:
             group.unfinished.append(f"s{cell.seed}: {len(rows)}/{cell.config['epochs']} epochs")
     for group in groups.values():
@@ -509,7 +516,7 @@ def table1_markdown(groups: Sequence[Group]) -> str | None:
     def is_row(g: Group) -> bool:
         preset = PRESETS.get(g.config.get("dist"))
         return (
-            g.config.get("method") == "freeze-spin"
+            getattr(method_of(g.config), "algorithm", None) == 1
             and preset is not None
             and (preset.paper_converged is not None)
         )
@@ -661,6 +668,12 @@ def report(
     return result
 
 
+def _summary_columns(summary: runs.RunSummary | None) -> dict[str, Any]:
+    """A run's summary in runs.jsonl: all but what ties its files together."""
+    data = summary.to_json() if summary else {}
+    return {k: v for k, v in data.items() if k not in ("run_token", "config_digest")}
+
+
 def _write(
     out: Path, result: Report, cells: Sequence[Cell], store: ResultsStore, title: str
 ) -> list[str]:
@@ -685,9 +698,7 @@ def _write(
             "run_id": c.run_id,
             "seed": c.seed,
             **{k: c.config.get(k) for k in keys},
-            **{
-                k: v for k, v in store.summary(c).items() if k not in ("run_token", "config_digest")
-            },
+            **_summary_columns(runs.load_summary(store.run_dir(c))),
         }
         for c in cells
         if not c.skip_reason

@@ -9,36 +9,31 @@ lr 1e-3, eps 1e-3, dropout 0.5 after fc6 and fc7, no weight decay).
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
-from polarpack.errors import ConfigError
+import torch
+
+from polarpack._io import read_bytes
+from polarpack.errors import ConfigError, PolarpackError
 from polarpack.models import CONSTRAIN_SCOPES, GEOMETRIES
 from polarpack.redact import public_url
 from polarpack.sources.references import names_distribution
 from polarpack.sources.weights import LAYOUTS
 from polarpack.training.constraints import FLUID_MODES, ZERO_MODES
 from polarpack.training.materialization import SAMPLING_MODES
+from polarpack.training.methods import (
+    DEFAULT_METHOD,
+    METHODS,
+    SIGNS,
+    WEIGHTS,
+    methods_starting_from,
+)
 
-METHODS = {
-    "freeze-spin": "Alg. 1: Glorot magnitudes, a random pattern with the distribution's "
-    "proportions, held fixed",
-    "fluid-spin": "Alg. 3: as freeze-spin, and each epoch a fraction of the non-zero weights "
-    "change (--fluid-mode)",
-    "freeze-in": "Alg. 2: the exact sign pattern of --weights (a checkpoint, or a pattern or "
-    "scaled .polar), held fixed; Glorot magnitudes (a scaled .polar: its channel scales)",
-    "fluid-in-polarity": "the start of freeze-in, then unconstrained training (the prior work's "
-    "Fluid IN-Polarity)",
-    "fluid-in": "Alg. 4: start from the transferred weights (--weights) and train freely "
-    "(fine-tuning)",
-    "scratch": "control: Glorot initialisation, no constraint",
-}
-SPIN_METHODS = ("freeze-spin", "fluid-spin")  # need --dist
-POLARITY_METHODS = ("freeze-in", "fluid-in-polarity")  # the transferred signs, Glorot magnitudes
-IN_METHODS = (*POLARITY_METHODS, "fluid-in")  # need --weights
-CONSTRAINED_METHODS = ("freeze-spin", "fluid-spin", "freeze-in")
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # adam: prior-work code; sgd: the Keras default
@@ -64,7 +59,7 @@ class TrainConfig:
     """Everything that defines a run. Sizes in images, rates per optimizer step."""
 
     method: str = _opt(
-        "freeze-spin", "; ".join(f"{k}: {v}" for k, v in METHODS.items()), tuple(METHODS)
+        DEFAULT_METHOD, "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()), tuple(METHODS)
     )
     dist: str | None = _opt(
         None,
@@ -244,27 +239,16 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check every option's type and value, then the options that go together; a
         ConfigError names the option, the value and what is allowed."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            _check_type(f.name, value, f.type)
-            if value is not None:
-                _check_value(f.name, value, f.metadata, f.type)
-        if self.method in SPIN_METHODS and not self.dist:
+        for f in _fields():
+            check_option(f.name, getattr(self, f.name))
+        method = METHODS[self.method]
+        if method.source and not getattr(self, method.source):
+            raise ConfigError(f"--method {self.method} needs {_NEEDS[method.source]}")
+        if method.start == WEIGHTS and names_distribution(self.weights):
             raise ConfigError(
-                f"--method {self.method} needs a distribution: pass --dist FILE or "
-                "a preset such as paper:alexnet"
-            )
-        if self.method in IN_METHODS and not self.weights:
-            raise ConfigError(
-                f"--method {self.method} needs transferred weights: pass --weights "
-                "SOURCE (a checkpoint file, a torchvision model name or an hf:// "
-                "reference)"
-            )
-        if self.method == "fluid-in" and names_distribution(self.weights):
-            raise ConfigError(
-                f"--method fluid-in fine-tunes float weights, but --weights "
-                f"{self.weights} is a distribution; use freeze-in or "
-                "fluid-in-polarity for a .polar file"
+                f"--method {self.method} fine-tunes float weights, but --weights "
+                f"{self.weights} is a distribution; use "
+                f"{' or '.join(methods_starting_from(SIGNS))} for a .polar file"
             )
         if self.endpoint and public_url(self.endpoint) != self.endpoint:
             raise ConfigError(
@@ -278,7 +262,9 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The options by name; layer_map, the one mutable value, is copied (asdict's deep copy
+        of every field made expanding a large grid slow)."""
+        return {f.name: _copied(getattr(self, f.name)) for f in _fields()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -286,12 +272,35 @@ class TrainConfig:
             raise ConfigError(
                 f"training options must be a JSON object of options, got {type(data).__name__}"
             )
-        known = sorted(f.name for f in fields(cls))
-        if unknown := sorted(set(data) - set(known)):
+        if unknown := sorted(set(data) - {f.name for f in _fields()}):
+            known = sorted(f.name for f in _fields())
             raise ConfigError(f"unknown training option(s) {unknown}; known options are {known}")
         return cls(**dict(data))
 
 
+@functools.cache
+def _fields() -> tuple[Field, ...]:
+    return fields(TrainConfig)
+
+
+def check_option(name: str, value: Any) -> None:
+    """One option's type and value, as `validate` checks them: a grid validates the options its
+    cells share once, then only what differs (the seed)."""
+    f = next(f for f in _fields() if f.name == name)
+    _check_type(name, value, f.type)
+    if value is not None:
+        _check_value(name, value, f.metadata, f.type)
+
+
+def _copied(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
+
+
+_NEEDS = {  # what a method's source option must name
+    "dist": "a distribution: pass --dist FILE or a preset such as paper:alexnet",
+    "weights": "transferred weights: pass --weights SOURCE (a checkpoint file, a torchvision "
+    "model name or an hf:// reference)",
+}
 _TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
 
 
@@ -339,3 +348,38 @@ def _check_value(name: str, value: Any, meta: Mapping[str, Any], annotation: str
         )
         kind = "an integer" if annotation.startswith("int") else "a finite number"
         raise ConfigError(f"{option} must be {kind} {allowed} (got {value!r})")
+
+
+# -- where and how precisely: what `auto` resolves to --------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":  # CUDA, MPS, XPU, ... whichever this torch build has and can reach
+        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is available; use --device auto or cpu")
+    return device
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU flags list avx512_bf16 or AMX-BF16. Elsewhere bf16 convolutions are
+    emulated: measured about 70x slower than fp32 on an AVX2-only EPYC
+    (benchmarks/bench_epoch.py)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = read_bytes("/proc/cpuinfo", limit=None, what="CPU information").decode()
+        except PolarpackError:
+            return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"

@@ -31,14 +31,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from polarpack._io import read_bytes
-from polarpack.errors import ConfigError, PolarpackError
+from polarpack.errors import ConfigError
 from polarpack.models import build_model, input_size_for
 from polarpack.training import distributed, runs
-from polarpack.training.config import CONSTRAINED_METHODS, TrainConfig
+from polarpack.training.config import (
+    TrainConfig,
+    cpu_has_native_bf16,
+    resolve_device,
+    resolve_precision,
+)
 from polarpack.training.constraints import SignConstraint
 from polarpack.training.materialization import derive_seed
-from polarpack.training.methods import Start, initialise
+from polarpack.training.methods import METHODS, Start, initialise
 from polarpack.training.runs import FINISHED, MODEL_FILE, STATE_FILE, EpochRow, read_metrics
 
 __all__ = [
@@ -60,44 +64,12 @@ class TrainResult:
     run_dir: Path
     status: str  # completed | diverged
     metrics: list[EpochRow]
-    summary: dict[str, Any]
+    summary: runs.RunSummary
     config: TrainConfig
     model: nn.Module | None = field(default=None, repr=False)  # None when nothing was trained
 
 
-# -- where and how precisely ---------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":  # CUDA, MPS, XPU, ... whichever this torch build has and can reach
-        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA device is available; use --device auto or cpu")
-    return device
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """True when the CPU flags list avx512_bf16 or AMX-BF16. Elsewhere bf16 convolutions are
-    emulated: measured about 70x slower than fp32 on an AVX2-only EPYC
-    (benchmarks/bench_epoch.py)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = read_bytes("/proc/cpuinfo", limit=None, what="CPU information").decode()
-        except PolarpackError:
-            return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+# -- memory ----------------------------------------------------------------------------------------
 
 
 def keep_freed_memory() -> bool:
@@ -291,7 +263,7 @@ class _Trainer:
 
     def epoch(self, epoch: int, net: nn.Module, bar) -> EpochRow:
         config, constraint, started, flips = self.config, self.constraint, time.perf_counter(), 0
-        if constraint is not None and config.method == "fluid-spin" and epoch > 1:
+        if constraint is not None and METHODS[config.method].fluid and epoch > 1:
             flips = constraint.fluid_step_(
                 config.fluid_fraction,
                 config.fluid_mode,
@@ -322,7 +294,7 @@ class _Trainer:
             }
         return row  # type: ignore[return-value]
 
-    def summary(self, status: str) -> dict[str, Any]:
+    def summary(self, status: str) -> runs.RunSummary:
         return runs.summarize(
             self.rows,
             epochs=self.config.epochs,
@@ -376,7 +348,7 @@ def train(
     backend: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
-    """Train one run. Pass a `TrainConfig` or keyword options (`train(method="scratch",
+    """Train one run. Pass a `TrainConfig` or keyword options (`train(dist="paper:alexnet",
     epochs=3)`). `resume=RUN_DIR` continues an interrupted run with its saved options (and takes
     no others) and ends with the metrics an uninterrupted run has. Under torchrun (RANK/WORLD_SIZE
     set) the run is distributed (DDP); every rank returns the same metrics, only rank 0 writes."""
@@ -393,7 +365,7 @@ def train(
         config = TrainConfig.from_dict(files.config).validate()
         if files.finished:  # nothing to do: no data is loaded
             return TrainResult(
-                files.run_dir, files.summary["status"], files.metrics, files.summary, config
+                files.run_dir, files.summary.status, files.metrics, files.summary, config
             )
     else:
         files = None
@@ -435,7 +407,7 @@ def _start(
     setup, model, start = _build(config, backend)
     optimizer = make_optimizer(model, config)
     constraint = None
-    if config.method in CONSTRAINED_METHODS:
+    if METHODS[config.method].constrained:
         constraint = SignConstraint(model, start.targets, eps=config.eps, zeros=config.zeros)
     token = files.token if files else uuid.uuid4().hex
     options = files.config if files else config.to_dict()  # as config.json holds them
@@ -557,12 +529,7 @@ def _write_config(
     }
     if setup.world.world_size > 1:
         resolved["distributed"] = setup.world.describe()
-    meta = {
-        "config": options,
-        "resolved": resolved,
-        "environment": runs.environment(setup.device),
-        "run_token": token,
-    }
-    runs.write_config(run_dir, meta)
+    saved = runs.RunConfig(options, token, resolved, runs.environment(setup.device))
+    runs.write_config(run_dir, saved)
     if config.save_init and start.materialized is not None:
         start.materialized.save(run_dir / runs.INIT_FILE)

@@ -1,24 +1,22 @@
-"""How each training method starts: the initial weights and the sign targets it trains under.
+"""The training methods: one registry entry each (`METHODS`), and how each one starts (the initial
+weights and the sign targets it trains under).
 
-    scratch             Glorot-normal kernels (the control)
-    freeze-spin         a random pattern with the distribution's proportions, Glorot magnitudes
-    fluid-spin          the same start as freeze-spin (its per-epoch change is in training)
-    freeze-in           the transferred sign pattern (a checkpoint's signs, or a pattern .polar):
-                        Glorot magnitudes, or a scaled .polar's channel scales
-    fluid-in-polarity   the start of freeze-in, trained without the constraint
-    fluid-in            the transferred float weights, all but the classifier head
+Every place that treats methods differently reads the entry: the options `polarpack train` offers
+and `TrainConfig.validate` requires, the options a grid cell drops, the run id, the training loop
+(constrained? fluid?) and the report's Table 1 rows. A new method is one entry here (and, for a new
+kind of start, one start function).
 
 `norms` adds, to any method, the normalisation layers' weights, biases and running statistics of
-a checkpoint or of a .polar file that carries them. The seed's networks first get Keras' default
+a checkpoint or of a .polar file that carries them. The paper's networks first get Keras' default
 initialisation everywhere (Glorot-uniform kernels, zero biases), so every method starts its
 unconstrained layers from the same weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,7 +25,6 @@ from torch import nn
 from polarpack.errors import ModelError
 from polarpack.models import PAPER_NETS, constrainable_layers, head_name
 from polarpack.sources.references import names_distribution
-from polarpack.training.config import POLARITY_METHODS, SPIN_METHODS, TrainConfig
 from polarpack.training.materialization import (
     Materialized,
     generator_for,
@@ -36,6 +33,109 @@ from polarpack.training.materialization import (
     materialize,
     materialize_pattern,
 )
+
+if TYPE_CHECKING:  # config.py reads the registry, so it is imported for annotations only
+    from polarpack.training.config import TrainConfig
+
+GLOROT, PROPORTIONS, SIGNS, WEIGHTS = "glorot", "proportions", "signs", "weights"
+STARTS = (GLOROT, PROPORTIONS, SIGNS, WEIGHTS)
+SOURCE_OPTIONS = {PROPORTIONS: "dist", SIGNS: "weights", WEIGHTS: "weights"}
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a method starts from and what holds while it trains.
+
+    start: glorot (Glorot-normal kernels), proportions (a random pattern with a distribution's
+    proportions, Glorot magnitudes), signs (a transferred sign pattern: a checkpoint's signs or a
+    pattern .polar, Glorot magnitudes, or a scaled .polar's channel scales) or weights (the
+    transferred float weights, all but the classifier head). constrained: the sign targets hold
+    through training (the projection after every step). fluid: a fraction of the targets changes
+    each epoch. algorithm: the paper's Algorithm number, where it has one."""
+
+    name: str
+    help: str
+    start: str
+    constrained: bool = False
+    fluid: bool = False
+    algorithm: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start not in STARTS or (self.fluid and not self.constrained):
+            raise ValueError(f"method {self.name}: start {self.start!r}, fluid={self.fluid}")
+
+    @property
+    def source(self) -> str | None:
+        """The option naming what it starts from (dist or weights), None for a Glorot start."""
+        return SOURCE_OPTIONS.get(self.start)
+
+    def uses(self, option: str) -> bool:
+        """Whether this method reads `option`: the others are dropped from its grid cells, so
+        methods x dists does not repeat the scratch run."""
+        used_by = {
+            "dist": self.source == "dist",
+            "weights": self.source == "weights",
+            "zeros": self.constrained,
+            "eps": self.constrained,
+            "sampling": self.start == PROPORTIONS,
+            "fluid_fraction": self.fluid,
+            "fluid_mode": self.fluid,
+        }
+        return used_by.get(option, True)
+
+
+METHOD_OPTIONS = ("dist", "weights", "zeros", "eps", "sampling", "fluid_fraction", "fluid_mode")
+
+METHODS = {
+    m.name: m
+    for m in (
+        Method(
+            "freeze-spin",
+            "Alg. 1: Glorot magnitudes, a random pattern with the distribution's proportions, "
+            "held fixed",
+            PROPORTIONS,
+            constrained=True,
+            algorithm=1,
+        ),
+        Method(
+            "fluid-spin",
+            "Alg. 3: as freeze-spin, and each epoch a fraction of the non-zero weights change "
+            "(--fluid-mode)",
+            PROPORTIONS,
+            constrained=True,
+            fluid=True,
+            algorithm=3,
+        ),
+        Method(
+            "freeze-in",
+            "Alg. 2: the exact sign pattern of --weights (a checkpoint, or a pattern or scaled "
+            ".polar), held fixed; Glorot magnitudes (a scaled .polar: its channel scales)",
+            SIGNS,
+            constrained=True,
+            algorithm=2,
+        ),
+        Method(
+            "fluid-in-polarity",
+            "the start of freeze-in, then unconstrained training (the prior work's Fluid "
+            "IN-Polarity)",
+            SIGNS,
+        ),
+        Method(
+            "fluid-in",
+            "Alg. 4: start from the transferred weights (--weights) and train freely (fine-tuning)",
+            WEIGHTS,
+            algorithm=4,
+        ),
+        Method("scratch", "control: Glorot initialisation, no constraint", GLOROT),
+    )
+}
+
+
+DEFAULT_METHOD = METHODS["freeze-spin"].name  # the paper's Algorithm 1
+
+
+def methods_starting_from(start: str) -> list[str]:
+    return [m.name for m in METHODS.values() if m.start == start]
 
 
 @dataclass
@@ -49,7 +149,7 @@ class Start:
 
 
 def keras_init_(model: nn.Module, seed: int) -> None:
-    """Keras defaults for the seed's networks: Glorot-uniform kernels and zero biases, seeded per
+    """Keras defaults for the paper's networks: Glorot-uniform kernels and zero biases, seeded per
     layer so every method starts its unconstrained layers from the same weights."""
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -63,16 +163,7 @@ def initialise(model: nn.Module, config: TrainConfig) -> Start:
     """Initialise `model` in place for `config.method` (and `config.norms`)."""
     if config.model in PAPER_NETS:
         keras_init_(model, config.seed)
-    if config.method == "scratch":
-        start = _scratch(model, config)
-    elif config.method in SPIN_METHODS:
-        start = _from_distribution(model, config, config.dist)
-    elif config.method in POLARITY_METHODS and names_distribution(config.weights):
-        start = _from_distribution(model, config, config.weights)
-    elif config.method in POLARITY_METHODS:
-        start = _from_checkpoint_signs(model, config)
-    else:
-        start = _fine_tune(model, config)
+    start = _STARTS[METHODS[config.method].start](model, config)
     if config.norms:
         start.report["norms"] = transfer_norms(model, config.norms, **_hub(config))
     return start
@@ -88,6 +179,16 @@ def _scratch(model: nn.Module, config: TrainConfig) -> Start:
             generator = generator_for(config.seed, "magnitudes", name)
             module.weight.copy_(glorot_normal(module.weight.shape, generator))
     return Start()
+
+
+def _from_proportions(model: nn.Module, config: TrainConfig) -> Start:
+    return _from_distribution(model, config, config.dist)
+
+
+def _from_signs(model: nn.Module, config: TrainConfig) -> Start:
+    if names_distribution(config.weights):
+        return _from_distribution(model, config, config.weights)
+    return _from_checkpoint_signs(model, config)
 
 
 def _from_distribution(model: nn.Module, config: TrainConfig, ref: str) -> Start:
@@ -161,6 +262,14 @@ def _fine_tune(model: nn.Module, config: TrainConfig) -> Start:
             skipped.append(key + shape)
     model.load_state_dict(own)
     return Start(report={"transferred": loaded, "not_transferred": skipped})
+
+
+_STARTS: dict[str, Callable[[nn.Module, TrainConfig], Start]] = {
+    GLOROT: _scratch,
+    PROPORTIONS: _from_proportions,
+    SIGNS: _from_signs,
+    WEIGHTS: _fine_tune,
+}
 
 
 def _norm_source(ref: str, **hub: Any) -> Mapping[str, Any]:

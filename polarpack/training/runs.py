@@ -29,8 +29,8 @@ import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -42,6 +42,7 @@ from torch import nn
 from polarpack._io import atomic_output, atomic_write_text, read_bytes, read_json
 from polarpack._version import __version__
 from polarpack.errors import ConfigError, PolarpackError
+from polarpack.training.config import TrainConfig
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 MODEL_FILE, STATE_FILE, INIT_FILE = (
@@ -79,6 +80,137 @@ class EpochRow(TypedDict, total=False):
     held: dict[str, list[float]]  # [p0, p_neg, p_pos] of each constrained layer's weights
 
 
+STATUSES = ("running", *FINISHED, "failed")
+_NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class RunSummary(Mapping):
+    """summary.json: how far a run got and how well. Every version's file reads: the first ones
+    lack `config_digest`, a grid's failed cell holds little more than its `error`, and keys this
+    version does not know are left out. It also reads by key (the JSON names), for callers
+    written against the plain object."""
+
+    status: str  # running | completed | diverged | failed (a grid's cell that raised)
+    epochs_done: int = 0
+    epochs: int | None = None
+    final_val_acc: float | None = None
+    final_train_acc: float | None = None
+    best_val_acc: float | None = None
+    threshold: float | None = None
+    epochs_to_threshold: int | None = None
+    train_seconds: float = 0.0
+    run_token: str | None = None
+    config_digest: str | None = None  # sha256 of the options; absent in the first versions
+    error: str | None = None  # why a grid's cell failed
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | os.PathLike) -> RunSummary:
+        """The one reader: a ConfigError naming `where` and the key when the shape is wrong."""
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{where}: not a run summary (a JSON object); restore it, or delete it and rerun"
+            )
+        known = {f.name: f for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key, value in values.items():
+            wanted = _SUMMARY_TYPES[key]
+            ok = value is None or (isinstance(value, wanted) and not isinstance(value, bool))
+            if not ok or (key == "status" and value not in STATUSES):
+                raise ConfigError(
+                    f"{where}: not a run summary ({key} is {value!r}); restore it, or delete it "
+                    "and rerun"
+                )
+        values.setdefault("status", "running")
+        values["epochs_done"] = values.get("epochs_done") or 0
+        values["train_seconds"] = values.get("train_seconds") or 0.0
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """The one writer's object: every field, but `error` only when there is one."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if data["error"] is None:
+            del data["error"]
+        return data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+
+_SUMMARY_TYPES = {
+    "status": str,
+    "epochs_done": int,
+    "epochs": int,
+    "final_val_acc": _NUMBER,
+    "final_train_acc": _NUMBER,
+    "best_val_acc": _NUMBER,
+    "threshold": _NUMBER,
+    "epochs_to_threshold": int,
+    "train_seconds": _NUMBER,
+    "run_token": str,
+    "config_digest": str,
+    "error": str,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """config.json: the options the run started with (`TrainConfig.to_dict()`, what a grid's cell
+    holds; its config digest and a grid's hash are taken over them as saved), what they resolved
+    to (device, precision, the method's start), where it computed, the run token, and where each
+    resume computed. Every version's file reads: options added since take their defaults."""
+
+    options: dict[str, Any]
+    run_token: str
+    resolved: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    resumes: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Any, path: str | os.PathLike) -> RunConfig:
+        """The one reader: a ConfigError naming `path` when the shape is wrong."""
+        ok = isinstance(data, dict) and isinstance(data.get("config"), dict)
+        ok = ok and isinstance(data.get("run_token"), str)
+        ok = ok and all(isinstance(data.get(k, {}), dict) for k in ("resolved", "environment"))
+        resumes = data.get("resumes", []) if ok else None
+        if not ok or not isinstance(resumes, list) or not all(isinstance(r, dict) for r in resumes):
+            raise ConfigError(
+                f"{path}: not a polarpack run config (an object with 'config' options and a "
+                "'run_token'); restore it, or start the run over with --overwrite"
+            )
+        return cls(
+            data["config"],
+            data["run_token"],
+            data.get("resolved", {}),
+            data.get("environment", {}),
+            tuple(resumes),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The one writer's object, in the order the first versions wrote it."""
+        data = {
+            "config": self.options,
+            "resolved": self.resolved,
+            "environment": self.environment,
+            "run_token": self.run_token,
+        }
+        return data | ({"resumes": list(self.resumes)} if self.resumes else {})
+
+    def train_config(self) -> TrainConfig:
+        """The options as a `TrainConfig` (validated)."""
+        return TrainConfig.from_dict(self.options).validate()
+
+
 @dataclass
 class RunFiles:
     """What an existing run directory says about its run, checked for consistency."""
@@ -86,12 +218,12 @@ class RunFiles:
     run_dir: Path
     config: dict[str, Any]
     token: str
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: RunSummary | None = None  # None: the run died before its first epoch
     metrics: list[EpochRow] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
-        return self.summary.get("status") in FINISHED
+        return self.summary is not None and self.summary.finished
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
@@ -147,32 +279,30 @@ def claim(run_dir: Path, config: Mapping[str, Any], overwrite: bool) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def read_config(run_dir: Path) -> tuple[dict[str, Any], str]:
-    """The options and run token of config.json, refused clearly when it has another shape."""
-    path = run_dir / CONFIG_FILE
+def load_config(run_dir: str | os.PathLike) -> RunConfig:
+    """config.json, refused clearly when it is missing or has another shape."""
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no {CONFIG_FILE} there; is it a polarpack run directory?")
-    saved = read_json(path)
-    ok = isinstance(saved, dict) and isinstance(saved.get("config"), dict)
-    if not ok or not isinstance(saved.get("run_token"), str):
-        raise ConfigError(
-            f"{path}: not a polarpack run config (an object with 'config' options and a "
-            "'run_token'); restore it, or start the run over with --overwrite"
-        )
-    return saved["config"], saved["run_token"]
+    return RunConfig.from_json(read_json(path), path)
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """summary.json as an object (empty when there is none yet)."""
-    path = run_dir / SUMMARY_FILE
-    if not path.exists():
-        return {}
-    summary = read_json(path)
-    if not isinstance(summary, dict):
-        raise ConfigError(
-            f"{path}: not a run summary (a JSON object); restore it, or delete it and rerun"
-        )
-    return summary
+def read_config(run_dir: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """The options and run token of config.json."""
+    saved = load_config(run_dir)
+    return saved.options, saved.run_token
+
+
+def load_summary(run_dir: str | os.PathLike) -> RunSummary | None:
+    """summary.json, or None when there is none yet."""
+    path = Path(run_dir) / SUMMARY_FILE
+    return RunSummary.from_json(read_json(path), path) if path.exists() else None
+
+
+def read_summary(run_dir: str | os.PathLike) -> Mapping[str, Any]:
+    """summary.json read by key: the summary, or an empty mapping when there is none yet."""
+    summary = load_summary(run_dir)
+    return {} if summary is None else summary
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[EpochRow]:
@@ -205,24 +335,23 @@ def open_for_resume(run_dir: Path) -> RunFiles:
     """config.json, summary.json and metrics.jsonl of a run to continue, checked to belong to one
     run and one configuration (the training state is checked when it is loaded)."""
     config, token = read_config(run_dir)
-    summary = read_summary(run_dir)
+    summary = load_summary(run_dir)
     where = f"--resume {run_dir}"
-    if summary and summary.get("run_token") != token:
+    if summary is not None and summary.run_token != token:
         raise ConfigError(
             f"{where}: {SUMMARY_FILE} belongs to another run than {CONFIG_FILE}; start over "
             "with --overwrite"
         )
-    if summary.get("config_digest") not in (None, config_digest(config)):
+    if summary is not None and summary.config_digest not in (None, config_digest(config)):
         raise ConfigError(
             f"{where}: {CONFIG_FILE} was edited after the run started; restore it, or start a "
             f"new run with --config {run_dir / CONFIG_FILE} --out NEW"
         )
     metrics = read_metrics(run_dir)
-    done = summary.get("epochs_done")
     # the metrics are written first: a writer killed between the two leaves them one epoch ahead
-    if done is not None and done not in (len(metrics), len(metrics) - 1):
+    if summary is not None and summary.epochs_done not in (len(metrics), len(metrics) - 1):
         raise ConfigError(
-            f"{where}: {SUMMARY_FILE} says {summary['epochs_done']} epochs were done but "
+            f"{where}: {SUMMARY_FILE} says {summary.epochs_done} epochs were done but "
             f"{METRICS_FILE} holds {len(metrics)}: the files disagree; restore {METRICS_FILE}, "
             "or start over with --overwrite"
         )
@@ -312,17 +441,19 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def write_config(run_dir: Path, meta: Mapping[str, Any]) -> None:
+def write_config(run_dir: Path, saved: RunConfig) -> None:
+    """The one writer of config.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(meta, indent=2, default=str) + "\n")
+    text = json.dumps(saved.to_json(), indent=2, default=str) + "\n"
+    atomic_write_text(run_dir / CONFIG_FILE, text)
 
 
 def record_resume(run_dir: Path, epoch: int, environment: Mapping[str, Any]) -> None:
     """Add to config.json where a resumed run computes from `epoch` on: a run that straddles two
     machines or commits must say so (reports never pair it as if it ran on one)."""
-    saved = read_json(run_dir / CONFIG_FILE)
-    saved["resumes"] = [*saved.get("resumes", []), {"epoch": epoch, "environment": environment}]
-    write_config(run_dir, saved)
+    saved = load_config(run_dir)
+    resume = {"epoch": epoch, "environment": dict(environment)}
+    write_config(run_dir, replace(saved, resumes=(*saved.resumes, resume)))
 
 
 def write_metrics(run_dir: Path, rows: list[EpochRow]) -> None:
@@ -348,28 +479,32 @@ def write_metrics(run_dir: Path, rows: list[EpochRow]) -> None:
 
 def summarize(
     rows: list[EpochRow], *, epochs: int, threshold: float, status: str, token: str, digest: str
-) -> dict[str, Any]:
+) -> RunSummary:
     """Final and best accuracy, and the first epoch whose validation accuracy reached the
     threshold."""
     val = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
     reached = (r["epoch"] for r in rows if (r.get("val_acc") or 0.0) >= threshold)
-    return {
-        "status": status,
-        "epochs_done": len(rows),
-        "epochs": epochs,
-        "final_val_acc": rows[-1]["val_acc"] if rows else None,
-        "final_train_acc": rows[-1]["train_acc"] if rows else None,
-        "best_val_acc": max(val) if val else None,
-        "threshold": threshold,
-        "epochs_to_threshold": next(reached, None),
-        "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in rows),
-        "run_token": token,
-        "config_digest": digest,
-    }
+    return RunSummary(
+        status=status,
+        epochs_done=len(rows),
+        epochs=epochs,
+        final_val_acc=rows[-1]["val_acc"] if rows else None,
+        final_train_acc=rows[-1]["train_acc"] if rows else None,
+        best_val_acc=max(val) if val else None,
+        threshold=threshold,
+        epochs_to_threshold=next(reached, None),
+        train_seconds=sum(r.get("epoch_seconds", 0.0) for r in rows),
+        run_token=token,
+        config_digest=digest,
+    )
 
 
-def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
-    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+def write_summary(run_dir: Path, summary: RunSummary | Mapping[str, Any]) -> None:
+    """The one writer of summary.json (a mapping is read as a summary first, so every file it
+    writes reads back)."""
+    if not isinstance(summary, RunSummary):
+        summary = RunSummary.from_json(dict(summary), run_dir / SUMMARY_FILE)
+    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary.to_json(), indent=2) + "\n")
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
