@@ -1,26 +1,15 @@
 """polarpack: polarity-distribution transfer learning.
 
-The pipeline, one module per stage:
+The pipeline, one package per stage (docs/architecture.md; imports point down this list):
 
-    format           the `.polar` file and its granularities (spec/polar-format.md)
-    presets          the seed paper's distributions (paper:alexnet, paper:table1-exp1..7, ...)
-    references       what a reference names: a preset, an hf:// file, a .polar, a checkpoint
-    sources          where weights and distributions come from (torchvision, files, hf://)
-    extraction       pretrained weights -> `Distribution`
-    materialization  `Distribution` + seed -> sign targets and initial weights
-    models           alexnet / zfnet (small and imagenet geometry), torchvision and timm models
-    constraints      the sign projection and Algorithm 3's per-epoch change
-    data             datasets as in-memory uint8 tensors, batching by index
-    config           the options of a training run (`TrainConfig`)
-    methods          how each method starts: initial weights and sign targets
-    runs             a run directory: config, metrics, summary, checkpoints
-    training         the training loop, resumable and distributed
-    distributed      DDP under torchrun: the ranks, the batch split, the reductions
-    grid             experiment files (TOML) -> cells
-    runner           the results store and running a grid (resumable, parallel, one writer)
-    statistics       intervals and equivalence tests over seeds
-    reporting        per-group statistics, comparisons, Table 1, figures
-    hub              publish and pull distributions on the Hugging Face Hub
+    format/       the `.polar` file: data model, entropy coding, encodings, validation, limits
+    sources/      references, the paper's presets, weights files, torchvision/timm/hf:// sources,
+                  extraction of a `Distribution`
+    hub/          publishing on the Hugging Face Hub: push and the model card
+    training/     a run: options, the method registry, materialization, sign constraints, data,
+                  the loop, distributed training, the run folder and its records
+    experiments/  grids of runs: experiment files, the runner, the results store, statistics,
+                  comparisons and reports
 
 The top-level names below are the public API; the modules hold the rest, each importable under
 its own name (`polarpack.training.config.TrainConfig`).

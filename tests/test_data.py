@@ -463,7 +463,7 @@ def test_unwritable_cache_only_costs_a_redecode(tmp_path, monkeypatch):
     assert len(train.labels) == 30
 
 
-# --------------------------------------------------------------------------- seed protocol
+# --------------------------------------------------------------------------- the paper's protocol
 
 
 def test_balanced_subset_gives_short_classes_all_they_have():

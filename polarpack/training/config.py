@@ -2,7 +2,7 @@
 shows and the values `validate` allows, so the CLI, experiment files and the Python API check
 them in one place.
 
-Defaults follow the seed where it speaks (20 epochs, batch 1000, 10k train / 10k validation
+Defaults follow the paper where it speaks (20 epochs, batch 1000, 10k train / 10k validation
 images, conv layers constrained, FC layers free) and the prior-work code where it is silent (Adam,
 lr 1e-3, eps 1e-3, dropout 0.5 after fc6 and fc7, no weight decay).
 """
@@ -85,8 +85,8 @@ class TrainConfig:
     )
     geometry: str = _opt(
         "small",
-        "small: 32x32/28x28 inputs with the seed's conv shapes; "
-        "imagenet: the seed's 227/224 networks, images resized.",
+        "small: 32x32/28x28 inputs with the paper's conv shapes; "
+        "imagenet: the paper's 227/224 networks, images resized.",
         GEOMETRIES,
     )
     image_size: int | None = _opt(
@@ -103,15 +103,17 @@ class TrainConfig:
         None, "Where datasets live (default: $POLARPACK_DATA_DIR, then ~/.cache/polarpack/data)."
     )
     download: bool = _opt(False, "Download a missing dataset with torchvision (needs network).")
-    epochs: int = _opt(20, "Epochs (the seed: 20).", low=1)
+    epochs: int = _opt(20, "Epochs (the paper: 20).", low=1)
     batch_size: int = _opt(
-        1000, "Global batch size, split across ranks when distributed (the seed: 1000).", low=1
+        1000, "Global batch size, split across ranks when distributed (the paper: 1000).", low=1
     )
     train_size: int | None = _opt(
-        10_000, "Class-balanced seeded subset of the train split, or all (the seed: 10,000).", low=1
+        10_000,
+        "Class-balanced seeded subset of the train split, or all (the paper: 10,000).",
+        low=1,
     )
     val_size: int | None = _opt(
-        10_000, "Class-balanced subset of the test split for validation (the seed: 10,000).", low=1
+        10_000, "Class-balanced subset of the test split for validation (the paper: 10,000).", low=1
     )
     seed: int = _opt(
         0,
@@ -121,7 +123,7 @@ class TrainConfig:
     )
     optimizer: str = _opt(
         "adam",
-        "adam: the prior-work code; sgd: the seed's Algorithms name "
+        "adam: the prior-work code; sgd: the paper's Algorithms name "
         "stochastic gradient descent (without settings).",
         OPTIMIZERS,
     )
@@ -148,19 +150,19 @@ class TrainConfig:
     )
     zeros: str = _opt(
         "pin",
-        "pin: zero targets hold their weights at 0 (the seed's Alg. 1); "
+        "pin: zero targets hold their weights at 0 (the paper's Alg. 1); "
         "free: they train (prior-work code).",
         ZERO_MODES,
     )
     constrain: str = _opt(
         "conv",
-        "conv: conv kernels only, FC free (the seed); all: FC too, "
+        "conv: conv kernels only, FC free (the paper); all: FC too, "
         "except the head (prior-work code).",
         CONSTRAIN_SCOPES,
     )
     fluid_fraction: float = _opt(
         0.5,
-        "fluid-spin: fraction of the non-zero weights changed each epoch (the seed: 0.5).",
+        "fluid-spin: fraction of the non-zero weights changed each epoch (the paper: 0.5).",
         low=0,
         high=1,
     )
@@ -180,7 +182,7 @@ class TrainConfig:
     )
     threshold: float = _opt(
         0.40,
-        "Report the first epoch whose validation accuracy reaches this (the seed's 40%).",
+        "Report the first epoch whose validation accuracy reaches this (the paper's 40%).",
         low=0,
         high=1,
         open_ends="low",
@@ -285,7 +287,7 @@ def _fields() -> tuple[Field, ...]:
 
 def check_option(name: str, value: Any) -> None:
     """One option's type and value, as `validate` checks them: a grid validates the options its
-    cells share once, then only what differs (the seed)."""
+    cells share once, then only what differs (the random seed)."""
     f = next(f for f in _fields() if f.name == name)
     _check_type(name, value, f.type)
     if value is not None:

@@ -3,7 +3,7 @@ and scratch.
 
 In the spirit of airbench: the whole dataset sits in memory as uint8 tensors, batches are index
 slices of a seeded permutation, and after every optimizer step the sign constraint resets
-wrong-signed kernel weights (the seed's Algorithms 1-3). Every random stream (batch order,
+wrong-signed kernel weights (the paper's Algorithms 1-3). Every random stream (batch order,
 dropout, reset values, fluid changes) is seeded from (seed, epoch), so a resumed run replays
 exactly what an uninterrupted one does, and no random state needs saving. How each method starts
 is `polarpack.training.methods`; the files of a run are `polarpack.training.runs`; the options are
