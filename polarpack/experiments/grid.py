@@ -51,7 +51,7 @@ from polarpack.sources.references import is_local_file
 from polarpack.training.config import IN_METHODS, SPIN_METHODS, TrainConfig
 from polarpack.training.loop import resolve_device, resolve_precision
 
-SECTIONS = ("experiment", "defaults", "grid", "weights", "include", "compare")
+SECTIONS = ("experiment", "defaults", "grid", "weights", "include", "compare", "slurm")
 ALIASES = {
     "models": "model",
     "datasets": "dataset",

@@ -35,8 +35,8 @@ from typing import Any
 from polarpack._io import atomic_write_text, printable, read_json
 from polarpack.errors import ConfigError, PolarpackError
 from polarpack.experiments.grid import NOT_HASHED, UNUSED, Cell, config_hash, load_experiment
-from polarpack.experiments.runner import ResultsStore
 from polarpack.experiments.statistics import Equivalence, Interval, mean_std, t_interval, tost
+from polarpack.experiments.store import ResultsStore
 from polarpack.training import runs
 from polarpack.training.runs import FINISHED, EpochRow
 
