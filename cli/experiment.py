@@ -186,7 +186,8 @@ def _submit(exp, file, results, kind, slurm_sets, nproc, wait, dry_run, as_json)
         info(f"{exp.name}: no pending cells in {results}")
     else:
         info(
-            f"{exp.name}: {len(sub.cells)} cells submitted as job {sub.job_id}; logs in {sub.logs}"
+            f"{exp.name}: {len(sub.cells)} cells submitted as {kind} job {sub.job_id}; "
+            f"logs in {sub.logs}"
         )
     if wait and sub.jobs and not follow(sub, ResultsStore(results), progress=not as_json):
         raise SystemExit(1)

@@ -81,20 +81,18 @@ def _wait(condition, seconds: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_the_local_executor_runs_tiny_toml_as_the_pool_does(tmp_path):
-    grid = REPO / "examples" / "tiny.toml"
+    grid, one_seed = REPO / "examples" / "tiny.toml", ["--set", "seeds=[0]"]  # 2 cells, 1 skip
     local, pool = tmp_path / "local", tmp_path / "pool"
-    result = CliRunner().invoke(
-        cli,
-        ["experiment", str(grid), "--results", str(local), "--executor", "local", "--wait"],
-    )
+    args = ["experiment", str(grid), *one_seed, "--results"]
+    result = CliRunner().invoke(cli, [*args, str(local), "--executor", "local", "--wait"])
     assert result.exit_code == 0, result.output
-    assert "submitted as job" in result.output and str(local / "slurm") in result.output
-    result = CliRunner().invoke(cli, ["experiment", str(grid), "--results", str(pool)])
+    assert "submitted as local job" in result.output and str(local / "slurm") in result.output
+    result = CliRunner().invoke(cli, [*args, str(pool)])
     assert result.exit_code == 0, result.output
-    assert _runs(local) == _runs(pool) and len(_runs(pool)) == 4
-    exp = load_experiment(grid)
-    assert {s.status for s in grid_status(exp, local)} == {"done", "skipped"}
-    tables = [report(grid, results=r).markdown for r in (local, pool)]
+    assert _runs(local) == _runs(pool) and len(_runs(pool)) == 2
+    exp = load_experiment(grid, ["seeds=[0]"])
+    assert [s.status for s in grid_status(exp, local)] == ["done", "done", "skipped"]
+    tables = [report(grid, results=r, sets=["seeds=[0]"]).markdown for r in (local, pool)]
     assert tables[0] == tables[1] and "| freeze-spin" in tables[0]
 
 
@@ -138,6 +136,20 @@ def test_a_preempted_task_resumes_its_cell_from_its_last_epoch(tmp_path):
     # its metrics and its checkpoint), never epoch 0
     assert len(saved["resumes"]) == 1 and saved["resumes"][0]["epoch"] >= max(1, done - 1)
     assert "preempted" in sub.jobs[0].stdout()
+
+
+def test_a_failing_cell_is_tried_three_times_and_status_shows_why(tmp_path):
+    grid = _grid(tmp_path, epochs=1, seeds=[0])  # the paper's AlexNet: 5 conv layers, no fit
+    grid.write_text(grid.read_text().replace('"scratch"', '"freeze-spin"\ndist = "paper:alexnet"'))
+    results = tmp_path / "res"
+    args = ["experiment", str(grid), "--results", str(results)]
+    result = CliRunner().invoke(cli, [*args, "--executor", "local", "--wait"])
+    assert result.exit_code == 1, result.output
+    summary = ResultsStore(results).summary(load_experiment(grid).cells[0])
+    assert summary["status"] == "failed" and summary["attempts"] == 3
+    assert "layers" in summary["error"] and "failed 3 of 3 tries" in summary["error"]
+    status = CliRunner().invoke(cli, [*args, "--status"]).stdout.splitlines()
+    assert status[0].startswith("failed ") and "failed 3 of 3 tries" in status[0]  # its log
 
 
 # -- parameters --------------------------------------------------------------------------------

@@ -267,8 +267,9 @@ def submit(
         atomic_write_text(
             logs / "jobs" / f"{cell.run_id}.json", json.dumps(record, indent=2) + "\n"
         )
-    array = jobs[0].job_id.split("_")[0] if kind == "slurm" else jobs[0].job_id
-    return Submission(kind, array, logs, cells, jobs, params)
+    ids = [job.job_id for job in jobs]  # Slurm: ARRAY_TASK; local: one process each
+    job_id = ids[0].split("_")[0] if kind == "slurm" else " ".join(ids)
+    return Submission(kind, job_id, logs, cells, jobs, params)
 
 
 def follow(submission: Submission, store: ResultsStore, *, progress: bool = True) -> bool:
@@ -277,7 +278,10 @@ def follow(submission: Submission, store: ResultsStore, *, progress: bool = True
     from tqdm.auto import tqdm
 
     cells = submission.cells
-    epochs = lambda: sum(len(read_metrics(store.run_dir(c))) for c in cells)  # noqa: E731
+
+    def epochs() -> int:
+        return sum(len(read_metrics(store.run_dir(c))) for c in cells)
+
     bar = tqdm(
         total=sum(int(c.config["epochs"]) for c in cells),
         initial=epochs(),
