@@ -46,7 +46,7 @@ class SlurmOptions:
     """What a grid asks of the scheduler; `None` leaves it to the cluster's defaults."""
 
     partition: str | None = None
-    time: int = 240  # minutes, per task (a preempted or timed-out task resumes: see MAX_TRIES)
+    time: int = 240  # minutes per task; one that runs out is requeued and resumes
     gpus_per_node: int | None = None  # default: --nproc-per-run when above 1
     cpus_per_task: int = 2
     mem_gb: float | None = None
@@ -319,7 +319,7 @@ def _cell_status(store: ResultsStore, cell: Cell) -> CellStatus:
     if summary.get("status") in FINISHED:
         return CellStatus(cell.run_id, "done", summary["status"])
     if holder := store.holder(cell):
-        where = holder.get("job") or f"pid {holder.get('pid')}"
+        where = f"job {holder['job']}" if holder.get("job") else f"pid {holder.get('pid')}"
         return CellStatus(cell.run_id, "running", f"{where} on {holder.get('host')}")
     record = _job_record(store, cell)
     if record is not None:
