@@ -7,7 +7,17 @@ import click
 
 from polarpack.experiments.grid import load_experiment
 from polarpack.experiments.reporting import report as make_report
-from polarpack.experiments.runner import ResultsStore, plan, run_experiment
+from polarpack.experiments.runner import run_experiment
+from polarpack.experiments.slurm import (
+    EXECUTORS,
+    follow,
+    grid_status,
+    require_submitit,
+    sbatch_lines,
+    slurm_options,
+    submit,
+)
+from polarpack.experiments.store import ResultsStore, plan
 
 from ._common import emit_json, handle_errors, info, json_option
 
@@ -49,59 +59,152 @@ _results = click.option(
     help="Processes per run: >1 trains each cell with DistributedDataParallel under torchrun; see "
     "docs/distributed.md.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="pool",
+    show_default=True,
+    help="pool: --jobs processes here. slurm: the pending cells as one submitit job array on a "
+    'Slurm cluster. local: the same through submitit\'s local executor. Needs "polarpack[slurm]".',
+)
+@click.option(
+    "--slurm",
+    "slurm_sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A scheduler option over the file's [slurm] table: partition, time (minutes), "
+    "gpus_per_node, cpus_per_task, mem_gb, account, qos, constraint, array_parallelism.",
+)
+@click.option("--wait", is_flag=True, help="With slurm or local: follow the tasks to the end.")
+@click.option(
+    "--status",
+    "show_status",
+    is_flag=True,
+    help="Per cell: done, running, queued, failed (with its log's last line) or pending.",
+)
 @_sets
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="List the cells and what would happen to each (run, resume, retry, done, skip).",
+    help="List the cells and what would happen to each (run, resume, retry, done, skip); with "
+    "--executor slurm or local, the scheduler parameters and the cells it would submit.",
 )
 @json_option
 @handle_errors
-def experiment(file, results, jobs, nproc_per_run, sets, dry_run, as_json):
+def experiment(
+    file,
+    results,
+    jobs,
+    nproc_per_run,
+    executor,
+    slurm_sets,
+    wait,
+    show_status,
+    sets,
+    dry_run,
+    as_json,
+):
     """Run the grid of training runs in FILE (TOML), resumably.
 
     Cells run seed-major (all cells of seed 0 first). A cell whose run directory says completed is
     skipped (committed results count), an interrupted one resumes from its last epoch, a failed one
-    is retried; cells that need missing weights are skipped with the reason. One process writes to a
-    results folder at a time. Exit status 1 when any cell failed. Relative paths in FILE resolve
-    against the current directory. A file expands to at most 100,000 cells (the product of its
-    [grid] lists times its seeds, plus its [[include]]s); a larger one is refused before any cell is
-    built.
+    is retried; cells that need missing weights are skipped with the reason. Each cell runs under
+    a claim in the results folder, so several processes, Slurm tasks and submitters may share it.
+    Exit status 1 when any cell failed. Relative paths in FILE resolve against the current
+    directory. A file expands to at most 100,000 cells (the product of its [grid] lists times its
+    seeds, plus its [[include]]s); a larger one is refused before any cell is built.
 
     \b
     Examples:
       polarpack experiment examples/tiny.toml --results results/tiny
       polarpack experiment examples/table1.toml --jobs 2
       polarpack experiment examples/figure1.toml --set geometry=imagenet --set device=cuda
+      polarpack experiment examples/seeds10.toml --executor slurm --slurm partition=gpu
+      polarpack experiment examples/seeds10.toml --status
     """
     exp = load_experiment(file, sets)
-    if dry_run:
-        rows = plan(exp, ResultsStore(results))
+    if show_status:
+        _status(exp, results, as_json)
+    elif executor != "pool":
+        _submit(exp, file, results, executor, slurm_sets, nproc_per_run, wait, dry_run, as_json)
+    elif dry_run:
+        _dry_run(exp, results, as_json)
+    else:
+        info(f"{exp.name}: {len(exp.cells)} cells -> {results} (jobs={jobs})")
+        result = run_experiment(exp, results, jobs=jobs, nproc_per_run=nproc_per_run)
         if as_json:
-            emit_json({"name": exp.name, "results": results, "cells": rows})
-            return
-        for r in rows:
-            click.echo(
-                f"{r['action']:7s} {r['run_id']}" + (f"  ({r['reason']})" if r["reason"] else "")
+            emit_json(result.to_dict())
+        else:
+            info(
+                f"{exp.name}: "
+                + ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
+                + f" ({results})"
             )
-        actions = [r["action"] for r in rows]
-        info(
-            f"{len(rows)} cells in {results}: "
-            + ", ".join(f"{actions.count(a)} {a}" for a in dict.fromkeys(actions))
-        )
-        return
-    info(f"{exp.name}: {len(exp.cells)} cells -> {results} (jobs={jobs})")
-    result = run_experiment(exp, results, jobs=jobs, nproc_per_run=nproc_per_run)
+        if not result.ok:
+            raise SystemExit(1)
+
+
+def _dry_run(exp, results, as_json) -> None:
+    rows = plan(exp, ResultsStore(results))
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({"name": exp.name, "results": results, "cells": rows})
+        return
+    for r in rows:
+        click.echo(
+            f"{r['action']:7s} {r['run_id']}" + (f"  ({r['reason']})" if r["reason"] else "")
+        )
+    actions = [r["action"] for r in rows]
+    info(
+        f"{len(rows)} cells in {results}: "
+        + ", ".join(f"{actions.count(a)} {a}" for a in dict.fromkeys(actions))
+    )
+
+
+def _submit(exp, file, results, kind, slurm_sets, nproc, wait, dry_run, as_json) -> None:
+    options = slurm_options(file, slurm_sets)
+    require_submitit()
+    sub = submit(exp, results, options, kind=kind, nproc=nproc, dry_run=dry_run)
+    if as_json:
+        emit_json(
+            {
+                "executor": kind,
+                "job_id": sub.job_id,
+                "logs": str(sub.logs),
+                "parameters": sub.parameters,
+                "cells": [c.run_id for c in sub.cells],
+                "submitted": not dry_run and bool(sub.cells),
+            }
+        )
+    elif dry_run:
+        click.echo(f"{kind} parameters: " + " ".join(f"{k}={v}" for k, v in sub.parameters.items()))
+        if kind == "slurm":
+            lines = sbatch_lines(options, nproc=nproc, name=exp.name, cells=len(sub.cells))
+            click.echo("\n".join(lines))
+        for cell in sub.cells:
+            click.echo(f"submit  {cell.run_id}")
+        info(f"{len(sub.cells)} cells would be submitted; nothing submitted (--dry-run)")
+    elif not sub.cells:
+        info(f"{exp.name}: no pending cells in {results}")
     else:
         info(
-            f"{exp.name}: "
-            + ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
-            + f" ({results})"
+            f"{exp.name}: {len(sub.cells)} cells submitted as {kind} job {sub.job_id}; "
+            f"logs in {sub.logs}"
         )
-    if not result.ok:
+    if wait and sub.jobs and not follow(sub, ResultsStore(results), progress=not as_json):
         raise SystemExit(1)
+
+
+def _status(exp, results, as_json) -> None:
+    rows = grid_status(exp, results)
+    if as_json:
+        emit_json({"name": exp.name, "results": results, "cells": [vars(r) for r in rows]})
+        return
+    for r in rows:
+        click.echo(f"{r.status:8s} {r.run_id}" + (f"  ({r.detail})" if r.detail else ""))
+    states = [r.status for r in rows]
+    info(
+        f"{len(rows)} cells: " + ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+    )
 
 
 @click.command()

@@ -60,7 +60,7 @@ from polarpack.training.config import (
 )
 from polarpack.training.methods import METHOD_OPTIONS, METHODS, WEIGHTS, Method
 
-SECTIONS = ("experiment", "defaults", "grid", "weights", "include", "compare")
+SECTIONS = ("experiment", "defaults", "grid", "weights", "include", "compare", "slurm")
 ALIASES = {
     "models": "model",
     "datasets": "dataset",

@@ -53,8 +53,8 @@ from polarpack.experiments.grid import (
     load_experiment,
     method_of,
 )
-from polarpack.experiments.runner import ResultsStore
 from polarpack.experiments.statistics import mean_std
+from polarpack.experiments.store import ResultsStore
 from polarpack.training import runs
 from polarpack.training.runs import FINISHED, EpochRow
 

@@ -1,17 +1,12 @@
-"""Running a grid: a committable, resumable results store with one writer, its cells run in
-parallel processes.
+"""Running a grid: its cells in parallel processes on this machine, over a results store that
+many writers share (`polarpack.experiments.store`; `polarpack.experiments.slurm` sends the cells
+to a Slurm cluster instead).
 
-``RESULTS/runs/<run_id>/`` is an ordinary run directory (see `polarpack.training.runs`), and its
-``summary.json`` is the one record of the run's status: completed or diverged (done), failed (with
-the error; retried next time), running (resumed from its training state, or started over when it
-died before its first checkpoint). A cell is found by the hash at the end of its run id, and is
-done only when its directory's config.json holds the same options, so committed results (config,
-metrics, summary; weights are not committed) carry a grid on in another checkout or machine.
-
-One writer per store: an OS lock on ``RESULTS/.lock`` (the `filelock` package: released when the
-process dies, and never through a symlink), under which temporary files a killed writer left are
-removed. ``--jobs N`` runs cells in N spawned worker processes, which exit when their parent does
-and are stopped at once when it is interrupted.
+Every cell runs through `run_cell`: under its run's claim, so a cell another process runs is left
+to it, and a cell that finished meanwhile is not run again. ``--jobs N`` runs cells in N spawned
+worker processes, each the leader of its own process group (its torchrun ranks with it); they
+exit when their parent does, and an interrupt stops them within `STOP_GRACE_SECONDS` whatever
+they are doing: SIGINT to each worker's group, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -19,128 +14,80 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from polarpack._io import printable
-from polarpack.errors import ConfigError, PolarpackError
-from polarpack.experiments.grid import Cell, Experiment, config_hash
+from polarpack.errors import PolarpackError
+from polarpack.experiments.grid import Cell, Experiment
+from polarpack.experiments.store import ResultsStore, plan
 from polarpack.training import runs
 from polarpack.training.config import TrainConfig
 from polarpack.training.loop import TrainResult, keep_freed_memory, train
-from polarpack.training.runs import FINISHED, STATE_FILE, read_metrics
+from polarpack.training.runs import FINISHED, read_metrics
+
+__all__ = ["CellOutcome", "GridResult", "ResultsStore", "launch", "plan", "run_cell"]
+
+STOP_GRACE_SECONDS = 5.0  # after an interrupt, how long running cells get to stop on their own
 
 
 @dataclass
 class CellOutcome:
     """What running one cell came to."""
 
-    status: str  # completed | diverged | failed
+    status: str  # completed | diverged | failed | done (before) | held (another process runs it)
     seconds: float
     final_val_acc: float | None = None
     error: str | None = None
 
 
-class ResultsStore:
-    """``RESULTS/runs/<run_id>/`` run directories, found by their config hash."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.runs = self.root / "runs"
-
-    def run_dir(self, cell: Cell) -> Path:
-        """runs/<run_id>, or the directory whose name ends in the same hash (a run id from another
-        version's slug)."""
-        exact = self.runs / cell.run_id
-        if exact.exists() or not self.runs.is_dir():
-            return exact
-        found = sorted(self.runs.glob(f"*-{cell.hash}"))
-        return found[0] if found else exact
-
-    def summary(self, cell: Cell) -> dict[str, Any]:
-        return runs.read_summary(self.run_dir(cell))
-
-    def state(self, cell: Cell) -> str:
-        """done, resume, retry (failed before) or run."""
-        run_dir = self.run_dir(cell)
-        if (run_dir / runs.CONFIG_FILE).exists():
-            options, _ = runs.read_config(run_dir)
-            if config_hash(options) != config_hash(cell.config):
-                raise ConfigError(
-                    f"{run_dir}: its config.json does not hold the options of cell "
-                    f"{cell.run_id}; move the directory away or restore its config.json"
-                )
-        status = self.summary(cell).get("status")
-        if status in FINISHED:
-            return "done"
-        if (run_dir / STATE_FILE).exists():
-            return "resume"
-        return "retry" if status == "failed" else "run"
-
-    def record_failure(self, cell: Cell, error: str) -> None:
-        run_dir = self.run_dir(cell)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            token = runs.read_config(run_dir)[1]
-        except PolarpackError:
-            token = None
-        runs.write_summary(
-            run_dir, {**self.summary(cell), "status": "failed", "error": error, "run_token": token}
-        )
-
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold RESULTS/.lock for the duration; a second writer gets a clear error at once."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / ".lock"
-        if path.is_symlink():
-            raise ConfigError(
-                f"{path}: is a symbolic link; polarpack never locks through one: remove it"
-            )
-        lock = FileLock(path, timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise ConfigError(
-                f"{self.root}: another polarpack experiment is writing to this results folder "
-                f"(it holds {path}); wait for it to finish, or use another --results"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(
-                f"{path}: cannot lock it ({exc.strerror or exc}); remove it if it "
-                "is not a plain file"
-            ) from None
-        try:
-            for run_dir in self.runs.iterdir() if self.runs.is_dir() else ():
-                runs.remove_stale_files(run_dir)
-            yield
-        finally:
-            lock.release()
+def cell_options(cell: Cell, threads: int, **extra: Any) -> dict[str, Any]:
+    """The cell's training options, with the threads this machine gives it unless it sets them."""
+    return {**cell.config, "threads": cell.config["threads"] or threads, **extra}
 
 
-def plan(exp: Experiment, store: ResultsStore) -> list[dict[str, Any]]:
-    """What running the grid would do with each cell: skip, done, resume, retry or run."""
-    return [
-        {
-            "run_id": c.run_id,
-            "seed": c.seed,
-            "method": c.config["method"],
-            "reason": c.skip_reason,
-            "action": "skip" if c.skip_reason else store.state(c),
-        }
-        for c in exp.cells
-    ]
+def run_cell(
+    results: str | os.PathLike,
+    cell: Cell,
+    options: Mapping[str, Any],
+    *,
+    nproc: int = 1,
+    attempts: int = 1,
+    job: str | None = None,
+    on_epoch: Callable[[Any], None] | None = None,
+) -> CellOutcome:
+    """Train one cell of the store at `results` under its claim: resumed from its last
+    checkpoint, or started (over). A failed try is retried up to `attempts` tries (resuming what
+    it saved), then recorded failed with the reason. Never raises for a cell's own failure."""
+    store, started = ResultsStore(results), time.time()
+    try:
+        with store.hold(cell, job=job):
+            outcome = CellOutcome("failed", 0.0)
+            for attempt in range(1, attempts + 1):
+                state = store.state(cell)
+                if state == "done":
+                    summary = store.summary(cell)
+                    return CellOutcome("done", 0.0, summary.get("final_val_acc"))
+                outcome = _train_cell(dict(options), store.run_dir(cell), state, nproc, on_epoch)
+                if outcome.status != "failed":
+                    return outcome
+                if attempts > 1:
+                    outcome.error = f"{outcome.error} (failed {attempt} of {attempts} tries)"
+                store.record_failure(cell, outcome.error or "", attempt)
+            return outcome
+    except runs.RunHeld as exc:
+        return CellOutcome("held", time.time() - started, error=str(exc))
+    except PolarpackError as exc:  # the store's folder holds another run, or cannot be claimed
+        return CellOutcome("failed", time.time() - started, error=str(exc))
 
 
 @dataclass
@@ -181,26 +128,21 @@ def run_experiment(
 
         def finish(cell: Cell, outcome: CellOutcome) -> None:
             if outcome.status == "failed":
-                store.record_failure(cell, outcome.error or "")
                 bar.write(printable(f"failed: {cell.run_id}: {outcome.error}"), file=sys.stderr)
+            elif outcome.status == "held":
+                bar.write(printable(f"left to its holder: {outcome.error}"), file=sys.stderr)
             if on_cell is not None:
                 on_cell(cell, outcome)
 
         work = [
-            (
-                c,
-                {**c.config, "threads": c.config["threads"] or threads},
-                str(store.run_dir(c)),
-                state,
-                nproc_per_run,
-            )
-            for c, state in todo
+            (cell, (str(store.root), cell, cell_options(cell, threads)), {"nproc": nproc_per_run})
+            for cell, _ in todo
         ]
         if jobs == 1:
-            for cell, *args in work:
-                finish(cell, _run_cell(*args, on_epoch=lambda row: bar.update(1)))
+            for cell, args, kwargs in work:
+                finish(cell, run_cell(*args, **kwargs, on_epoch=lambda row: bar.update(1)))
         else:
-            _run_parallel(work, jobs, finish, bar)
+            _run_parallel(work, jobs, finish, bar, store)
         bar.close()
     return _grid_result(exp, store)
 
@@ -237,14 +179,14 @@ def _bar(progress: bool, exp: Experiment, store: ResultsStore, todo: list[tuple[
     )
 
 
-def _run_cell(
+def _train_cell(
     config: dict[str, Any],
-    run_dir: str,
+    run_dir: Path,
     state: str,
     nproc: int,
     on_epoch: Callable[[Any], None] | None = None,
 ) -> CellOutcome:
-    """Train one cell here or in a worker; never raises: an error comes back as a failed
+    """Train one cell here; never raises but for an interrupt: an error comes back as a failed
     outcome."""
     started = time.time()
     on_epoch = on_epoch or _epoch_to_parent
@@ -262,8 +204,6 @@ def _run_cell(
                 on_epoch=on_epoch,
             )
         return CellOutcome(result.status, time.time() - started, result.summary["final_val_acc"])
-    except KeyboardInterrupt:
-        raise
     except Exception as exc:  # noqa: BLE001 - a crashed cell is recorded and the grid goes on
         error = str(exc) if isinstance(exc, PolarpackError) else f"{type(exc).__name__}: {exc}"
         return CellOutcome("failed", time.time() - started, error=error)
@@ -275,15 +215,17 @@ _EPOCHS: Any = None  # in a worker: the queue its finished epochs go to, for the
 
 
 def _worker_init(parent: int, epochs: Any) -> None:
-    """Report epochs to the parent, and exit as soon as the parent is gone (even SIGKILLed)."""
+    """Lead a process group of its own (the parent stops the worker and what it started as one),
+    report epochs to the parent, and exit as soon as the parent is gone (even SIGKILLed)."""
     global _EPOCHS
     _EPOCHS = epochs
     keep_freed_memory()
+    os.setpgid(0, 0)
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        os._exit(1)
+        os.killpg(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True).start()
 
@@ -293,9 +235,12 @@ def _epoch_to_parent(row: Any) -> None:
         _EPOCHS.put(1)
 
 
-def _run_parallel(work: list, jobs: int, finish: Callable[[Cell, CellOutcome], None], bar) -> None:
+def _run_parallel(
+    work: list, jobs: int, finish: Callable[[Cell, CellOutcome], None], bar, store: ResultsStore
+) -> None:
     """The cells in `jobs` worker processes; an interrupt (Ctrl-C, an error here) stops the
-    running cells at once instead of waiting for them, so the lock is released now."""
+    running cells within STOP_GRACE_SECONDS instead of waiting for them, so the lock is released
+    then."""
     context = multiprocessing.get_context("spawn")
     epochs = context.Queue()
     listener = threading.Thread(target=_count_epochs, args=(epochs, bar), daemon=True)
@@ -304,21 +249,47 @@ def _run_parallel(work: list, jobs: int, finish: Callable[[Cell, CellOutcome], N
         jobs, mp_context=context, initializer=_worker_init, initargs=(os.getpid(), epochs)
     )
     try:
-        futures = {pool.submit(_run_cell, *args): cell for cell, *args in work}
+        futures = {pool.submit(run_cell, *args, **kwargs): cell for cell, args, kwargs in work}
         for future in as_completed(futures):
             try:
                 outcome = future.result()
             except Exception as exc:  # noqa: BLE001 - a worker that died (BrokenProcessPool)
                 outcome = CellOutcome("failed", 0.0, error=f"worker process died: {exc}")
+                store.record_failure(futures[future], outcome.error or "")
             finish(futures[future], outcome)
+        pool.shutdown()
     except BaseException:
-        for child in multiprocessing.active_children():
-            child.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_workers(pool)
         raise
-    pool.shutdown()
     epochs.put(None)
     listener.join(timeout=5)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGINT to each worker's process group (a cell stops and releases its claim), SIGKILL to
+    those still there after STOP_GRACE_SECONDS: the wait is bounded whatever the load."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    _signal_groups(workers, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    _signal_groups([w for w in workers if w.is_alive()], signal.SIGKILL)
+    for worker in workers:
+        worker.join(1.0)
+
+
+def _signal_groups(workers: list, signum: int) -> None:
+    for worker in workers:
+        if worker.pid is None:
+            continue
+        try:
+            os.killpg(worker.pid, signum)  # the worker and its torchrun, once it leads its group
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(worker.pid, signum)  # still starting: not yet a group of its own
+            except ProcessLookupError:
+                pass
 
 
 def _count_epochs(epochs: Any, bar) -> None:
@@ -362,6 +333,8 @@ def launch(
         ]
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads or 1)}
+        if token := runs.held_token(run_dir):
+            env[runs.CLAIM_ENV] = token  # rank 0 writes under the claim its parent holds
         with open(log, "ab") as out:
             try:
                 proc = subprocess.run(

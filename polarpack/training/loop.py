@@ -351,7 +351,15 @@ def train(
     """Train one run. Pass a `TrainConfig` or keyword options (`train(dist="paper:alexnet",
     epochs=3)`). `resume=RUN_DIR` continues an interrupted run with its saved options (and takes
     no others) and ends with the metrics an uninterrupted run has. Under torchrun (RANK/WORLD_SIZE
-    set) the run is distributed (DDP); every rank returns the same metrics, only rank 0 writes."""
+    set) the run is distributed (DDP); every rank returns the same metrics, only rank 0 writes.
+    The run folder is held while it trains (`runs.hold`): a second process is refused."""
+    target = resume if resume is not None else out
+    main = os.environ.get("RANK", "0") == "0"
+    with runs.hold(target) if target is not None and main else nullcontext():
+        return _train(config, out, resume, overwrite, progress, on_epoch, backend, overrides)
+
+
+def _train(config, out, resume, overwrite, progress, on_epoch, backend, overrides) -> TrainResult:
     if resume is not None:
         given = [k for k, v in (("config", config), ("out", out), ("overwrite", overwrite)) if v]
         if given or overrides:

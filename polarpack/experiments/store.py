@@ -1,0 +1,148 @@
+"""The results store of a grid: ``RESULTS/runs/<run_id>/``, one ordinary run directory per cell
+(see `polarpack.training.runs`), that many writers share.
+
+A run's ``summary.json`` is the one record of its status: completed or diverged (done), failed
+(with the error; retried next time), running (resumed from its training state, or started over
+when it died before its first checkpoint). A cell is found by the hash at the end of its run id,
+and is done only when its directory's config.json holds the same options, so committed results
+(config, metrics, summary; weights are not committed) carry a grid on in another checkout or
+machine.
+
+Many writers: a cell is trained only under its run's claim (`runs.hold`: a claim file made with
+an exclusive create, with a heartbeat and a stale-claim rule), so cells of one grid may run at
+once in pool workers, Slurm tasks on other nodes and a second submitter, each cell once; every
+run file is written by atomic rename, so a reader never sees half a file. A local pool also holds
+``RESULTS/.lock`` (one pool per store), under which temporary files killed writers left are
+removed from the runs nobody holds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from polarpack.errors import ConfigError, PolarpackError
+from polarpack.experiments.grid import Cell, Experiment, config_hash
+from polarpack.training import runs
+from polarpack.training.runs import FINISHED, STATE_FILE
+
+
+class ResultsStore:
+    """``RESULTS/runs/<run_id>/`` run directories, found by their config hash."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.runs = self.root / "runs"
+
+    def run_dir(self, cell: Cell) -> Path:
+        """runs/<run_id>, or the directory whose name ends in the same hash (a run id from another
+        version's slug)."""
+        exact = self.runs / cell.run_id
+        if exact.exists() or not self.runs.is_dir():
+            return exact
+        found = sorted(p for p in self.runs.glob(f"*-{cell.hash}") if p.is_dir())
+        return found[0] if found else exact
+
+    def summary(self, cell: Cell) -> dict[str, Any]:
+        return runs.read_summary(self.run_dir(cell))
+
+    def state(self, cell: Cell) -> str:
+        """done, resume, retry (failed before) or run."""
+        run_dir = self.run_dir(cell)
+        if (run_dir / runs.CONFIG_FILE).exists():
+            options, _ = runs.read_config(run_dir)
+            if config_hash(options) != config_hash(cell.config):
+                raise ConfigError(
+                    f"{run_dir}: its config.json does not hold the options of cell "
+                    f"{cell.run_id}; move the directory away or restore its config.json"
+                )
+        status = self.summary(cell).get("status")
+        if status in FINISHED:
+            return "done"
+        if (run_dir / STATE_FILE).exists():
+            return "resume"
+        return "retry" if status == "failed" else "run"
+
+    def hold(self, cell: Cell, *, job: str | None = None):
+        """The cell's claim (see `runs.hold`); `RunHeld` when another process holds it."""
+        return runs.hold(self.run_dir(cell), job=job)
+
+    def holder(self, cell: Cell) -> dict[str, Any] | None:
+        """Who runs the cell now, or None."""
+        return runs.claim_holder(self.run_dir(cell))
+
+    def record_failure(self, cell: Cell, error: str, attempts: int = 1) -> None:
+        run_dir = self.run_dir(cell)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            token = runs.read_config(run_dir)[1]
+        except PolarpackError:
+            token = None
+        runs.write_summary(
+            run_dir,
+            {
+                **self.summary(cell),
+                "status": "failed",
+                "error": error,
+                "attempts": attempts,
+                "run_token": token,
+            },
+        )
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold RESULTS/.lock for the duration (one local pool per store); a second pool gets a
+        clear error at once. Temporary files are removed only from runs nobody holds."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        if path.is_symlink():
+            raise ConfigError(
+                f"{path}: is a symbolic link; polarpack never locks through one: remove it"
+            )
+        lock = FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise ConfigError(
+                f"{self.root}: another polarpack experiment is writing to this results folder "
+                f"(it holds {path}); wait for it to finish, or use another --results"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot lock it ({exc.strerror or exc}); remove it if it "
+                "is not a plain file"
+            ) from None
+        try:
+            for run_dir in self.runs.iterdir() if self.runs.is_dir() else ():
+                if run_dir.is_dir():
+                    _sweep(run_dir)
+            yield
+        finally:
+            lock.release()
+
+
+def _sweep(run_dir: Path) -> None:
+    try:
+        with runs.hold(run_dir):
+            runs.remove_stale_files(run_dir)
+    except runs.RunHeld:
+        pass  # its writer is alive: its temporary files are in use
+
+
+def plan(exp: Experiment, store: ResultsStore) -> list[dict[str, Any]]:
+    """What running the grid would do with each cell: skip, done, resume, retry or run."""
+    return [
+        {
+            "run_id": c.run_id,
+            "seed": c.seed,
+            "method": c.config["method"],
+            "reason": c.skip_reason,
+            "action": "skip" if c.skip_reason else store.state(c),
+        }
+        for c in exp.cells
+    ]
