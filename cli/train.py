@@ -82,15 +82,15 @@ def _print(result: TrainResult) -> None:
             f"{r['epoch_seconds']:>8.1f} {r['images_per_second']:>7.0f} "
             f"{r['projection_resets']:>9}"
         )
-    s, crossing = result.summary, result.summary["epochs_to_threshold"]
+    s = result.summary
     reached = (
-        f"reached {s['threshold']:.0%} at epoch {crossing}"
-        if crossing
-        else (f"did not reach {s['threshold']:.0%}")
+        f"reached {s.threshold:.0%} at epoch {s.epochs_to_threshold}"
+        if s.epochs_to_threshold
+        else (f"did not reach {s.threshold:.0%}")
     )
     info(
-        f"{s['status']} ({result.config.precision}): final val acc {s['final_val_acc']:.4f}, "
-        f"best {s['best_val_acc']:.4f}, {reached}"
+        f"{s.status} ({result.config.precision}): final val acc {s.final_val_acc:.4f}, "
+        f"best {s.best_val_acc:.4f}, {reached}"
     )
     click.echo(str(result.run_dir))
 
@@ -184,7 +184,11 @@ def train(config_file, out, resume, overwrite, backend, quiet, as_json, **option
         return
     if as_json:
         emit_json(
-            {"run_dir": str(result.run_dir), "precision": result.config.precision, **result.summary}
+            {
+                "run_dir": str(result.run_dir),
+                "precision": result.config.precision,
+                **result.summary.to_json(),
+            }
         )
     else:
         _print(result)

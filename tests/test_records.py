@@ -36,7 +36,6 @@ def test_every_committed_summary_reads_and_writes_back_the_same(path, tmp_path):
     summary = runs.load_summary(path.parent)
     assert summary.status == data["status"] and summary.finished is (data["status"] != "running")
     assert summary.to_json() == {"config_digest": None, **data}  # the first versions lack it
-    assert dict(summary) == summary.to_json() and summary["status"] == summary.status
     runs.write_summary(tmp_path, summary)
     assert runs.load_summary(tmp_path) == summary
 
@@ -133,7 +132,6 @@ def test_a_summary_of_the_wrong_shape_is_refused_naming_the_key(tmp_path, text, 
 
 def test_no_summary_yet_is_none(tmp_path):
     assert runs.load_summary(tmp_path) is None
-    assert runs.read_summary(tmp_path) == {}
 
 
 accuracy = st.none() | st.floats(0, 1)

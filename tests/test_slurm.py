@@ -64,7 +64,7 @@ def _runs(results: Path) -> dict[str, tuple[dict, list[dict], str]]:
         config = runs.read_config(run)[0]
         rows = [{k: v for k, v in r.items() if k not in TIMING} for r in runs.read_metrics(run)]
         options = {k: v for k, v in config.items() if k not in NOT_HASHED}
-        out[run.name] = (options, rows, runs.read_summary(run)["status"])
+        out[run.name] = (options, rows, runs.load_summary(run).status)
     return out
 
 
@@ -131,7 +131,7 @@ def test_a_preempted_task_resumes_its_cell_from_its_last_epoch(tmp_path):
     os.kill(task, signal.SIGUSR2)  # what Slurm sends before it preempts a submitit task
     assert sub.jobs[0].result().status == "completed"
     saved = json.loads((run / "config.json").read_text())
-    assert len(runs.read_metrics(run)) == 6 and runs.read_summary(run)["epochs_done"] == 6
+    assert len(runs.read_metrics(run)) == 6 and runs.load_summary(run).epochs_done == 6
     # from the last checkpoint: the epoch done (or the one before, when the signal came between
     # its metrics and its checkpoint), never epoch 0
     assert len(saved["resumes"]) == 1 and saved["resumes"][0]["epoch"] >= max(1, done - 1)
@@ -146,8 +146,8 @@ def test_a_failing_cell_is_tried_three_times_and_status_shows_why(tmp_path):
     result = CliRunner().invoke(cli, [*args, "--executor", "local", "--wait"])
     assert result.exit_code == 1, result.output
     summary = ResultsStore(results).summary(load_experiment(grid).cells[0])
-    assert summary["status"] == "failed" and summary["attempts"] == 3
-    assert "layers" in summary["error"] and "failed 3 of 3 tries" in summary["error"]
+    assert summary.status == "failed" and summary.attempts == 3
+    assert "layers" in summary.error and "failed 3 of 3 tries" in summary.error
     status = CliRunner().invoke(cli, [*args, "--status"]).stdout.splitlines()
     assert status[0].startswith("failed ") and "failed 3 of 3 tries" in status[0]  # its log
 

@@ -33,7 +33,7 @@ from polarpack.experiments.store import ResultsStore, plan
 from polarpack.training import runs
 from polarpack.training.config import TrainConfig
 from polarpack.training.loop import TrainResult, keep_freed_memory, train
-from polarpack.training.runs import FINISHED, read_metrics
+from polarpack.training.runs import read_metrics
 
 __all__ = ["CellOutcome", "GridResult", "ResultsStore", "launch", "plan", "run_cell"]
 
@@ -75,8 +75,7 @@ def run_cell(
             for attempt in range(1, attempts + 1):
                 state = store.state(cell)
                 if state == "done":
-                    summary = store.summary(cell)
-                    return CellOutcome("done", 0.0, summary.get("final_val_acc"))
+                    return CellOutcome("done", 0.0, store.summary(cell).final_val_acc)
                 outcome = _train_cell(dict(options), store.run_dir(cell), state, nproc, on_epoch)
                 if outcome.status != "failed":
                     return outcome
@@ -150,14 +149,14 @@ def run_experiment(
 def _grid_result(exp: Experiment, store: ResultsStore) -> GridResult:
     rows, counts = [], {}
     for cell in exp.cells:
-        summary = {} if cell.skip_reason else store.summary(cell)
-        status = "skipped" if cell.skip_reason else summary.get("status", "pending")
+        summary = None if cell.skip_reason else store.summary(cell)
+        status = "skipped" if cell.skip_reason else summary.status if summary else "pending"
         rows.append(
             {
                 "run_id": cell.run_id,
                 "status": status,
-                "final_val_acc": summary.get("final_val_acc"),
-                "error": summary.get("error"),
+                "final_val_acc": summary.final_val_acc if summary else None,
+                "error": summary.error if summary else None,
                 "reason": cell.skip_reason,
             }
         )
@@ -203,7 +202,7 @@ def _train_cell(
                 progress=False,
                 on_epoch=on_epoch,
             )
-        return CellOutcome(result.status, time.time() - started, result.summary["final_val_acc"])
+        return CellOutcome(result.status, time.time() - started, result.summary.final_val_acc)
     except Exception as exc:  # noqa: BLE001 - a crashed cell is recorded and the grid goes on
         error = str(exc) if isinstance(exc, PolarpackError) else f"{type(exc).__name__}: {exc}"
         return CellOutcome("failed", time.time() - started, error=error)
@@ -344,10 +343,10 @@ def launch(
                 raise PolarpackError(
                     f"distributed run {run_dir} did not finish within {timeout} s; see {log}"
                 ) from None
-    summary = runs.read_summary(run_dir)
-    if summary.get("status") not in FINISHED:
+    summary = runs.load_summary(run_dir)
+    if summary is None or not summary.finished:
         raise PolarpackError(
             f"distributed run {run_dir} ({nproc} processes) failed with exit "
             f"status {proc.returncode}; see {log}"
         )
-    return TrainResult(run_dir, summary["status"], read_metrics(run_dir), summary, cfg)
+    return TrainResult(run_dir, summary.status, read_metrics(run_dir), summary, cfg)

@@ -29,7 +29,7 @@ from polarpack.errors import ConfigError, PolarpackError
 from polarpack.experiments.grid import EXPERIMENT_LIMIT, Cell, Experiment
 from polarpack.experiments.runner import CellOutcome, cell_options, run_cell
 from polarpack.experiments.store import ResultsStore
-from polarpack.training.runs import FINISHED, read_metrics
+from polarpack.training.runs import read_metrics
 
 try:  # the optional extra: without it, `require_submitit` says how to install it
     from submitit.helpers import Checkpointable
@@ -295,7 +295,7 @@ def follow(submission: Submission, store: ResultsStore, *, progress: bool = True
         bar.update(epochs() - bar.n)
     bar.update(epochs() - bar.n)
     bar.close()
-    return all(store.summary(c).get("status") in FINISHED for c in cells)
+    return all((s := store.summary(c)) is not None and s.finished for c in cells)
 
 
 @dataclass
@@ -316,8 +316,9 @@ def _cell_status(store: ResultsStore, cell: Cell) -> CellStatus:
     if cell.skip_reason:
         return CellStatus(cell.run_id, "skipped", cell.skip_reason)
     summary = store.summary(cell)
-    if summary.get("status") in FINISHED:
-        return CellStatus(cell.run_id, "done", summary["status"])
+    status = summary.status if summary else None
+    if summary is not None and summary.finished:
+        return CellStatus(cell.run_id, "done", summary.status)
     if holder := store.holder(cell):
         where = f"job {holder['job']}" if holder.get("job") else f"pid {holder.get('pid')}"
         return CellStatus(cell.run_id, "running", f"{where} on {holder.get('host')}")
@@ -326,11 +327,12 @@ def _cell_status(store: ResultsStore, cell: Cell) -> CellStatus:
         state = _job_state(store, record)
         if state in ("queued", "running"):
             return CellStatus(cell.run_id, state, f"job {record['job_id']}")
-        if state == "ended" or summary.get("status") == "failed":
-            detail = _log_tail(store, record) or summary.get("error") or "ended unfinished"
+        if state == "ended" or status == "failed":
+            error = summary.error if summary else None
+            detail = _log_tail(store, record) or error or "ended unfinished"
             return CellStatus(cell.run_id, "failed", f"job {record['job_id']}: {detail}")
-    if summary.get("status") == "failed":
-        return CellStatus(cell.run_id, "failed", str(summary.get("error", "")))
+    if status == "failed":
+        return CellStatus(cell.run_id, "failed", summary.error or "")
     return CellStatus(cell.run_id, "pending")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,9 @@ class ResultsStore:
         found = sorted(p for p in self.runs.glob(f"*-{cell.hash}") if p.is_dir())
         return found[0] if found else exact
 
-    def summary(self, cell: Cell) -> dict[str, Any]:
-        return runs.read_summary(self.run_dir(cell))
+    def summary(self, cell: Cell) -> runs.RunSummary | None:
+        """The cell's summary.json, or None before its run wrote one."""
+        return runs.load_summary(self.run_dir(cell))
 
     def state(self, cell: Cell) -> str:
         """done, resume, retry (failed before) or run."""
@@ -61,7 +63,8 @@ class ResultsStore:
                     f"{run_dir}: its config.json does not hold the options of cell "
                     f"{cell.run_id}; move the directory away or restore its config.json"
                 )
-        status = self.summary(cell).get("status")
+        summary = self.summary(cell)
+        status = summary.status if summary else None
         if status in FINISHED:
             return "done"
         if (run_dir / STATE_FILE).exists():
@@ -83,15 +86,10 @@ class ResultsStore:
             token = runs.read_config(run_dir)[1]
         except PolarpackError:
             token = None
+        before = self.summary(cell) or runs.RunSummary(status="failed")
         runs.write_summary(
             run_dir,
-            {
-                **self.summary(cell),
-                "status": "failed",
-                "error": error,
-                "attempts": attempts,
-                "run_token": token,
-            },
+            replace(before, status="failed", error=error, attempts=attempts, run_token=token),
         )
 
     @contextmanager

@@ -89,11 +89,10 @@ _NUMBER = (int, float)
 
 
 @dataclass(frozen=True)
-class RunSummary(Mapping):
+class RunSummary:
     """summary.json: how far a run got and how well. Every version's file reads: the first ones
     lack `config_digest`, a grid's failed cell holds little more than its `error`, and keys this
-    version does not know are left out. It also reads by key (the JSON names), for callers
-    written against the plain object."""
+    version does not know are left out."""
 
     status: str  # running | completed | diverged | failed (a grid's cell that raised)
     epochs_done: int = 0
@@ -107,6 +106,7 @@ class RunSummary(Mapping):
     run_token: str | None = None
     config_digest: str | None = None  # sha256 of the options; absent in the first versions
     error: str | None = None  # why a grid's cell failed
+    attempts: int | None = None  # how often a grid tried the cell before it recorded it failed
 
     @property
     def finished(self) -> bool:
@@ -137,18 +137,10 @@ class RunSummary(Mapping):
     def to_json(self) -> dict[str, Any]:
         """The one writer's object: every field, but `error` only when there is one."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        if data["error"] is None:
-            del data["error"]
+        for optional in ("error", "attempts"):
+            if data[optional] is None:
+                del data[optional]
         return data
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_json()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_json())
-
-    def __len__(self) -> int:
-        return len(self.to_json())
 
 
 _SUMMARY_TYPES = {
@@ -301,12 +293,6 @@ def load_summary(run_dir: str | os.PathLike) -> RunSummary | None:
     """summary.json, or None when there is none yet."""
     path = Path(run_dir) / SUMMARY_FILE
     return RunSummary.from_json(read_json(path), path) if path.exists() else None
-
-
-def read_summary(run_dir: str | os.PathLike) -> Mapping[str, Any]:
-    """summary.json read by key: the summary, or an empty mapping when there is none yet."""
-    summary = load_summary(run_dir)
-    return {} if summary is None else summary
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[EpochRow]:
