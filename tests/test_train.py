@@ -424,3 +424,18 @@ def test_micro_batches_give_the_same_update_as_the_whole_batch(tmp_path):
     a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("whole", "parts"))
     for key, initial in start.state_dict().items():
         assert (a[key] - b[key]).norm() <= 0.05 * (a[key] - initial).norm(), key
+
+
+def test_a_run_leaves_the_callers_torch_settings_as_it_found_them(tmp_path):
+    """`threads=1` and the kernel choices are the run's own: a guest in its caller's process."""
+    callers = torch.get_num_threads()
+    torch.set_num_threads(2)
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.conv.fp32_precision)
+    try:
+        config = TrainConfig(method="scratch", epochs=1, **TINY)
+        result = train(config, out=tmp_path, progress=False)
+        assert result.status == "completed" and result.config.threads == 1
+        assert torch.get_num_threads() == 2
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.conv.fp32_precision) == before
+    finally:
+        torch.set_num_threads(callers)

@@ -20,8 +20,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,8 +355,23 @@ def train(
     The run folder is held while it trains (`runs.hold`): a second process is refused."""
     target = resume if resume is not None else out
     main = os.environ.get("RANK", "0") == "0"
-    with runs.hold(target) if target is not None and main else nullcontext():
+    with runs.hold(target) if target is not None and main else nullcontext(), _torch_restored():
         return _train(config, out, resume, overwrite, progress, on_epoch, backend, overrides)
+
+
+@contextmanager
+def _torch_restored() -> Iterator[None]:
+    """A run sets torch's thread count and cuDNN's kernel choices for itself; the caller's process
+    gets its own settings back when the run ends, however it ends."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (torch.get_num_threads(), cudnn.benchmark, cudnn.conv.fp32_precision)
+    saved_matmul = matmul.fp32_precision
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        cudnn.benchmark, cudnn.conv.fp32_precision = saved[1], saved[2]
+        matmul.fp32_precision = saved_matmul
 
 
 def _train(config, out, resume, overwrite, progress, on_epoch, backend, overrides) -> TrainResult:
