@@ -156,6 +156,7 @@ _SUMMARY_TYPES = {
     "run_token": str,
     "config_digest": str,
     "error": str,
+    "attempts": int,
 }
 
 
