@@ -29,7 +29,7 @@ from polarpack.experiments.slurm import (
     submit,
 )
 from polarpack.experiments.store import ResultsStore
-from polarpack.training import runs
+from polarpack.training import claims, runs
 from polarpack.training.loop import TrainConfig, train
 
 pytest.importorskip("submitit")
@@ -127,7 +127,7 @@ def test_a_preempted_task_resumes_its_cell_from_its_last_epoch(tmp_path):
     sub = submit(exp, results, SlurmOptions(), kind="local")
     run = ResultsStore(results).run_dir(exp.cells[0])
     _wait(lambda: len(runs.read_metrics(run)) >= 2, 120, "two epochs")
-    task, done = runs.claim_holder(run)["pid"], len(runs.read_metrics(run))  # claim names it
+    task, done = claims.claim_holder(run)["pid"], len(runs.read_metrics(run))  # claim names it
     os.kill(task, signal.SIGUSR2)  # what Slurm sends before it preempts a submitit task
     assert sub.jobs[0].result().status == "completed"
     saved = json.loads((run / "config.json").read_text())
@@ -226,7 +226,7 @@ def test_a_second_resume_of_a_held_run_is_refused_and_a_crash_releases_it(tmp_pa
     cmd = [sys.executable, "-m", "polarpack", "train", "--quiet", "--resume", str(run)]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        claim = runs.claim_file(run)
+        claim = claims.claim_file(run)
         _wait(
             lambda: claim.exists() and f'"pid": {first.pid}' in claim.read_text(),
             120,
@@ -240,30 +240,30 @@ def test_a_second_resume_of_a_held_run_is_refused_and_a_crash_releases_it(tmp_pa
     finally:
         first.send_signal(signal.SIGKILL)  # a crash: no cleanup runs
         first.wait()
-    assert runs.claim_holder(run) is None  # a dead process's claim is stale at once
-    with runs.hold(run):
+    assert claims.claim_holder(run) is None  # a dead process's claim is stale at once
+    with claims.hold(run):
         assert json.loads(claim.read_text())["pid"] == os.getpid()
     assert not claim.exists()
 
 
 def test_a_claim_is_reentrant_and_refuses_another_holder(tmp_path):
     run = tmp_path / "r"
-    with runs.hold(run) as token:
-        with runs.hold(run) as again:
+    with claims.hold(run) as token:
+        with claims.hold(run) as again:
             assert again == token
-        assert runs.claim_file(run).exists()  # the outer hold still has it
-        holder = runs.claim_holder(run)
+        assert claims.claim_file(run).exists()  # the outer hold still has it
+        holder = claims.claim_holder(run)
         assert holder["pid"] == os.getpid() and holder["token"] == token
     other = {"token": "x", "host": "elsewhere", "pid": 1, "job": "7_1", "since": 0}
-    runs.claim_file(run).write_text(json.dumps(other))  # a live holder on another node
-    with pytest.raises(runs.RunHeld, match="another process holds this run.*Slurm job 7_1"):
-        with runs.hold(run):
+    claims.claim_file(run).write_text(json.dumps(other))  # a live holder on another node
+    with pytest.raises(claims.RunHeld, match="another process holds this run.*Slurm job 7_1"):
+        with claims.hold(run):
             pass
-    with runs.hold(run, job="7_1"):  # the same Slurm task, requeued: takes its claim back
-        assert json.loads(runs.claim_file(run).read_text())["job"] == "7_1"
-    runs.claim_file(run).write_text(json.dumps(other))
-    old = time.time() - runs.CLAIM_STALE_SECONDS - 1
-    os.utime(runs.claim_file(run), (old, old))  # no heartbeat for too long: stale
-    with runs.hold(run):
+    with claims.hold(run, job="7_1"):  # the same Slurm task, requeued: takes its claim back
+        assert json.loads(claims.claim_file(run).read_text())["job"] == "7_1"
+    claims.claim_file(run).write_text(json.dumps(other))
+    old = time.time() - claims.CLAIM_STALE_SECONDS - 1
+    os.utime(claims.claim_file(run), (old, old))  # no heartbeat for too long: stale
+    with claims.hold(run):
         pass
-    assert not runs.claim_file(run).exists()
+    assert not claims.claim_file(run).exists()

@@ -30,7 +30,7 @@ from polarpack._io import printable
 from polarpack.errors import PolarpackError
 from polarpack.experiments.grid import Cell, Experiment
 from polarpack.experiments.store import ResultsStore, plan
-from polarpack.training import runs
+from polarpack.training import claims, runs
 from polarpack.training.config import TrainConfig
 from polarpack.training.loop import TrainResult, keep_freed_memory, train
 from polarpack.training.runs import read_metrics
@@ -83,7 +83,7 @@ def run_cell(
                     outcome.error = f"{outcome.error} (failed {attempt} of {attempts} tries)"
                 store.record_failure(cell, outcome.error or "", attempt)
             return outcome
-    except runs.RunHeld as exc:
+    except claims.RunHeld as exc:
         return CellOutcome("held", time.time() - started, error=str(exc))
     except PolarpackError as exc:  # the store's folder holds another run, or cannot be claimed
         return CellOutcome("failed", time.time() - started, error=str(exc))
@@ -332,8 +332,8 @@ def launch(
         ]
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads or 1)}
-        if token := runs.held_token(run_dir):
-            env[runs.CLAIM_ENV] = token  # rank 0 writes under the claim its parent holds
+        if token := claims.held_token(run_dir):
+            env[claims.CLAIM_ENV] = token  # rank 0 writes under the claim its parent holds
         with open(log, "ab") as out:
             try:
                 proc = subprocess.run(

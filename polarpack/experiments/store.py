@@ -8,7 +8,7 @@ and is done only when its directory's config.json holds the same options, so com
 (config, metrics, summary; weights are not committed) carry a grid on in another checkout or
 machine.
 
-Many writers: a cell is trained only under its run's claim (`runs.hold`: a claim file made with
+Many writers: a cell is trained only under its run's claim (`claims.hold`: a claim file made with
 an exclusive create, with a heartbeat and a stale-claim rule), so cells of one grid may run at
 once in pool workers, Slurm tasks on other nodes and a second submitter, each cell once; every
 run file is written by atomic rename, so a reader never sees half a file. A local pool also holds
@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 
 from polarpack.errors import ConfigError, PolarpackError
 from polarpack.experiments.grid import Cell, Experiment, config_hash
-from polarpack.training import runs
+from polarpack.training import claims, runs
 from polarpack.training.runs import FINISHED, STATE_FILE
 
 
@@ -72,12 +72,12 @@ class ResultsStore:
         return "retry" if status == "failed" else "run"
 
     def hold(self, cell: Cell, *, job: str | None = None):
-        """The cell's claim (see `runs.hold`); `RunHeld` when another process holds it."""
-        return runs.hold(self.run_dir(cell), job=job)
+        """The cell's claim (see `claims.hold`); `RunHeld` when another process holds it."""
+        return claims.hold(self.run_dir(cell), job=job)
 
     def holder(self, cell: Cell) -> dict[str, Any] | None:
         """Who runs the cell now, or None."""
-        return runs.claim_holder(self.run_dir(cell))
+        return claims.claim_holder(self.run_dir(cell))
 
     def record_failure(self, cell: Cell, error: str, attempts: int = 1) -> None:
         run_dir = self.run_dir(cell)
@@ -126,9 +126,9 @@ class ResultsStore:
 
 def _sweep(run_dir: Path) -> None:
     try:
-        with runs.hold(run_dir):
+        with claims.hold(run_dir):
             runs.remove_stale_files(run_dir)
-    except runs.RunHeld:
+    except claims.RunHeld:
         pass  # its writer is alive: its temporary files are in use
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from polarpack.errors import ConfigError
 from polarpack.models import build_model, input_size_for
-from polarpack.training import distributed, runs
+from polarpack.training import claims, distributed, runs
 from polarpack.training.config import (
     TrainConfig,
     cpu_has_native_bf16,
@@ -352,10 +352,10 @@ def train(
     epochs=3)`). `resume=RUN_DIR` continues an interrupted run with its saved options (and takes
     no others) and ends with the metrics an uninterrupted run has. Under torchrun (RANK/WORLD_SIZE
     set) the run is distributed (DDP); every rank returns the same metrics, only rank 0 writes.
-    The run folder is held while it trains (`runs.hold`): a second process is refused."""
+    The run folder is held while it trains (`claims.hold`): a second process is refused."""
     target = resume if resume is not None else out
     main = os.environ.get("RANK", "0") == "0"
-    with runs.hold(target) if target is not None and main else nullcontext(), _torch_restored():
+    with claims.hold(target) if target is not None and main else nullcontext(), _torch_restored():
         return _train(config, out, resume, overwrite, progress, on_epoch, backend, overrides)
 
 
