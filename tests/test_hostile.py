@@ -744,7 +744,7 @@ def test_interrupting_a_parallel_grid_stops_its_cells_at_once(tmp_path):
         while any(_running(w) for w in workers) and time.time() < deadline:
             time.sleep(0.1)
         assert not [w for w in workers if _running(w)]
-        from polarpack.training.runs import claim_holder
+        from polarpack.training.claims import claim_holder
 
         assert not [r for r in (tmp_path / "res" / "runs").iterdir() if claim_holder(r)]
     finally:
