@@ -184,3 +184,30 @@ def test_a_file_of_includes_only_is_just_those(tmp_path):
 def test_a_bad_include_is_one_line_naming_it(tmp_path, cli_error, include, needle):
     path = _file(tmp_path, FAST + f"[[include]]\n{include}\n")
     cli_error(["experiment", str(path), "--dry-run"], needle, str(path))
+
+
+def test_a_store_finds_runs_of_another_slug_by_hash_and_lists_its_folder_once(
+    tmp_path, monkeypatch
+):
+    """A run folder written under an earlier version's slug is found by its config hash; pending
+    cells cost no listing each (planning a large grid stays linear)."""
+    from pathlib import Path
+
+    from polarpack.experiments.store import ResultsStore
+
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[defaults]\nmodel = "zfnet"\n[grid]\nmethods = ["scratch"]\nseeds = '
+        + str(list(range(200)))
+    )
+    cells = load_experiment(path).cells
+    store = ResultsStore(tmp_path / "results")
+    old = store.runs / f"zfnet-old-slug-{cells[3].hash}"
+    old.mkdir(parents=True)
+    listings = []
+    iterdir = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda p: listings.append(p) or iterdir(p))
+    monkeypatch.setattr(Path, "glob", lambda *a, **k: pytest.fail("a listing per cell"))
+    found = [store.run_dir(c) for c in cells]
+    assert found[3] == old and found[4] == store.runs / cells[4].run_id
+    assert listings == [store.runs]

@@ -39,15 +39,19 @@ class ResultsStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.runs = self.root / "runs"
+        self._by_hash: dict[str, Path] | None = None
 
     def run_dir(self, cell: Cell) -> Path:
         """runs/<run_id>, or the directory whose name ends in the same hash (a run id from another
-        version's slug)."""
+        version's slug, so written before this store was opened: the folder is listed once)."""
         exact = self.runs / cell.run_id
         if exact.exists() or not self.runs.is_dir():
             return exact
-        found = sorted(p for p in self.runs.glob(f"*-{cell.hash}") if p.is_dir())
-        return found[0] if found else exact
+        if self._by_hash is None:
+            self._by_hash = {}
+            for path in sorted(p for p in self.runs.iterdir() if p.is_dir()):
+                self._by_hash.setdefault(path.name.rsplit("-", 1)[-1], path)
+        return self._by_hash.get(cell.hash, exact)
 
     def summary(self, cell: Cell) -> runs.RunSummary | None:
         """The cell's summary.json, or None before its run wrote one."""
