@@ -123,7 +123,8 @@ def run_experiment(
             for c in exp.cells
             if not c.skip_reason and (state := store.state(c)) != "done"
         ]
-        bar = _bar(progress, exp, store, todo)
+        resumed = [c for c, state in todo if state == "resume"]
+        bar = epoch_bar([c for c, _ in todo], store, desc=exp.name, progress=progress, done=resumed)
 
         def finish(cell: Cell, outcome: CellOutcome) -> None:
             if outcome.status == "failed":
@@ -164,17 +165,18 @@ def _grid_result(exp: Experiment, store: ResultsStore) -> GridResult:
     return GridResult(store.root, counts, rows)
 
 
-def _bar(progress: bool, exp: Experiment, store: ResultsStore, todo: list[tuple[Cell, str]]):
+def epoch_bar(cells: list[Cell], store: ResultsStore, *, desc: str, progress: bool, done=()):
+    """A progress bar over the epochs `cells` will train, starting at the epochs the cells in
+    `done` have already recorded (the pool and the Slurm executor show the same bar)."""
     from tqdm.auto import tqdm
 
-    done = sum(len(read_metrics(store.run_dir(c))) for c, state in todo if state == "resume")
     return tqdm(
-        total=sum(int(c.config["epochs"]) for c, _ in todo),
-        initial=done,
+        total=sum(int(c.config["epochs"]) for c in cells),
+        initial=sum(len(read_metrics(store.run_dir(c))) for c in done),
         unit="epoch",
-        desc=exp.name,
+        desc=desc,
         dynamic_ncols=True,
-        disable=not (progress and todo),
+        disable=not (progress and cells),
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from polarpack._io import atomic_write_text, read_bytes, read_json
 from polarpack.errors import ConfigError, PolarpackError
 from polarpack.experiments.grid import EXPERIMENT_LIMIT, Cell, Experiment
-from polarpack.experiments.runner import CellOutcome, cell_options, run_cell
+from polarpack.experiments.runner import CellOutcome, cell_options, epoch_bar, run_cell
 from polarpack.experiments.store import ResultsStore
 from polarpack.training.runs import read_metrics
 
@@ -275,21 +275,12 @@ def submit(
 def follow(submission: Submission, store: ResultsStore, *, progress: bool = True) -> bool:
     """Wait for the submitted tasks with the pool's progress bar (epochs); True when every
     cell finished (completed or diverged)."""
-    from tqdm.auto import tqdm
-
     cells = submission.cells
 
     def epochs() -> int:
         return sum(len(read_metrics(store.run_dir(c))) for c in cells)
 
-    bar = tqdm(
-        total=sum(int(c.config["epochs"]) for c in cells),
-        initial=epochs(),
-        unit="epoch",
-        desc="cells",
-        dynamic_ncols=True,
-        disable=not (progress and cells),
-    )
+    bar = epoch_bar(cells, store, desc="cells", progress=progress, done=cells)
     while not all(job.done() for job in submission.jobs):
         time.sleep(2.0)
         bar.update(epochs() - bar.n)
