@@ -372,16 +372,22 @@ def git_commit() -> str | None:
     return os.environ.get("POLARPACK_GIT_COMMIT")
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name: kernels and their rounding differ between CPU kinds."""
+def _cpuinfo() -> str | None:
+    """/proc/cpuinfo (Linux), or None."""
     try:
-        text = read_bytes("/proc/cpuinfo", limit=None, what="CPU information").decode()
+        return read_bytes("/proc/cpuinfo", limit=None, what="CPU information").decode()
     except PolarpackError:
+        return None
+
+
+def cpu_model(cpuinfo: str | None) -> str | None:
+    """The CPU's model name: kernels and their rounding differ between CPU kinds."""
+    if cpuinfo is None:
         return platform.processor() or None
     return next(
         (
             line.split(":", 1)[1].strip()
-            for line in text.splitlines()
+            for line in cpuinfo.splitlines()
             if line.startswith("model name")
         ),
         None,
@@ -393,15 +399,13 @@ def cpu_model() -> str | None:
 KERNEL_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 
 
-def cpu_features() -> dict[str, Any] | None:
-    """The CPU's family/model numbers and which of KERNEL_FEATURES its kernel reports."""
-    try:
-        text = read_bytes("/proc/cpuinfo", limit=None, what="CPU information").decode()
-    except PolarpackError:
+def cpu_features(cpuinfo: str | None) -> dict[str, Any] | None:
+    """The first CPU's family/model numbers and which of KERNEL_FEATURES its kernel reports."""
+    if cpuinfo is None:
         return None
     first = dict(
         (k.strip(), v.strip())
-        for k, _, v in (line.partition(":") for line in text.split("\n\n")[0].splitlines())
+        for k, _, v in (line.partition(":") for line in cpuinfo.split("\n\n")[0].splitlines())
     )
     flags = set(first.get("flags", "").split())
     return {
@@ -412,6 +416,7 @@ def cpu_features() -> dict[str, Any] | None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Where a run computed and with what code."""
+    cpuinfo = _cpuinfo()
     env = {
         "polarpack": __version__,
         "git_commit": git_commit(),
@@ -420,8 +425,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu": cpu_model(),
-        "cpu_features": cpu_features(),
+        "cpu": cpu_model(cpuinfo),
+        "cpu_features": cpu_features(cpuinfo),
     }
     if device.type == "cuda":
         env["cuda_device"] = torch.cuda.get_device_name(device)
