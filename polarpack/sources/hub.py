@@ -60,7 +60,6 @@ from polarpack.format import (
     encoding_for_path,
     size_limit,
 )
-from polarpack.redact import redact_urls
 from polarpack.sources.references import is_hub_reference
 
 # huggingface_hub 2 talks through httpx2, 1.x through httpx: one API under two names
@@ -203,8 +202,8 @@ def hub_error(
             f"{LOGIN}" + (" with a token that has write access" if write else "")
         )
     elif status is not None:
-        said = redact_urls(short(exc.server_message or "no message"))
-        why = f"{host} answered HTTP {status} ({said})"
+        # a URL in it loses its credentials with every PolarpackError's message
+        why = f"{host} answered HTTP {status} ({short(exc.server_message or 'no message')})"
         if status >= 500:
             why += "; try again in a moment" + (" (pushing is safe to repeat)" if write else "")
     else:
