@@ -83,7 +83,7 @@ def finished(grid_file, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_expansion_is_seed_major_drops_unused_options_and_skips_missing_weights(grid_file):
     exp = load_experiment(grid_file)
-    assert [(c.config["method"], c.seed) for c in exp.cells] == [
+    assert [(c.config.method, c.seed) for c in exp.cells] == [
         ("freeze-spin", 0),
         ("scratch", 0),
         ("fluid-in", 0),
@@ -91,20 +91,21 @@ def test_expansion_is_seed_major_drops_unused_options_and_skips_missing_weights(
         ("scratch", 1),
         ("fluid-in", 1),
     ]
-    assert exp.cells[1].config["dist"] is None  # scratch ignores dist: one cell, not one per dist
+    assert exp.cells[1].config.dist is None  # scratch ignores dist: one cell, not one per dist
     assert (
         "needs transferred weights" in exp.cells[2].skip_reason and exp.cells[0].skip_reason is None
     )
     assert all(
-        c.run_id.endswith(f"-{c.config['precision']}-s{c.seed}-{config_hash(c.config)[:8]}")
+        c.run_id.endswith(f"-{c.config.precision}-s{c.seed}-{config_hash(c.config)[:8]}")
         for c in exp.cells
     )
 
 
 def test_identity_ignores_where_and_how_fast_and_new_neutral_options(grid_file):
     cell = load_experiment(grid_file).cells[0]
+    options = cell.config.to_dict()
     moved = {
-        **cell.config,
+        **options,
         "data_dir": "/elsewhere",
         "threads": 7,
         "download": True,
@@ -113,34 +114,34 @@ def test_identity_ignores_where_and_how_fast_and_new_neutral_options(grid_file):
     assert config_hash(moved) == config_hash(cell.config)
     # a config written before an option existed (the option absent) has the id it has with the
     # option at its default
-    assert config_hash({k: v for k, v in cell.config.items() if v != defaults()[k]}) == config_hash(
+    assert config_hash({k: v for k, v in options.items() if v != defaults()[k]}) == config_hash(
         cell.config
     )
-    assert config_hash({**cell.config, "seed": 5}) != config_hash(cell.config)
+    assert config_hash({**options, "seed": 5}) != config_hash(cell.config)
 
 
 @pytest.mark.parametrize(
     "sets, check",
     [
-        (["epochs=3"], lambda cells: {c.config["epochs"] for c in cells} == {3}),
+        (["epochs=3"], lambda cells: {c.config.epochs for c in cells} == {3}),
         (["seeds=[4]"], lambda cells: {c.seed for c in cells} == {4}),
         (
             ["grid.zeros=['pin','free']"],
             lambda cells: (
-                {c.config["zeros"] for c in cells if c.config["method"] == "freeze-spin"}
+                {c.config.zeros for c in cells if c.config.method == "freeze-spin"}
                 == {"pin", "free"}
             ),
         ),
         (
             ["weights.squeezenet1_1=x.pth"],
             lambda cells: all(
-                "not found" in c.skip_reason for c in cells if c.config["method"] == "fluid-in"
+                "not found" in c.skip_reason for c in cells if c.config.method == "fluid-in"
             ),
         ),
         # a grid that ran on a GPU is planned and reported anywhere once its precision is pinned
         (
             ["device=cuda", "precision=bf16"],
-            lambda cells: {c.config["precision"] for c in cells} == {"bf16"},
+            lambda cells: {c.config.precision for c in cells} == {"bf16"},
         ),
     ],
 )
@@ -157,6 +158,10 @@ def test_set_overrides(grid_file, sets, check):
         ("[results]\nx = 1\n", "unknown top-level key"),
         ("[defaults]\nmethod = 'dance'\n", "unknown method"),
         ("[defaults]\nmethod = 'scratch'\nlr = -1.0\n", "--lr must be"),
+        ("[[compare]]\nname = 'd'\nmargins = 0.02\n", "unknown key(s) ['margins']"),
+        ("[[compare]]\nname = 'd'\na = 'scratch'\n", "'d': a and b must be tables"),
+        ("[[compare]]\nmargin = { final_val_acc = '2' }\n", "margin must be a table of numbers"),
+        ("[[compare]]\nmargin = { accuracy = 0.02 }\n", "margin must be a table of numbers"),
     ],
 )
 def test_bad_experiment_files_name_the_file_and_the_key(tmp_path, text, message):
@@ -326,14 +331,14 @@ def test_aggregation_and_comparison_by_hand(tmp_path):
         )
     text = report(tmp_path).markdown
     groups = aggregate(*_cells(tmp_path))
-    spin = next(g for g in groups if g.config["method"] == "freeze-spin")
+    spin = next(g for g in groups if g.config.method == "freeze-spin")
     assert spin.final_val_mean == pytest.approx(0.4667, abs=1e-4)
     assert spin.final_val_std == pytest.approx(0.1528, abs=1e-4)
     assert spin.mean_curve_crossing == 3  # the mean is 0.353 at epoch 2
     assert spin.epochs_to_threshold is None and spin.never_reached == [2]  # no mean over s2
     assert spin.epochs_to_threshold_per_seed == [2, 2, None]
     assert spin.converged == 3 and spin.dips_mean == 0
-    scratch = next(g for g in groups if g.config["method"] == "scratch")
+    scratch = next(g for g in groups if g.config.method == "scratch")
     assert scratch.converged == 2  # 0.12 < 0.15: hovering at chance does not count
     (c,) = compare(
         groups, [{"name": "d", "a": {"method": "freeze-spin"}, "b": {"method": "scratch"}}]
@@ -407,7 +412,7 @@ def test_shipped_experiment_files_expand(path, monkeypatch):
     monkeypatch.chdir(path.parents[1])  # their relative paths are written from the repository root
     exp = load_experiment(path)
     assert exp.cells and all(c.skip_reason is None or "weights" in c.skip_reason for c in exp.cells)
-    assert all(c.config["precision"] in ("fp32", "bf16") for c in exp.cells)
+    assert all(c.config.precision in ("fp32", "bf16") for c in exp.cells)
 
 
 def test_comparisons_match_groups_on_every_option_the_methods_use(tmp_path):

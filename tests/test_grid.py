@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import tomllib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -149,7 +150,7 @@ dist = "paper:rand"
 
 def test_includes_expand_with_the_defaults_and_the_grids_seeds(tmp_path):
     exp = load_experiment(_file(tmp_path, INCLUDES))
-    got = [(c.seed, c.config["method"], c.config["dist"], c.config["epochs"]) for c in exp.cells]
+    got = [(c.seed, c.config.method, c.config.dist, c.config.epochs) for c in exp.cells]
     assert got == [
         (1, "scratch", None, 2),  # scratch ignores zeros: pin and free are one cell
         (1, "freeze-spin", "paper:rand", 2),
@@ -160,14 +161,14 @@ def test_includes_expand_with_the_defaults_and_the_grids_seeds(tmp_path):
         (0, "freeze-spin", "paper:rand", 3),
         (7, "freeze-spin", "paper:rand", 3),
     ]
-    assert all(c.config["zeros"] == "pin" for c in exp.cells)  # includes take the defaults
+    assert all(c.config.zeros == "pin" for c in exp.cells)  # includes take the defaults
     assert len({c.run_id for c in exp.cells}) == len(exp.cells)
 
 
 def test_a_file_of_includes_only_is_just_those(tmp_path):
     text = FAST + '[[include]]\nmethod = "freeze-spin"\ndist = "paper:rand"\nseed = [3, 4]\n'
     exp = load_experiment(_file(tmp_path, text))
-    assert [(c.seed, c.config["method"]) for c in exp.cells] == [
+    assert [(c.seed, c.config.method) for c in exp.cells] == [
         (3, "freeze-spin"),
         (4, "freeze-spin"),
     ]
@@ -211,3 +212,19 @@ def test_a_store_finds_runs_of_another_slug_by_hash_and_lists_its_folder_once(
     found = [store.run_dir(c) for c in cells]
     assert found[3] == old and found[4] == store.runs / cells[4].run_id
     assert listings == [store.runs]
+
+
+def test_the_documented_experiment_file_expands_as_the_page_says(tmp_path, monkeypatch):
+    page = (Path(__file__).parents[1] / "docs" / "experiments.md").read_text()
+    text = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "grid.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    exp = load_experiment("grid.toml")
+    # freeze-spin: 2 dists x 2 zeros; scratch uses neither: one cell; and the include: per seed
+    assert len(exp.cells) == 3 * (2 * 2 + 1 + 1)
+    assert [c.config.method for c in exp.cells[:6]] == ["freeze-spin"] * 4 + ["scratch"] * 1 + [
+        "freeze-spin"
+    ]
+    assert all("not found" in c.skip_reason for c in exp.cells if c.config.dist == "my-model.polar")
+    (spec,) = exp.compare
+    assert spec.margin == {"final_val_acc": 0.02, "epochs_to_threshold": 1.0}

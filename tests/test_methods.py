@@ -173,12 +173,12 @@ def test_grid_cells_drop_exactly_the_options_a_method_does_not_use(tmp_path):
     options = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in changed.items())
     path = tmp_path / "g.toml"
     path.write_text(f'[defaults]\ndevice = "cpu"\n{options}[grid]\nmethod = {list(METHODS)}\n')
-    cells = {c.config["method"]: c.config for c in load_experiment(path).cells}
+    cells = {c.config.method: c.config for c in load_experiment(path).cells}
     assert set(cells) == set(METHODS)
     for name, config in cells.items():
         for option, value in changed.items():
             expected = value if METHODS[name].uses(option) else defaults()[option]
-            assert config[option] == expected, (name, option)
+            assert getattr(config, option) == expected, (name, option)
 
 
 def test_the_training_loop_constrains_and_changes_what_the_registry_says(tmp_path):

@@ -48,7 +48,7 @@ def test_every_committed_config_reads_as_the_options_it_was_run_with(path, tmp_p
     assert config.to_dict() == {**TrainConfig().to_dict(), **saved.options}  # added: defaults
     if path.parent.parent.name == "runs":  # a grid's run: its directory is named by its options
         assert path.parent.name.endswith(config_hash(saved.options)[:8])
-        assert path.parent.name.endswith(run_id_for(config.to_dict())[-8:])
+        assert path.parent.name.endswith(run_id_for(config)[-8:])
     runs.write_config(tmp_path, saved)
     assert json.loads((tmp_path / "config.json").read_text()) == json.loads(path.read_text())
 

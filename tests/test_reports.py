@@ -78,11 +78,11 @@ def grid(tmp_path: Path, finals: dict, text: str = GRID) -> tuple[Path, Path]:
     path.write_text(text)
     store = ResultsStore(tmp_path / "results")
     for cell in load_experiment(path).cells:
-        final = finals.get((cell.config["method"], cell.seed))
+        final = finals.get((cell.config.method, cell.seed))
         if final is None:
             continue
         accs = final if isinstance(final, list) else [0.2, 0.3, 0.41, final]
-        write_run(store.run_dir(cell), cell.config, accs, AMD if cell.seed < 3 else INTEL)
+        write_run(store.run_dir(cell), cell.config.to_dict(), accs, AMD if cell.seed < 3 else INTEL)
     return path, store.root
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from polarpack._io import printable
-from polarpack.errors import ConfigError
-from polarpack.experiments.grid import UNUSED
+from polarpack.experiments.grid import UNUSED, CompareSpec
 from polarpack.experiments.statistics import Equivalence, Interval, holm, t_interval, tost
+from polarpack.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from polarpack.experiments.reporting import Group, Run
@@ -69,18 +69,19 @@ class Comparison:
         return e is not None and e.equivalent and p is not None and p < e.alpha
 
 
-def _matches(a: Mapping[str, Any], b: Mapping[str, Any], ignore: set[str]) -> bool:
-    """b agrees with a on every option but `ignore` and those one of the two methods does not
-    use."""
-    methods = (a.get("method"), b.get("method"))
-    unused = {k for k, used_not in UNUSED.items() if set(methods) & set(used_not)}
-    return all(b.get(k) == v for k, v in a.items() if k not in ignore | unused)
+def _matches(a: TrainConfig, b: TrainConfig, ignore: set[str]) -> bool:
+    """b agrees with a on every option but the seed, `ignore` and those one of the two methods
+    does not use."""
+    unused = {k for k, used_not in UNUSED.items() if {a.method, b.method} & set(used_not)}
+    skip = ignore | unused | {"seed"}
+    return all(getattr(b, k) == v for k, v in a.to_dict().items() if k not in skip)
 
 
 def _selects(group: Group, selector: Mapping[str, Any]) -> bool:
     """TOML has no null: "" in a selector means the option is not set."""
+    config = group.config
     return bool(group.finished) and all(
-        group.config.get(k) in (None, "") if v == "" else group.config.get(k) == v
+        getattr(config, k, None) in (None, "") if v == "" else getattr(config, k, None) == v
         for k, v in selector.items()
     )
 
@@ -120,45 +121,36 @@ def _seeds(seeds: Sequence[int]) -> str:
     return "s" + ",".join(map(str, seeds))
 
 
-def _margins(spec: Mapping[str, Any]) -> dict[str, float]:
-    margin = spec.get("margin") or {}
-    if not isinstance(margin, Mapping):
-        raise ConfigError(
-            f"[[compare]] {spec.get('name')!r}: margin must be a table such as "
-            "{ final_val_acc = 0.02, epochs_to_40 = 1 }"
-        )
-    aliases = {"epochs_to_40": "epochs_to_threshold"}
-    return {aliases.get(k, k): float(v) for k, v in margin.items()}
-
-
 def compare_each(
-    groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]
+    groups: Sequence[Group], specs: Sequence[CompareSpec | Mapping[str, Any]]
 ) -> list[list[Comparison]]:
-    """Per spec, its a-groups against their matching b-groups (see the module docstring); an
-    empty list says the spec found nothing to compare. The p-values are adjusted over all the
-    specs' comparisons together (`adjust`)."""
+    """Per spec (a `CompareSpec`, or a ``[[compare]]`` table as a dict), its a-groups against
+    their matching b-groups; an empty list says the spec found nothing to compare. The p-values
+    are adjusted over all the specs' comparisons together (`adjust`)."""
     out = []
     for spec in specs:
-        a_sel, b_sel = dict(spec.get("a", {})), dict(spec.get("b", {}))
-        ignore = set(a_sel) | set(b_sel)
+        spec = spec if isinstance(spec, CompareSpec) else CompareSpec.from_table(spec)
+        ignore = set(spec.a) | set(spec.b)
         made = []
-        for ga in (g for g in groups if _selects(g, a_sel)):
+        for ga in (g for g in groups if _selects(g, spec.a)):
             gb = next(
                 (
                     g
                     for g in groups
-                    if g is not ga and _selects(g, b_sel) and _matches(ga.config, g.config, ignore)
+                    if g is not ga and _selects(g, spec.b) and _matches(ga.config, g.config, ignore)
                 ),
                 None,
             )
             if gb is not None:
-                made.append(comparison(str(spec.get("name", "a - b")), ga, gb, _margins(spec)))
+                made.append(comparison(spec.name, ga, gb, spec.margin))
         out.append(made)
     adjust([c for made in out for c in made])
     return out
 
 
-def compare(groups: Sequence[Group], specs: Sequence[Mapping[str, Any]]) -> list[Comparison]:
+def compare(
+    groups: Sequence[Group], specs: Sequence[CompareSpec | Mapping[str, Any]]
+) -> list[Comparison]:
     """Every spec's comparisons, in order, adjusted as one family per measure."""
     return [c for made in compare_each(groups, specs) for c in made]
 

@@ -1,38 +1,22 @@
 """Experiment files: a TOML grid of training runs, expanded into cells.
 
-    [experiment]                          # optional: name and description
-    name = "table1"
-
-    [defaults]                            # TrainConfig options for every cell
-    dataset = "cifar10"
-    epochs = 20
-
-    [grid]                                # lists; their product is the grid
-    method = ["freeze-spin", "scratch"]   # plural aliases work too: models, methods, dists, seeds
-    zeros = ["pin", "free"]
-    seed = [0, 1, 2]
-
-    [weights]                             # transferred weights per model, for freeze-in / fluid-in
-    alexnet = ""                          # empty or absent: those cells are skipped, with why
-
-    [[include]]                           # extra cells: defaults + these options (lists expand)
-    method = "freeze-spin"
-    dist = "paper:rand"
-
-    [[compare]]                           # comparisons the report makes (see polarpack.report)
-    name = "Freeze SPIN - scratch"
-    a = { method = "freeze-spin", dist = "paper:alexnet" }
-    b = { method = "scratch" }
+The file's sections (docs/experiments.md shows a whole file): ``[experiment]`` (name,
+description), ``[defaults]`` (TrainConfig options for every cell), ``[grid]`` (lists whose product
+is the grid; plural aliases such as ``methods`` and ``seeds`` work too), ``[weights]`` (transferred
+weights per model, for the methods that start from weights; empty or absent: those cells are
+skipped, with why), ``[[include]]`` (extra cells: the defaults and these options), ``[[compare]]``
+(the comparisons a report makes, see `polarpack.experiments.comparisons`) and ``[slurm]``
+(scheduler options, see `polarpack.experiments.slurm`).
 
 Every key must be a TrainConfig field (or an alias): anything else is an error naming the key, the
 file and the allowed keys. Options a method does not use (its entry in
 `polarpack.training.methods.METHODS` says which) are dropped from its cells, so methods x dists
-does not repeat the scratch run. A file expands to at most MAX_CELLS cells, counted before any is
-built. Cells run seed-major, then in [grid] key order. Relative
-paths resolve against the current directory. A cell's identity is the hash of the options that
-differ from TrainConfig's defaults (plus the resolved precision), so adding a new option with a
-neutral default keeps every existing run; `threads`, `data_dir`, `download` and `checkpoint_every`
-say where and how fast, not what is computed, and are not part of it.
+does not repeat a run that uses no distribution. A file expands to at most MAX_CELLS cells,
+counted before any is built. Cells run seed-major, then in [grid] key order. Relative paths
+resolve against the current directory. A cell's identity is the hash of the options that differ
+from TrainConfig's defaults (plus the resolved precision), so adding a new option with a neutral
+default keeps every existing run; `threads`, `data_dir`, `download` and `checkpoint_every` say
+where and how fast, not what is computed, and are not part of it.
 """
 
 from __future__ import annotations
@@ -45,7 +29,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +67,56 @@ MAX_CELLS = 100_000  # cells a file may expand to (grid product x seeds, plus th
 class Cell:
     """One training run of a grid: its options (relative paths as written) and identity."""
 
-    config: dict[str, Any]
+    config: TrainConfig
     run_id: str
     skip_reason: str | None = None
 
     @property
     def seed(self) -> int:
-        return int(self.config.get("seed", 0))
+        return self.config.seed
 
     @property
     def hash(self) -> str:
         return self.run_id.rsplit("-", 1)[1]
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """One ``[[compare]]`` table: each group that `a` selects against the group that `b` selects
+    and that agrees with it on every other option (a selector maps options to values; "" means
+    not set, as TOML has no null). `margin` gives, per measure, the equivalence margin of a TOST
+    (`final_val_acc` in accuracy, `epochs_to_threshold` or its alias `epochs_to_40` in epochs)."""
+
+    name: str = "a - b"
+    a: Mapping[str, Any] = field(default_factory=dict)
+    b: Mapping[str, Any] = field(default_factory=dict)
+    margin: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str = "[[compare]]") -> CompareSpec:
+        """The one reader of a table (from a grid file, or a caller's dict)."""
+        if unknown := sorted(set(table) - {"name", "a", "b", "margin"}):
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: name, a, b, margin")
+        name = str(table.get("name", cls.name))
+        sides = {k: table.get(k, {}) for k in ("a", "b")}
+        if not all(isinstance(v, Mapping) for v in sides.values()):
+            raise ConfigError(
+                f"{where} {name!r}: a and b must be tables of options, such as "
+                '{ dist = "paper:alexnet" }'
+            )
+        margin = table.get("margin") or {}
+        aliases = {"epochs_to_40": "epochs_to_threshold"}
+        measures = {aliases.get(k, k) for k in margin} if isinstance(margin, Mapping) else None
+        numbers = isinstance(margin, Mapping) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in margin.values()
+        )
+        if not numbers or not measures <= {"final_val_acc", "epochs_to_threshold"}:
+            raise ConfigError(
+                f"{where} {name!r}: margin must be a table of numbers such as "
+                "{ final_val_acc = 0.02, epochs_to_40 = 1 }"
+            )
+        margins = {aliases.get(k, k): float(v) for k, v in margin.items()}
+        return cls(name, dict(sides["a"]), dict(sides["b"]), margins)
 
 
 @dataclass
@@ -102,7 +125,7 @@ class Experiment:
     description: str
     path: Path
     cells: list[Cell]
-    compare: list[dict[str, Any]] = field(default_factory=list)
+    compare: list[CompareSpec] = field(default_factory=list)
 
 
 _DEFAULTS = TrainConfig().to_dict()  # every default is immutable (None, str, number, bool)
@@ -112,16 +135,17 @@ def defaults() -> dict[str, Any]:
     return dict(_DEFAULTS)
 
 
-def method_of(cfg: Mapping[str, Any]) -> Method | None:
-    """The registry entry of a cell's method; None for a name the registry lacks (which
+def method_of(name: Any) -> Method | None:
+    """The registry entry of a method name; None for a name the registry lacks (which
     validation then refuses, naming the methods)."""
-    name = cfg.get("method")
     return METHODS.get(name) if isinstance(name, str) else None
 
 
-def config_hash(cfg: Mapping[str, Any]) -> str:
-    """sha256 of the options that differ from TrainConfig's defaults (see the module docstring)."""
+def config_hash(config: TrainConfig | Mapping[str, Any]) -> str:
+    """sha256 of the options that differ from TrainConfig's defaults (see the module docstring);
+    of a cell's config, or of the options a run folder's config.json holds (any version's)."""
     base = _DEFAULTS
+    cfg = config.to_dict() if isinstance(config, TrainConfig) else config
     ident = {
         k: v
         for k, v in sorted(cfg.items())
@@ -137,14 +161,14 @@ def _slug_part(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")[:40] or "x"
 
 
-def run_id_for(cfg: Mapping[str, Any]) -> str:
+def run_id_for(config: TrainConfig) -> str:
     """A readable slug (model, dataset, method, dist, telling options, precision, seed) + 8 hex of
     the hash."""
-    base, method = _DEFAULTS, METHODS[cfg["method"]]
-    parts = [cfg["model"], cfg["dataset"], cfg["method"]]
+    base, method = _DEFAULTS, METHODS[config.method]
+    parts = [config.model, config.dataset, config.method]
     # float weights to fine-tune are a long checkpoint name: the hash tells them apart
-    parts += [cfg[k] for k in ("dist", "weights") if cfg.get(k) and method.start != WEIGHTS]
-    parts += ["norms", cfg["norms"]] if cfg.get("norms") else []
+    parts += [v for v in (config.dist, config.weights) if v and method.start != WEIGHTS]
+    parts += ["norms", config.norms] if config.norms else []
     telling = (
         "geometry",
         "image_size",
@@ -155,13 +179,13 @@ def run_id_for(cfg: Mapping[str, Any]) -> str:
         "lr",
         "momentum",
     )
-    parts += [f"{k}-{cfg[k]}" for k in telling if cfg.get(k) != base.get(k)]
+    parts += [f"{k}-{getattr(config, k)}" for k in telling if getattr(config, k) != base[k]]
     if method.constrained:
-        parts.append(f"zeros-{cfg['zeros']}")
-    if method.fluid and cfg["fluid_fraction"] != base["fluid_fraction"]:
-        parts.append(f"frac-{cfg['fluid_fraction']}")
-    parts += [cfg["precision"], f"s{cfg['seed']}"]
-    return "-".join(_slug_part(p) for p in parts) + "-" + config_hash(cfg)[:8]
+        parts.append(f"zeros-{config.zeros}")
+    if method.fluid and config.fluid_fraction != base["fluid_fraction"]:
+        parts.append(f"frac-{config.fluid_fraction}")
+    parts += [config.precision, f"s{config.seed}"]
+    return "-".join(_slug_part(p) for p in parts) + "-" + config_hash(config)[:8]
 
 
 def parse_sets(items: Iterable[str]) -> list[tuple[str, Any]]:
@@ -295,7 +319,10 @@ def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experi
     includes = [
         _keys(inc, "include", path) for inc in _tables(data.get("include", []), "include", path)
     ]
-    compare = _tables(data.get("compare", []), "compare", path)
+    compare = [
+        CompareSpec.from_table(table, f"{path}: [[compare]]")
+        for table in _tables(data.get("compare", []), "compare", path)
+    ]
     for key, value in parse_sets(sets):
         if key.startswith("weights."):
             weights[key.split(".", 1)[1]] = value
@@ -350,13 +377,13 @@ def _make_cell(
     shared = repr(sorted((k, v) for k, v in options.items() if k != "seed"))
     if shared not in known:
         known[shared] = _validated(options, weights, path, known)
-    cfg, reason = known[shared]
+    config, reason = known[shared]
     try:
         check_option("seed", options["seed"])
     except ConfigError as exc:
         raise ConfigError(f"{path}: cell {_described(options)}: {exc}") from None
-    cfg = {**cfg, "seed": options["seed"]}
-    return Cell(cfg, run_id_for(cfg), reason)
+    config = replace(config, seed=options["seed"])
+    return Cell(config, run_id_for(config), reason)
 
 
 def _described(options: Mapping[str, Any]) -> str:
@@ -366,12 +393,12 @@ def _described(options: Mapping[str, Any]) -> str:
 
 def _validated(
     options: dict[str, Any], weights: Mapping[str, Any], path: Path, known: dict[str, Any]
-) -> tuple[dict[str, Any], str | None]:
+) -> tuple[TrainConfig, str | None]:
     """A cell's options: those its method ignores reset to their defaults, transferred weights
     looked up per model, `auto` precision resolved, all validated; and why it is skipped, if it
     is."""
     cfg = {**_DEFAULTS, **options}
-    method = method_of(cfg)
+    method = method_of(cfg["method"])
     for key in METHOD_OPTIONS if method is not None else ():
         if not method.uses(key):
             cfg[key] = _DEFAULTS[key]
@@ -398,11 +425,10 @@ def _validated(
             config.validate()
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{path}: cell {_described(options)}: {exc}") from None
-    cfg = config.to_dict()
     # auto must not hide the precision; a pinned one needs no device (report GPU runs anywhere)
-    if cfg["precision"] == "auto":
-        device = ("device", cfg["device"])
+    if config.precision == "auto":
+        device = ("device", config.device)
         if device not in known:
-            known[device] = resolve_precision("auto", resolve_device(cfg["device"]))
-        cfg["precision"] = known[device]
-    return cfg, reason
+            known[device] = resolve_precision("auto", resolve_device(config.device))
+        config = replace(config, precision=known[device])
+    return config, reason

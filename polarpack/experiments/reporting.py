@@ -30,11 +30,11 @@ import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from polarpack._io import atomic_write_text, printable, read_json
+from polarpack._io import atomic_write_text, printable
 from polarpack.errors import ConfigError, PolarpackError
 from polarpack.experiments.comparisons import (
     Comparison,
@@ -49,6 +49,7 @@ from polarpack.experiments.grid import (
     NOT_HASHED,
     UNUSED,
     Cell,
+    CompareSpec,
     config_hash,
     load_experiment,
     method_of,
@@ -56,6 +57,7 @@ from polarpack.experiments.grid import (
 from polarpack.experiments.statistics import mean_std
 from polarpack.experiments.store import ResultsStore
 from polarpack.training import runs
+from polarpack.training.config import TrainConfig
 from polarpack.training.runs import FINISHED, EpochRow
 
 __all__ = ["Comparison", "Group", "Report", "Run", "compare", "compare_each", "comparison"]
@@ -97,7 +99,7 @@ class Group:
     """The cells that differ only in seed, and their statistics."""
 
     label: str
-    config: dict[str, Any]  # the options, without the seed
+    config: TrainConfig  # its first cell's options: every cell's, the seed aside
     planned: int = 0
     runs: list[Run] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -107,7 +109,7 @@ class Group:
 
     @property
     def threshold(self) -> float:
-        return float(self.config.get("threshold", 0.40))
+        return self.config.threshold
 
     @property
     def seeds(self) -> list[int]:
@@ -227,8 +229,9 @@ class Group:
             }
             for r in self.runs
         ]  # the per-epoch metrics are in each run's metrics.jsonl
-        fields = {k: v for k, v in asdict(self).items() if k != "runs"}
-        return fields | {"runs": runs} | {name: getattr(self, name) for name in names}
+        record = {k: v for k, v in asdict(self).items() if k != "runs"}
+        record["config"] = {k: v for k, v in record["config"].items() if k != "seed"}
+        return record | {"runs": runs} | {name: getattr(self, name) for name in names}
 
 
 @dataclass
@@ -257,7 +260,7 @@ class Report:
 
 def load_cells(
     target: str | os.PathLike, results: str | os.PathLike | None = None, sets: Sequence[str] = ()
-) -> tuple[str, list[Cell], ResultsStore, list[dict]]:
+) -> tuple[str, list[Cell], ResultsStore, list[CompareSpec]]:
     """The cells of an experiment FILE (with its results store), or every run of a RESULTS
     dir."""
     target = Path(target)
@@ -271,37 +274,39 @@ def load_cells(
     return target.name, [Cell(_options(d), d.name) for d in dirs], store, []
 
 
-def _options(run_dir: Path) -> dict[str, Any]:
-    saved = read_json(run_dir / runs.CONFIG_FILE)
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+def _options(run_dir: Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(runs.load_config(run_dir).options)
+    except (ConfigError, TypeError) as exc:
         raise ConfigError(
-            f"{run_dir / runs.CONFIG_FILE}: not a polarpack run config (an object "
-            "with the run's 'config' options); restore or remove that run"
-        )
-    return saved["config"]
+            f"{run_dir / runs.CONFIG_FILE}: its options do not make a run here ({exc}); "
+            "restore or remove that run"
+        ) from None
 
 
-def _group_key(config: Mapping[str, Any]) -> str:
-    return config_hash({k: v for k, v in config.items() if k not in _IGNORED})
+def _group_key(config: TrainConfig) -> str:
+    return config_hash({k: v for k, v in config.to_dict().items() if k not in _IGNORED})
 
 
 def _varying(cells: Sequence[Cell]) -> list[str]:
-    keys = [k for k in cells[0].config if k not in _IGNORED] if cells else []
-    return [k for k in keys if len({json.dumps(c.config.get(k), default=str) for c in cells}) > 1]
+    keys = [f.name for f in fields(TrainConfig) if f.name not in _IGNORED]
+    return [
+        k for k in keys if len({json.dumps(getattr(c.config, k), default=str) for c in cells}) > 1
+    ]
 
 
-def _label(config: Mapping[str, Any], varying: Sequence[str]) -> str:
+def _label(config: TrainConfig, varying: Sequence[str]) -> str:
     parts = []
     for key in varying:
-        value = config.get(key)
-        if value is None or config.get("method") in UNUSED.get(key, ()):
+        value = getattr(config, key)
+        if value is None or config.method in UNUSED.get(key, ()):
             continue
         text = str(value)
         if "/" in text and not text.startswith("hf://"):
             text = Path(text).name
         named = key in ("model", "dataset", "method", "dist", "weights")
         parts.append(text if named else f"{key}={text}")
-    return printable(" ".join(parts) or str(config.get("method")))
+    return printable(" ".join(parts) or config.method)
 
 
 def machine_kind(environment: Mapping[str, Any], device: str) -> str:
@@ -338,14 +343,12 @@ def checked_metrics(run_dir: Path) -> list[EpochRow]:
 
 
 def _run(cell: Cell, run_dir: Path, status: str, rows: list[EpochRow]) -> Run:
-    saved = read_json(run_dir / runs.CONFIG_FILE)
-    saved = saved if isinstance(saved, dict) else {}
-    env, resolved = saved.get("environment", {}), saved.get("resolved", {})
+    saved = runs.load_config(run_dir)
+    env, resolved = saved.environment, saved.resolved
     device = str(resolved.get("device", "?"))
     kind = home = machine_kind(env, device)
-    resumes = saved.get("resumes")
-    for resume in resumes if isinstance(resumes, list) else []:  # resumed elsewhere: own kind
-        there = resume.get("environment") if isinstance(resume, dict) else None
+    for resume in saved.resumes:  # resumed elsewhere: its own kind
+        there = resume.get("environment")
         if isinstance(there, dict) and (elsewhere := machine_kind(there, device)) != home:
             kind += f", from epoch {resume.get('epoch')} {elsewhere}"
     classes = resolved.get("num_classes") or 10
@@ -364,9 +367,8 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
     finished epoch (the group says so)."""
     varying, groups = _varying(cells), {}
     for cell in cells:
-        config = {k: v for k, v in cell.config.items() if k != "seed"}
         group = groups.setdefault(
-            _group_key(cell.config), Group(_label(cell.config, varying), config)
+            _group_key(cell.config), Group(_label(cell.config, varying), cell.config)
         )
         group.planned += 1
         if cell.skip_reason:
@@ -381,7 +383,7 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
         elif summary and status == "failed":
             group.failed.append(printable(str(summary.error)))
         else:
-            group.unfinished.append(f"s{cell.seed}: {len(rows)}/{cell.config['epochs']} epochs")
+            group.unfinished.append(f"s{cell.seed}: {len(rows)}/{cell.config.epochs} epochs")
     for group in groups.values():
         group.runs.sort(key=lambda r: r.seed)
         group.curve = _curve(group.runs)
@@ -452,7 +454,7 @@ def _groups_table(groups: Sequence[Group]) -> list[str]:
     for g in groups:
         dips = "-" if g.dips_mean is None else f"{g.dips_mean:.1f}"
         lines.append(
-            f"| {g.label} | {g.config.get('precision', '-')} | {g.finished}/{g.planned} | "
+            f"| {g.label} | {g.config.precision} | {g.finished}/{g.planned} | "
             f"{_pm(g.final_val_mean, g.final_val_std)} | {_pct(g.best_val_mean)} | "
             f"{_crossings(g)} | {g.converged}/{g.finished} | {dips} | {_notes(g)} |"
         )
@@ -514,17 +516,17 @@ def table1_markdown(groups: Sequence[Group]) -> str | None:
     from polarpack.sources.presets import PRESETS
 
     def is_row(g: Group) -> bool:
-        preset = PRESETS.get(g.config.get("dist"))
+        preset = PRESETS.get(g.config.dist)
         return (
-            getattr(method_of(g.config), "algorithm", None) == 1
+            getattr(method_of(g.config.method), "algorithm", None) == 1
             and preset is not None
             and (preset.paper_converged is not None)
         )
 
     rows = [g for g in groups if is_row(g)]
-    if len({g.config["dist"] for g in rows}) < 2:  # one distribution is not the paper's table
+    if len({g.config.dist for g in rows}) < 2:  # one distribution is not the paper's table
         return None
-    zeros = sorted({g.config["zeros"] for g in rows}, key=lambda z: z != "pin")
+    zeros = sorted({g.config.zeros for g in rows}, key=lambda z: z != "pin")
     lines = [
         "## Table 1: the paper's results next to ours (Freeze SPIN-Polarity)",
         "",
@@ -541,7 +543,7 @@ def table1_markdown(groups: Sequence[Group]) -> str | None:
             continue
         cells = []
         for z in zeros:
-            g = next((g for g in rows if g.config["dist"] == name and g.config["zeros"] == z), None)
+            g = next((g for g in rows if g.config.dist == name and g.config.zeros == z), None)
             cells.append(
                 "not run | -"
                 if g is None or not g.finished
@@ -555,8 +557,8 @@ def table1_markdown(groups: Sequence[Group]) -> str | None:
 
 
 def _panel_label(g: Group) -> str:
-    skip = (str(g.config["model"]), str(g.config["dataset"]))
-    return " ".join(p for p in g.label.split(" ") if p not in skip) or str(g.config["method"])
+    skip = (g.config.model, g.config.dataset)
+    return " ".join(p for p in g.label.split(" ") if p not in skip) or g.config.method
 
 
 def plot_figure(groups: Sequence[Group], path: str | os.PathLike, title: str = "") -> Path | None:
@@ -571,7 +573,7 @@ def plot_figure(groups: Sequence[Group], path: str | os.PathLike, title: str = "
     groups = [g for g in groups if g.curve]
     if not groups:
         return None
-    panels = sorted({(g.config["model"], g.config["dataset"]) for g in groups})
+    panels = sorted({(g.config.model, g.config.dataset) for g in groups})
     fig, axes = plt.subplots(
         2, len(panels), figsize=(max(8.0, 5.5 * len(panels)), 8.5), squeeze=False, sharey="row"
     )
@@ -579,7 +581,7 @@ def plot_figure(groups: Sequence[Group], path: str | os.PathLike, title: str = "
     cmap = plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20
     colors = {label: cmap(i % 20) for i, label in enumerate(labels)}
     for col, panel in enumerate(panels):
-        for g in (g for g in groups if (g.config["model"], g.config["dataset"]) == panel):
+        for g in (g for g in groups if (g.config.model, g.config.dataset) == panel):
             _plot_group(axes[:, col], g, colors[_panel_label(g)])
         _decorate(axes[:, col], panel, groups[0].threshold)
     handles, names = [], []
@@ -657,9 +659,7 @@ def report(
     comparisons = [c for made in per_spec for c in made]
     # a selector that matches nothing, or groups that differ in an option neither side names,
     # would otherwise vanish from the report without a word
-    unmatched = [
-        str(s.get("name", "a - b")) for s, made in zip(specs, per_spec, strict=True) if not made
-    ]
+    unmatched = [s.name for s, made in zip(specs, per_spec, strict=True) if not made]
     name = (title or name) + (" (unfinished runs counted at their last epoch)" if partial else "")
     markdown = markdown_report(name, groups, comparisons, unmatched)
     result = Report(name, str(store.root), groups, comparisons, markdown, not_compared=unmatched)
@@ -697,7 +697,7 @@ def _write(
         {
             "run_id": c.run_id,
             "seed": c.seed,
-            **{k: c.config.get(k) for k in keys},
+            **{k: getattr(c.config, k) for k in keys},
             **_summary_columns(runs.load_summary(store.run_dir(c))),
         }
         for c in cells

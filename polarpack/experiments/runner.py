@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +50,15 @@ class CellOutcome:
     error: str | None = None
 
 
-def cell_options(cell: Cell, threads: int, **extra: Any) -> dict[str, Any]:
+def cell_options(cell: Cell, threads: int, **extra: Any) -> TrainConfig:
     """The cell's training options, with the threads this machine gives it unless it sets them."""
-    return {**cell.config, "threads": cell.config["threads"] or threads, **extra}
+    return replace(cell.config, threads=cell.config.threads or threads, **extra)
 
 
 def run_cell(
     results: str | os.PathLike,
     cell: Cell,
-    options: Mapping[str, Any],
+    config: TrainConfig,
     *,
     nproc: int = 1,
     attempts: int = 1,
@@ -76,7 +76,7 @@ def run_cell(
                 state = store.state(cell)
                 if state == "done":
                     return CellOutcome("done", 0.0, store.summary(cell).final_val_acc)
-                outcome = _train_cell(dict(options), store.run_dir(cell), state, nproc, on_epoch)
+                outcome = _train_cell(config, store.run_dir(cell), state, nproc, on_epoch)
                 if outcome.status != "failed":
                     return outcome
                 if attempts > 1:
@@ -171,7 +171,7 @@ def epoch_bar(cells: list[Cell], store: ResultsStore, *, desc: str, progress: bo
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=sum(int(c.config["epochs"]) for c in cells),
+        total=sum(c.config.epochs for c in cells),
         initial=sum(len(read_metrics(store.run_dir(c))) for c in done),
         unit="epoch",
         desc=desc,
@@ -181,7 +181,7 @@ def epoch_bar(cells: list[Cell], store: ResultsStore, *, desc: str, progress: bo
 
 
 def _train_cell(
-    config: dict[str, Any],
+    config: TrainConfig,
     run_dir: Path,
     state: str,
     nproc: int,
@@ -198,7 +198,7 @@ def _train_cell(
             result = train(resume=run_dir, progress=False, on_epoch=on_epoch)
         else:
             result = train(
-                TrainConfig.from_dict(config),
+                config,
                 out=run_dir,
                 overwrite=True,
                 progress=False,
@@ -299,7 +299,7 @@ def _count_epochs(epochs: Any, bar) -> None:
 
 
 def launch(
-    config: Mapping[str, Any],
+    config: TrainConfig | Mapping[str, Any],
     run_dir: str | os.PathLike,
     nproc: int,
     *,
@@ -310,7 +310,8 @@ def launch(
     """Train one run as a torchrun job of `nproc` processes (`polarpack train` under
     `torch.distributed.run --standalone`); return its result, read back from the run
     directory."""
-    cfg = TrainConfig.from_dict(dict(config)).validate()
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    cfg.validate()
     run_dir = Path(run_dir)
     log = Path(log) if log else run_dir.parent / f"{run_dir.name}.launch.log"
     with tempfile.TemporaryDirectory(prefix="polarpack-launch-") as tmp:

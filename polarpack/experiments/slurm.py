@@ -29,6 +29,7 @@ from polarpack.errors import ConfigError, PolarpackError
 from polarpack.experiments.grid import EXPERIMENT_LIMIT, Cell, Experiment
 from polarpack.experiments.runner import CellOutcome, cell_options, epoch_bar, run_cell
 from polarpack.experiments.store import ResultsStore
+from polarpack.training.config import TrainConfig
 from polarpack.training.runs import read_metrics
 
 try:  # the optional extra: without it, `require_submitit` says how to install it
@@ -189,8 +190,8 @@ class CellTask(Checkpointable):
     `checkpoint`, which requeues this same task: the next start resumes the cell from its last
     finished epoch (its claim, left by this task's job id, is taken over)."""
 
-    def __init__(self, results: str, cell: Cell, options: Mapping[str, Any], nproc: int):
-        self.results, self.cell, self.options, self.nproc = results, cell, dict(options), nproc
+    def __init__(self, results: str, cell: Cell, config: TrainConfig, nproc: int):
+        self.results, self.cell, self.config, self.nproc = results, cell, config, nproc
 
     def __call__(self) -> CellOutcome:
         import submitit
@@ -198,7 +199,7 @@ class CellTask(Checkpointable):
         job = submitit.JobEnvironment().job_id
         print(f"cell {self.cell.run_id} (job {job})", flush=True)
         outcome = run_cell(
-            self.results, self.cell, self.options, nproc=self.nproc, attempts=MAX_TRIES, job=job
+            self.results, self.cell, self.config, nproc=self.nproc, attempts=MAX_TRIES, job=job
         )
         line = f"{outcome.status}: {self.cell.run_id}" + (
             f": {outcome.error}" if outcome.error else ""

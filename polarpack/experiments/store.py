@@ -142,7 +142,7 @@ def plan(exp: Experiment, store: ResultsStore) -> list[dict[str, Any]]:
         {
             "run_id": c.run_id,
             "seed": c.seed,
-            "method": c.config["method"],
+            "method": c.config.method,
             "reason": c.skip_reason,
             "action": "skip" if c.skip_reason else store.state(c),
         }
