@@ -112,7 +112,8 @@ def experiment(
     a claim in the results folder, so several processes, Slurm tasks and submitters may share it.
     Exit status 1 when any cell failed. Relative paths in FILE resolve against the current
     directory. A file expands to at most 100,000 cells (the product of its [grid] lists times its
-    seeds, plus its [[include]]s); a larger one is refused before any cell is built.
+    seeds, plus its [[include]]s); a larger one is refused before any cell is built. The file's
+    sections and keys: docs/experiments.md.
 
     \b
     Examples:
@@ -229,10 +230,12 @@ def report(target, results, out, sets, partial, title, as_json):
     """Aggregate an experiment FILE (with its --results) or a RESULTS folder over seeds.
 
     Per group of cells differing only in seed: mean and std of train/val accuracy per epoch, final
-    val accuracy, epochs until the mean reaches the runs' threshold (40%), converged k/n (final >=
-    chance + 5 points), dips; the file's [[compare]] pairs with 95% t intervals, paired over seeds
-    that ran on one kind of machine, and two one-sided equivalence tests where a pair gives a
-    margin; the seed's Table 1 next to its presets' rows.
+    val accuracy, epochs to the runs' threshold (40%; the mean of each run's first epoch there,
+    naming the runs that never get there), converged k/n (final >= chance + 5 points), dips; the
+    file's [[compare]] pairs with 95% t intervals, paired over seeds that ran on one kind of
+    machine, Holm-adjusted p-values, estimates per machine kind, and two one-sided equivalence
+    tests with their power where a pair gives a margin; the paper's Table 1 next to its presets'
+    rows. Experiment files: docs/experiments.md.
     """
     result = make_report(target, results=results, out=out, sets=sets, partial=partial, title=title)
     if as_json:
