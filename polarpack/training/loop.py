@@ -398,7 +398,7 @@ def _train(config, out, resume, overwrite, progress, on_epoch, backend, override
     run_dir = files.run_dir if files else Path(out) if out is not None else _default_run_dir(config)
     if os.environ.get("RANK", "0") == "0":
         if files is None:
-            runs.claim(run_dir, config.to_dict(), overwrite)
+            runs.prepare_out_dir(run_dir, config.to_dict(), overwrite)
         runs.remove_stale_files(run_dir)
     trainer = _start(config, run_dir, files, backend)
     net, world = trainer.setup.world.wrap(trainer.model), trainer.setup.world

@@ -242,7 +242,7 @@ def remove_stale_files(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def claim(run_dir: Path, config: Mapping[str, Any], overwrite: bool) -> None:
+def prepare_out_dir(run_dir: Path, config: Mapping[str, Any], overwrite: bool) -> None:
     """Make `run_dir` this run's: a new or empty folder, or (with `overwrite`) one that holds a
     polarpack run and nothing else. A folder holding anything else is never written into."""
     if run_dir.exists() and not run_dir.is_dir():
