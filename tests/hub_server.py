@@ -12,8 +12,8 @@ Routes (read from the installed client's source: `hf_api.py`, `_commit_api.py`, 
         transfer: an upload action pointing at this server, a verify action at huggingface.co
         (which the client rewrites to its endpoint, `fix_hf_endpoint_in_url`), none for an
         object the repository stores
-    PUT  /lfs-storage/{oid}                       the upload action's href, as a presigned storage
-        address: no token, the ticket in its header; checks sha256 and size
+    PUT  /lfs-storage/{oid}?X-Amz-Signature=...   the upload action's href, a presigned storage
+        address: no token, the signature in its query; checks sha256 and size
     POST /[{type}s/]{repo}.git/info/lfs/objects/verify  the verify action: the object is stored
     POST /api/{type}s/{repo}/commit/{rev}         _send_commit: NDJSON header, base64 "file" lines
         and "lfsFile" lines naming an uploaded object by its sha256
@@ -454,16 +454,16 @@ class FakeHub:
         for methods, pattern, handler in self.ROUTES:
             match = re.fullmatch(pattern, path)
             if match and method in methods:
-                return getattr(self, handler)(match, user, body, headers)
+                return getattr(self, handler)(match, user, body, headers, query)
         return Reply.error(404, f"fake hub: no route for {method} {path}")
 
-    def _route_create(self, match, user: str | None, body: bytes, headers) -> Reply:
+    def _route_create(self, match, user: str | None, body: bytes, headers, query) -> Reply:
         return self._create_repo(json.loads(body or b"{}"), user)
 
-    def _route_validate_yaml(self, match, user: str | None, body: bytes, headers) -> Reply:
+    def _route_validate_yaml(self, match, user: str | None, body: bytes, headers, query) -> Reply:
         return self._validate_yaml(json.loads(body or b"{}"))
 
-    def _route_write(self, m, user: str | None, body: bytes, headers) -> Reply:
+    def _route_write(self, m, user: str | None, body: bytes, headers, query) -> Reply:
         repo_type, repo_id, rev = REPO_TYPES[m["type"]], m["repo"], unquote(m["rev"])
         repo, err = self._writable(repo_type, repo_id, user)
         if err is not None:
@@ -476,7 +476,7 @@ class FakeHub:
             return self._preupload(repo, rev, json.loads(body or b"{}"))
         return self._commit_ndjson(repo, rev, body)
 
-    def _route_lfs(self, m, user: str | None, body: bytes, headers) -> Reply:
+    def _route_lfs(self, m, user: str | None, body: bytes, headers, query) -> Reply:
         repo, err = self._writable(REPO_TYPES[m["type"] or "models"], m["repo"], user)
         if err is not None:
             return err
@@ -498,8 +498,8 @@ class FakeHub:
 
     def _lfs_plan(self, repo: Repo, item: dict) -> dict:
         """No actions for an object the repository stores; else upload (to /lfs-storage here,
-        with a ticket in its header as a presigned storage address has its signature) and verify
-        (at the Hub's own address, as the Hub writes it: the client rewrites it to its endpoint)."""
+        signed in its query as a presigned storage address is) and verify (at the Hub's own
+        address, as the Hub writes it: the client rewrites it to its endpoint)."""
         oid, size = item["oid"], item["size"]
         plan = {"oid": oid, "size": size, "authenticated": True}
         if oid in repo.objects:
@@ -508,13 +508,14 @@ class FakeHub:
         self._tickets[ticket] = (repo, oid, size)
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
         plan["actions"] = {
-            "upload": {"href": f"{self.url}/lfs-storage/{oid}", "header": {"X-Ticket": ticket}},
+            "upload": {"href": f"{self.url}/lfs-storage/{oid}?X-Amz-Signature={ticket}"},
             "verify": {"href": f"{HUB}/{prefix}{repo.repo_id}.git/info/lfs/objects/verify"},
         }
         return plan
 
-    def _route_lfs_put(self, m, user: str | None, body: bytes, headers) -> Reply:
-        repo, oid, size = self._tickets.get(headers.get("X-Ticket") or "", (None, None, None))
+    def _route_lfs_put(self, m, user: str | None, body: bytes, headers, query) -> Reply:
+        ticket = query.get("X-Amz-Signature", [""])[0]
+        repo, oid, size = self._tickets.get(ticket, (None, None, None))
         if oid != m["oid"]:
             return Reply(403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>")
         if len(body) != size or hashlib.sha256(body).hexdigest() != oid:
@@ -522,13 +523,13 @@ class FakeHub:
         repo.objects[oid] = body
         return Reply(200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
 
-    def _route_info(self, m, user: str | None, body: bytes, headers) -> Reply:
+    def _route_info(self, m, user: str | None, body: bytes, headers, query) -> Reply:
         repo, err = self._readable(REPO_TYPES[m["type"]], m["repo"], user)
         if err is not None:
             return err
         return self._repo_info(repo, unquote(m["rev"]) if m["rev"] else "main")
 
-    def _route_resolve(self, m, user: str | None, body: bytes, headers) -> Reply:
+    def _route_resolve(self, m, user: str | None, body: bytes, headers, query) -> Reply:
         repo, err = self._readable(REPO_TYPES[m["type"] or "models"], m["repo"], user)
         if err is not None:
             return err
@@ -660,7 +661,14 @@ class FakeHub:
                     "size": len(data),
                     "pointerSize": len(pointer),
                 }
-                siblings.append({"rfilename": path, "blobId": git_blob_sha1(pointer), "lfs": lfs})
+                siblings.append(
+                    {
+                        "rfilename": path,
+                        "blobId": git_blob_sha1(pointer),
+                        "size": len(data),
+                        "lfs": lfs,
+                    }
+                )
             else:
                 siblings.append(
                     {"rfilename": path, "blobId": git_blob_sha1(data), "size": len(data)}
