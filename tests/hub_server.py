@@ -5,13 +5,22 @@ Routes (read from the installed client's source: `hf_api.py`, `_commit_api.py`, 
 
     POST /api/repos/create                        HfApi.create_repo (409 + {"url"} when it exists)
     POST /api/validate-yaml                       create_commit, when README.md is in the commit
-    POST /api/{type}s/{repo}/preupload/{rev}      _fetch_upload_modes: "regular" mode + remote git
-    oid
-    POST /api/{type}s/{repo}/commit/{rev}         _send_commit: NDJSON header + base64 "file" lines
+    POST /api/{type}s/{repo}/preupload/{rev}      _fetch_upload_modes: "lfs" for the paths the
+        branch's .gitattributes sends to LFS (as the Hub's default one: *.safetensors, *.bin, *.pt),
+        "regular" for the others; the remote oid (sha256 of an LFS file, git blob sha1 of another)
+    POST /[{type}s/]{repo}.git/info/lfs/objects/batch   Git LFS batch API (`lfs.py`), "basic"
+        transfer: an upload action pointing at this server, a verify action at huggingface.co
+        (which the client rewrites to its endpoint, `fix_hf_endpoint_in_url`), none for an
+        object the repository stores
+    PUT  /lfs-storage/{oid}?X-Amz-Signature=...   the upload action's href, a presigned storage
+        address: no token, the signature in its query; checks sha256 and size
+    POST /[{type}s/]{repo}.git/info/lfs/objects/verify  the verify action: the object is stored
+    POST /api/{type}s/{repo}/commit/{rev}         _send_commit: NDJSON header, base64 "file" lines
+        and "lfsFile" lines naming an uploaded object by its sha256
     POST /api/{type}s/{repo}/branch/{branch}      HfApi.create_branch
     GET  /api/{type}s/{repo}[/revision/{rev}]     HfApi.repo_info / model_info (sha, siblings)
-    HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}  a file download: X-Repo-Commit, ETag,
-    Content-Length
+    HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}  a file download: X-Repo-Commit, ETag (the
+        sha256 of an LFS file, as the Hub's X-Linked-Etag), Content-Length
 
 Errors carry the headers the client maps to its exceptions: `X-Error-Code: RepoNotFound`
 (401 without a token, like the real Hub, 404 with one), `RevisionNotFound`, `EntryNotFound`,
@@ -25,13 +34,14 @@ time, or no answer at all. `SilentEndpoint` accepts TCP connections and never
 answers.
 
 State is in memory; commit ids are sha1 hex of the commit content (parent, message, file oids),
-file oids are git blob sha1s, as on the Hub. LFS / Xet uploads are not implemented: every file is
-"regular" (inline base64), which is what the client does for small files.
+file oids are git blob sha1s (sha256 for LFS files), as on the Hub. Files committed by `add_repo`
+are regular; a push's LFS files go through the LFS routes. Xet uploads are not implemented.
 """
 
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -46,7 +56,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 DEFAULT_TOKENS = {"hf_fake_write_token": "tester"}
 GITATTRIBUTES = (
     b"*.bin filter=lfs diff=lfs merge=lfs -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n"
+    b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 )
+LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
+HUB = "https://huggingface.co"  # the Hub's own address, which it writes in the hrefs it gives
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 _TYPE = r"(?P<type>models|datasets|spaces)"
@@ -57,12 +70,26 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def lfs_pointer(data: bytes) -> bytes:
+    """The pointer file git stores for an LFS file."""
+    oid = hashlib.sha256(data).hexdigest()
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(data)}\n".encode()
+    )
+
+
 @dataclass
 class Commit:
     oid: str
     parent: str | None
     message: str
     files: dict[str, bytes]
+    lfs: set[str] = field(default_factory=set)  # the paths stored in Git LFS
+
+    def file_id(self, path: str) -> str:
+        """What the Hub names a file by: the sha256 of an LFS file, git's blob sha1 of another."""
+        data = self.files[path]
+        return hashlib.sha256(data).hexdigest() if path in self.lfs else git_blob_sha1(data)
 
 
 @dataclass
@@ -74,6 +101,7 @@ class Repo:
     approved: set[str] = field(default_factory=set)
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Commit] = field(default_factory=dict)
+    objects: dict[str, bytes] = field(default_factory=dict)  # LFS storage, by sha256
 
     def resolve(self, revision: str) -> str | None:
         if revision in self.branches:
@@ -170,6 +198,7 @@ class FakeHub:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._counter = 0
+        self._tickets: dict[str, tuple[Repo, str, int]] = {}  # upload ticket -> (repo, oid, size)
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -256,6 +285,12 @@ class FakeHub:
         with self._lock:
             return self.repos[(repo_type, repo_id)].resolve(revision)
 
+    def lfs_files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> set[str]:
+        """The paths stored in Git LFS at `revision`."""
+        with self._lock:
+            repo = self.repos[(repo_type, repo_id)]
+            return set(repo.commits[repo.resolve(revision)].lfs)
+
     def n_commits(self, repo_id: str, repo_type: str = "model") -> int:
         with self._lock:
             return len(self.repos[(repo_type, repo_id)].commits)
@@ -320,13 +355,15 @@ class FakeHub:
 
     # -- internals ---------------------------------------------------------------------------
     def _commit(
-        self, repo: Repo, branch: str, files: dict[str, bytes], message: str, deleted=()
+        self, repo: Repo, branch: str, files: dict[str, bytes], message: str, deleted=(), lfs=()
     ) -> str:
         parent = repo.branches.get(branch)
         tree = dict(repo.commits[parent].files) if parent else {}
+        stored = set(repo.commits[parent].lfs) if parent else set()
         for path in deleted:
             tree.pop(path, None)
         tree.update(files)
+        stored = (stored - set(deleted) - set(files)) | set(lfs)
         self._counter += 1
         digest = hashlib.sha1(
             json.dumps(
@@ -338,7 +375,7 @@ class FakeHub:
                 ]
             ).encode()
         ).hexdigest()
-        repo.commits[digest] = Commit(oid=digest, parent=parent, message=message, files=tree)
+        repo.commits[digest] = Commit(digest, parent, message, tree, stored)
         repo.branches[branch] = digest
         return digest
 
@@ -396,6 +433,12 @@ class FakeHub:
             rf"/api/{_TYPE}/{_REPO}/(?P<op>preupload|commit|branch)/(?P<rev>[^/]+)",
             "_route_write",
         ),
+        (
+            {"POST"},
+            rf"/(?:(?P<type>datasets|spaces)/)?{_REPO}\.git/info/lfs/objects/(?P<op>batch|verify)",
+            "_route_lfs",
+        ),
+        ({"PUT"}, r"/lfs-storage/(?P<oid>[0-9a-f]{64})", "_route_lfs_put"),
         ({"GET"}, rf"/api/{_TYPE}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "_route_info"),
         (
             {"GET", "HEAD"},
@@ -411,16 +454,16 @@ class FakeHub:
         for methods, pattern, handler in self.ROUTES:
             match = re.fullmatch(pattern, path)
             if match and method in methods:
-                return getattr(self, handler)(match, user, body)
+                return getattr(self, handler)(match, user, body, headers, query)
         return Reply.error(404, f"fake hub: no route for {method} {path}")
 
-    def _route_create(self, match, user: str | None, body: bytes) -> Reply:
+    def _route_create(self, match, user: str | None, body: bytes, headers, query) -> Reply:
         return self._create_repo(json.loads(body or b"{}"), user)
 
-    def _route_validate_yaml(self, match, user: str | None, body: bytes) -> Reply:
+    def _route_validate_yaml(self, match, user: str | None, body: bytes, headers, query) -> Reply:
         return self._validate_yaml(json.loads(body or b"{}"))
 
-    def _route_write(self, m, user: str | None, body: bytes) -> Reply:
+    def _route_write(self, m, user: str | None, body: bytes, headers, query) -> Reply:
         repo_type, repo_id, rev = REPO_TYPES[m["type"]], m["repo"], unquote(m["rev"])
         repo, err = self._writable(repo_type, repo_id, user)
         if err is not None:
@@ -433,13 +476,60 @@ class FakeHub:
             return self._preupload(repo, rev, json.loads(body or b"{}"))
         return self._commit_ndjson(repo, rev, body)
 
-    def _route_info(self, m, user: str | None, body: bytes) -> Reply:
+    def _route_lfs(self, m, user: str | None, body: bytes, headers, query) -> Reply:
+        repo, err = self._writable(REPO_TYPES[m["type"] or "models"], m["repo"], user)
+        if err is not None:
+            return err
+        payload = json.loads(body or b"{}")
+        if m["op"] == "verify":
+            stored = repo.objects.get(payload.get("oid"))
+            if stored is None or len(stored) != payload.get("size"):
+                return Reply.error(404, "Object not found")
+            return Reply.json(200, {"success": True})
+        if LFS_MEDIA_TYPE not in (headers.get("Accept"), headers.get("Content-Type")):
+            return Reply.error(406, f"the LFS batch API speaks {LFS_MEDIA_TYPE}")
+        if payload.get("operation") != "upload" or "basic" not in payload.get("transfers", []):
+            return Reply.error(422, "this fake hub only takes basic LFS uploads")
+        return Reply.json(
+            200,
+            {"transfer": "basic", "objects": [self._lfs_plan(repo, o) for o in payload["objects"]]},
+            **{"Content-Type": LFS_MEDIA_TYPE},
+        )
+
+    def _lfs_plan(self, repo: Repo, item: dict) -> dict:
+        """No actions for an object the repository stores; else upload (to /lfs-storage here,
+        signed in its query as a presigned storage address is) and verify (at the Hub's own
+        address, as the Hub writes it: the client rewrites it to its endpoint)."""
+        oid, size = item["oid"], item["size"]
+        plan = {"oid": oid, "size": size, "authenticated": True}
+        if oid in repo.objects:
+            return plan
+        ticket = hashlib.sha1(f"{oid}:{len(self._tickets)}".encode()).hexdigest()
+        self._tickets[ticket] = (repo, oid, size)
+        prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
+        plan["actions"] = {
+            "upload": {"href": f"{self.url}/lfs-storage/{oid}?X-Amz-Signature={ticket}"},
+            "verify": {"href": f"{HUB}/{prefix}{repo.repo_id}.git/info/lfs/objects/verify"},
+        }
+        return plan
+
+    def _route_lfs_put(self, m, user: str | None, body: bytes, headers, query) -> Reply:
+        ticket = query.get("X-Amz-Signature", [""])[0]
+        repo, oid, size = self._tickets.get(ticket, (None, None, None))
+        if oid != m["oid"]:
+            return Reply(403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>")
+        if len(body) != size or hashlib.sha256(body).hexdigest() != oid:
+            return Reply(400, b"<Error><Code>BadDigest</Code></Error>")
+        repo.objects[oid] = body
+        return Reply(200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
+
+    def _route_info(self, m, user: str | None, body: bytes, headers, query) -> Reply:
         repo, err = self._readable(REPO_TYPES[m["type"]], m["repo"], user)
         if err is not None:
             return err
         return self._repo_info(repo, unquote(m["rev"]) if m["rev"] else "main")
 
-    def _route_resolve(self, m, user: str | None, body: bytes) -> Reply:
+    def _route_resolve(self, m, user: str | None, body: bytes, headers, query) -> Reply:
         repo, err = self._readable(REPO_TYPES[m["type"] or "models"], m["repo"], user)
         if err is not None:
             return err
@@ -494,22 +584,25 @@ class FakeHub:
 
     @staticmethod
     def _preupload(repo: Repo, branch: str, payload: dict) -> Reply:
-        tree = repo.commits[repo.branches[branch]].files
+        head = repo.commits[repo.branches[branch]]
+        attributes = head.files.get(".gitattributes", b"").decode().splitlines()
+        to_lfs = [a.split()[0] for a in attributes if "filter=lfs" in a.split()[1:]]
         files = []
         for item in payload.get("files", []):
             path = item["path"]
+            lfs = any(fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], p) for p in to_lfs)
             files.append(
                 {
                     "path": path,
-                    "uploadMode": "regular",
+                    "uploadMode": "lfs" if lfs else "regular",
                     "shouldIgnore": False,
-                    "oid": git_blob_sha1(tree[path]) if path in tree else None,
+                    "oid": head.file_id(path) if path in head.files else None,
                 }
             )
         return Reply.json(200, {"files": files, "commitOid": repo.branches[branch]})
 
     def _commit_ndjson(self, repo: Repo, branch: str, body: bytes) -> Reply:
-        header, files, deleted = None, {}, []
+        header, files, deleted, lfs = None, {}, [], set()
         for line in body.splitlines():
             if not line.strip():
                 continue
@@ -524,9 +617,13 @@ class FakeHub:
             elif key in ("deletedFile", "deletedFolder"):
                 deleted.append(value["path"])
             elif key == "lfsFile":
-                return Reply.error(
-                    400, "this fake hub does not store LFS files; keep test files small"
-                )
+                stored = repo.objects.get(value.get("oid"))
+                if value.get("algo") != "sha256" or stored is None:
+                    return Reply.error(400, f"LFS object of {value.get('path')} not uploaded")
+                if value.get("size", len(stored)) != len(stored):
+                    return Reply.error(400, f"LFS object of {value.get('path')} has another size")
+                files[value["path"]] = stored
+                lfs.add(value["path"])
             else:
                 return Reply.error(400, f"unknown commit operation {key!r}")
         if header is None or not header.get("summary"):
@@ -537,7 +634,7 @@ class FakeHub:
         message = header["summary"] + (
             "\n\n" + header["description"] if header.get("description") else ""
         )
-        oid = self._commit(repo, branch, files, message, deleted)
+        oid = self._commit(repo, branch, files, message, deleted, lfs)
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
         return Reply.json(
             200,
@@ -554,7 +651,28 @@ class FakeHub:
         sha = repo.resolve(revision)
         if sha is None:
             return Reply.error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-        tree = repo.commits[sha].files
+        commit = repo.commits[sha]
+        siblings = []
+        for path, data in sorted(commit.files.items()):
+            if path in commit.lfs:
+                pointer = lfs_pointer(data)
+                lfs = {
+                    "sha256": commit.file_id(path),
+                    "size": len(data),
+                    "pointerSize": len(pointer),
+                }
+                siblings.append(
+                    {
+                        "rfilename": path,
+                        "blobId": git_blob_sha1(pointer),
+                        "size": len(data),
+                        "lfs": lfs,
+                    }
+                )
+            else:
+                siblings.append(
+                    {"rfilename": path, "blobId": git_blob_sha1(data), "size": len(data)}
+                )
         return Reply.json(
             200,
             {
@@ -564,10 +682,7 @@ class FakeHub:
                 "private": repo.private,
                 "lastModified": "2024-01-01T00:00:00.000Z",
                 "tags": [],
-                "siblings": [
-                    {"rfilename": p, "blobId": git_blob_sha1(d), "size": len(d)}
-                    for p, d in sorted(tree.items())
-                ],
+                "siblings": siblings,
             },
         )
 
@@ -576,16 +691,15 @@ class FakeHub:
         sha = repo.resolve(revision)
         if sha is None:
             return Reply.error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-        tree = repo.commits[sha].files
-        if path not in tree:
+        commit = repo.commits[sha]
+        if path not in commit.files:
             return Reply.error(404, "Entry not found", "EntryNotFound", **{"X-Repo-Commit": sha})
-        data = tree[path]
         return Reply(
             200,
-            data,
+            commit.files[path],
             {
                 "Content-Type": "application/octet-stream",
-                "ETag": f'"{git_blob_sha1(data)}"',
+                "ETag": f'"{commit.file_id(path)}"',
                 "X-Repo-Commit": sha,
                 "Accept-Ranges": "bytes",
             },
@@ -665,6 +779,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         raw = "Content-Length" in reply.headers
         for chunk in reply.chunks:
+            if not chunk:  # an empty chunk would end a chunked body
+                continue
             if self.fake.stopping.wait(reply.pace):
                 return
             self.wfile.write(chunk if raw else b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -683,6 +799,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
 
 
 class SilentEndpoint:

@@ -11,6 +11,7 @@ bodies, answers that never come.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import logging
@@ -816,6 +817,9 @@ PUSH_ROUTES = {  # what push asks the Hub, and the path it asks at
     "creating the repository": r"^/api/repos/create$",
     "creating the branch": r"/branch/",
     "the upload modes": r"/preupload/",
+    "the LFS upload plan": r"\.git/info/lfs/objects/batch$",
+    "the upload of alexnet.polar.safetensors": r"^/lfs-storage/",
+    "the verification of alexnet.polar.safetensors": r"\.git/info/lfs/objects/verify$",
     "the commit": r"/commit/",
 }
 
@@ -839,6 +843,8 @@ def test_an_endless_answer_fails_a_push_at_once(hub, what):
     assert message.startswith(f"cannot push paper:alexnet to {REPO}: the answer from {hub.url}")
     assert f"to {what} went past {ANSWER_LIMIT:,} bytes" in message and "HF_ENDPOINT" in message
     assert hub.streamed < 64 << 20
+    if what != "the commit":
+        assert hub.calls("POST", r"/commit/") == []
 
 
 @pytest.mark.parametrize("extra, passes", [(0, True), (1, False)])
@@ -859,6 +865,9 @@ def test_a_push_answer_at_the_limit_passes_one_byte_more_is_refused(hub, extra, 
         ("the commit", {"commitOid": "../x", "commitUrl": "http://h/c"}, "'../x'"),
         ("a repository lookup", {"sha": "main"}, "'main', which is not a commit id"),
         ("the upload modes", {"files": []}, "which is not an upload mode for alexnet.polar"),
+        ("the upload modes", {"files": 5}, "which is not an upload mode for alexnet.polar"),
+        ("the LFS upload plan", {"objects": []}, "not a plan for alexnet.polar.safetensors"),
+        ("the LFS upload plan", {"objects": 5}, "not a plan for alexnet.polar.safetensors"),
         ("creating the repository", "<html>", "'<html>', which is not JSON"),
     ],
 )
@@ -928,33 +937,109 @@ def test_a_polar_file_at_the_limit_passes(published, monkeypatch, announced, ext
             pull(REF, endpoint=published.url)
 
 
-UPLOAD = r"/xet-write-token/|\.git/info/lfs/"  # where huggingface_hub uploads LFS files
+# -- Git LFS: the Hub wants every .safetensors file there ----------------------------------------
+
+LFS_FILE = "mnv2.polar.safetensors"
+BATCH = f"/{REPO}.git/info/lfs/objects/batch"
+VERIFY = f"/{REPO}.git/info/lfs/objects/verify"
 
 
-def lfs_modes(hub: FakeHub) -> None:
-    """The upload-modes answers ask for every file in LFS, as the Hub does for large or binary
-    files (this fake Hub stores none, so the LFS upload itself fails)."""
-    files = [
-        {"path": p, "uploadMode": "lfs", "shouldIgnore": False, "oid": None}
-        for p in ("alexnet.polar", "alexnet.polar.safetensors", "README.md")
-    ]
-    hub.misbehave(r"/preupload/", body=[json.dumps({"files": files}).encode()], times=2)
+def test_a_push_whose_files_go_to_lfs_lands_and_pulls_back_equal(hub, polar_file):
+    result = push(polar_file, REPO, token=TOKEN, endpoint=hub.url)
+    assert result.changed and hub.lfs_files(REPO) == {LFS_FILE}
+    assert hub.files(REPO)[LFS_FILE] == fmt.encode(fmt.load(polar_file), "safetensors")
+    assert len(hub.calls("PUT", r"^/lfs-storage/")) == 1 and hub.calls("POST", VERIFY)
+    assert len(hub.calls("POST", r"/commit/")) == 1
+    assert pull(f"hf://{REPO}/{LFS_FILE}", endpoint=hub.url) == fmt.load(polar_file)
+    assert pull(REF, endpoint=hub.url) == fmt.load(polar_file)
+    # the token goes to the Hub only, never to the storage address the upload is sent to
+    assert ("POST", BATCH) in hub.authorized and ("POST", VERIFY) in hub.authorized
+    assert [path for method, path in hub.authorized if method == "PUT"] == []
 
 
-def test_files_the_hub_wants_in_lfs_go_through_huggingface_hub(hub):
-    lfs_modes(hub)
+def test_a_second_identical_push_uploads_nothing_and_makes_no_commit(hub, polar_file):
+    first = push(polar_file, REPO, token=TOKEN, endpoint=hub.url)
+    requests = len(hub.requests)
+    second = push(polar_file, REPO, token=TOKEN, endpoint=hub.url)
+    assert not second.changed and second.commit_url == first.commit_url
+    asked = [(method, path) for method, path, _ in hub.requests[requests:]]
+    assert [a for a in asked if a[0] == "PUT" or "/lfs/" in a[1] or "/commit/" in a[1]] == []
+
+
+def test_bytes_the_hub_stores_already_are_not_sent_again(hub, polar_file):
+    """Another name for the same bytes: the upload plan has nothing to do, the commit names them."""
+    push(polar_file, REPO, token=TOKEN, endpoint=hub.url)
+    assert push(polar_file, REPO, token=TOKEN, endpoint=hub.url, stem="copy").changed
+    assert len(hub.calls("POST", BATCH)) == 2 and len(hub.calls("PUT", r"^/lfs-storage/")) == 1
+    assert hub.files(REPO)["copy.polar.safetensors"] == hub.files(REPO)[LFS_FILE]
+    assert hub.lfs_files(REPO) == {LFS_FILE, "copy.polar.safetensors"}
+
+
+def plan_for(polar_file, **entry) -> bytes:
+    """An upload plan answer for the push of `polar_file`, its one object given `entry`."""
+    data = fmt.encode(fmt.load(polar_file), "safetensors")
+    obj = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), **entry}
+    return json.dumps({"objects": [obj]}).encode()
+
+
+def upload(href: str, **header: str) -> dict:
+    return {"actions": {"upload": {"href": href, "header": header}}}
+
+
+@pytest.mark.parametrize(
+    "entry, needle",
+    [
+        (
+            {"error": {"code": 422, "message": "Object too large"}},
+            f"refused to store {LFS_FILE} in Git LFS: Object too large (code 422)",
+        ),
+        (
+            upload("file:///etc/passwd"),
+            "which is not an http(s) upload address for mnv2.polar.safetensors",
+        ),
+        (
+            {"actions": {"verify": {"href": "http://h/v"}}},
+            "which is not an http(s) upload address for mnv2.polar.safetensors",
+        ),
+        (
+            upload("http://h/u", chunk_size="5000000"),
+            "in parts of 5000000 bytes (a multipart Git LFS upload), which polarpack does not make",
+        ),
+    ],
+)
+def test_an_upload_plan_polarpack_cannot_follow_is_one_line(hub, polar_file, entry, needle):
+    hub.misbehave(BATCH, body=[plan_for(polar_file, **entry)])
     with pytest.raises(HubError) as err:
-        push("paper:alexnet", REPO, token=TOKEN, endpoint=hub.url)
-    assert one_line(err.value).startswith(f"cannot push paper:alexnet to {REPO}: ")
-    assert hub.calls("GET", UPLOAD) or hub.calls("POST", UPLOAD)  # HfApi's Xet or LFS upload
-    assert hub.calls("POST", r"/commit/") == []
+        push(polar_file, REPO, token=TOKEN, endpoint=hub.url)
+    message = one_line(err.value)
+    assert (
+        message.startswith(f"cannot push {polar_file} to {REPO}: {hub.url} ") and needle in message
+    )
+    assert hub.calls("PUT", r"") == [] and hub.calls("POST", r"/commit/") == []
 
 
-def test_an_lfs_upload_that_never_answers_ends_in_time(hub, time_limit):
-    lfs_modes(hub)
-    hub.misbehave(UPLOAD, stall=True, times=10)
-    message = fails_in_time(push, "paper:alexnet", REPO, token=TOKEN, endpoint=hub.url)
+@pytest.mark.parametrize(
+    "route, method, needle",
+    [
+        (r"^/lfs-storage/", "PUT", f"{{url}} answered the upload of {LFS_FILE} with HTTP 500 ("),
+        (VERIFY, "POST", "{url} answered HTTP 500 (Injected failure (HTTP 500)); try again"),
+    ],
+)
+def test_a_failed_upload_makes_no_commit_and_a_retry_lands(hub, polar_file, route, method, needle):
+    hub.fail(route, status=500, method=method)
+    with pytest.raises(HubError) as err:
+        push(polar_file, REPO, token=TOKEN, endpoint=hub.url)
+    assert needle.format(url=hub.url) in one_line(err.value)
+    assert hub.calls("POST", r"/commit/") == [] and set(hub.files(REPO)) == {".gitattributes"}
+    assert push(polar_file, REPO, token=TOKEN, endpoint=hub.url).changed
+    assert pull(f"hf://{REPO}/{LFS_FILE}", endpoint=hub.url) == fmt.load(polar_file)
+
+
+def test_an_upload_that_never_answers_ends_in_time(hub, polar_file, time_limit):
+    hub.misbehave(r"^/lfs-storage/", method="PUT", stall=True)
+    message = fails_in_time(push, polar_file, REPO, token=TOKEN, endpoint=hub.url)
     assert f"no usable answer from {hub.url} within the 1 s limit" in message
+    assert hub.calls("POST", r"/commit/") == []
 
 
 # -- a guest in its user's process ----------------------------------------------------------

@@ -1,13 +1,13 @@
 """Publish a distribution on the Hugging Face Hub in one commit, safe against a hostile or broken
 server.
 
-The requests are polarpack's own, through a client of huggingface_hub's client factory made for
+Every request is polarpack's own, through a client of huggingface_hub's client factory made for
 the call and closed after it (huggingface_hub's headers, token and proxy settings, the Hub's own
 commit API): nothing is installed on huggingface_hub's shared client or its loggers. So the whole
-push is cancelled at POLARPACK_HUB_TIMEOUT seconds, and every answer is read as it arrives and
-refused past `ANSWER_LIMIT` bytes. Files the Hub stores with Git LFS (or Xet) are uploaded by
-`HfApi.create_commit`, which talks through huggingface_hub's shared client: that commit is given
-the time left, and the caller stops waiting then."""
+push, Git LFS uploads included, is cancelled at POLARPACK_HUB_TIMEOUT seconds, and every answer is
+read as it arrives and refused past `ANSWER_LIMIT` bytes. Files the Hub wants in Git LFS (on the
+real Hub every `.safetensors` file) go up with Git LFS's "basic" transfer, one PUT per file to the
+address the Hub names, before the commit that points to them."""
 
 from __future__ import annotations
 
@@ -16,15 +16,12 @@ import base64
 import hashlib
 import json
 import re
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from huggingface_hub import CommitOperationAdd, HfApi, constants
+from huggingface_hub import constants
 from huggingface_hub.errors import (
     GatedRepoError,
     HFValidationError,
@@ -54,7 +51,19 @@ from polarpack.sources.hub import (
 from polarpack.sources.presets import get_preset
 from polarpack.sources.references import is_hub_reference, is_preset
 
+try:  # hrefs on huggingface.co rewritten to a custom endpoint, as huggingface_hub does
+    from huggingface_hub.utils import fix_hf_endpoint_in_url
+except ImportError:  # a huggingface_hub without it uses the hrefs as given
+
+    def fix_hf_endpoint_in_url(url: str, endpoint: str | None) -> str:
+        return url
+
+
 SAMPLE = 512  # bytes of each file the Hub looks at to choose its upload mode, as huggingface_hub
+LFS_HEADERS = {  # the media type of Git LFS's batch API
+    "Accept": "application/vnd.git-lfs+json",
+    "Content-Type": "application/vnd.git-lfs+json",
+}
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,10 @@ class _Broken(HubError):
     """The Hub answered something no Hub sends."""
 
 
+class _Refused(HubError):
+    """The Hub (or the host it sends an upload to) refused a step of the push, and said why."""
+
+
 @dataclass
 class _Push:
     """One `push` call: where to, as whom, which files, and the commit it makes."""
@@ -110,6 +123,7 @@ class _Push:
     revision: str | None
     message: str
     head: str | None = None  # the branch's commit before the push; None for a new repository
+    lfs: set[str] = field(default_factory=set)  # the files the Hub wants in Git LFS
 
     @property
     def api(self) -> str:
@@ -122,20 +136,33 @@ class _Push:
             "it is not a Hugging Face Hub or it is broken (check HF_ENDPOINT)"
         )
 
+    def host(self, url: str) -> str:
+        """Who answers at `url`, as errors name it: the endpoint, or the other host's origin."""
+        if url.startswith(f"{self.endpoint}/"):
+            return public_url(self.endpoint)
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+    async def send(
+        self, client: Any, method: str, url: str, what: str, *, auth: bool = True, **kw: Any
+    ) -> tuple[Any, bytes]:
+        """(response, body) of one request, the body read as it arrives within ANSWER_LIMIT.
+        `auth=False` sends only the headers given: no token to a host the Hub sends us to."""
+        headers = {**(self.headers if auth else {}), **kw.pop("headers", {})}
+        request = client.build_request(method, url, headers=headers, **kw)
+        response = await client.send(request, stream=True)
+        try:
+            body = await read_answer(response, f"the answer from {self.host(url)} to {what}")
+        finally:
+            await response.aclose()
+        return response, body
+
     async def ask(
         self, client: Any, method: str, url: str, what: str, *, ok: tuple[int, ...] = (), **kw: Any
     ) -> Any:
         """The JSON answer to one request (None for a status in `ok`), read within ANSWER_LIMIT;
         an error answer raises huggingface_hub's typed error."""
-        headers = {**self.headers, **kw.pop("headers", {})}
-        request = client.build_request(method, url, headers=headers, **kw)
-        response = await client.send(request, stream=True)
-        try:
-            body = await read_answer(
-                response, f"the answer from {public_url(self.endpoint)} to {what}"
-            )
-        finally:
-            await response.aclose()
+        response, body = await self.send(client, method, url, what, **kw)
         if response.status_code in ok:
             return None
         raise_for_status(response, body)
@@ -186,7 +213,7 @@ class _Push:
             client, "POST", self._at("preupload"), "the upload modes", json=payload
         )
         entries = answer.get("files") if isinstance(answer, dict) else None
-        found = {e.get("path"): e for e in entries or () if isinstance(e, dict)}
+        found = {e.get("path"): e for e in _listed(entries) if isinstance(e, dict)}
         modes = {}
         for path, data in self.files.items():
             entry = found.get(path, {})
@@ -198,16 +225,91 @@ class _Push:
                 modes[path] = mode if data else "regular"  # empty files cannot be LFS
         return modes
 
+    async def upload(self, client: Any) -> None:
+        """Put the LFS files where the Hub's upload plan (Git LFS's batch API, "basic" transfer)
+        says, skipping those it stores already; the commit then only points to them."""
+        oids = {hashlib.sha256(self.files[p]).hexdigest(): p for p in sorted(self.lfs)}
+        what = "the LFS upload plan"
+        payload = {
+            "operation": "upload",
+            "transfers": ["basic"],
+            "objects": [{"oid": oid, "size": len(self.files[p])} for oid, p in oids.items()],
+            "hash_algo": "sha256",
+            "ref": {"name": self.revision or "main"},
+        }
+        url = f"{self.endpoint}/{self.repo_id}.git/info/lfs/objects/batch"
+        answer = await self.ask(client, "POST", url, what, json=payload, headers=LFS_HEADERS)
+        objects = answer.get("objects") if isinstance(answer, dict) else None
+        plans = {o.get("oid"): o for o in _listed(objects) if isinstance(o, dict)}
+        for oid, path in oids.items():
+            if not isinstance(plans.get(oid), dict):
+                raise self.broken(what, answer, f"a plan for {path}")
+            await self.upload_one(client, path, oid, plans[oid])
+
+    async def upload_one(self, client: Any, path: str, oid: str, plan: dict) -> None:
+        """One object of the upload plan: refused, stored already, or PUT (then verified)."""
+        if "error" in plan:
+            error = plan["error"] if isinstance(plan["error"], dict) else {"message": plan["error"]}
+            code = f" (code {short(str(error['code']), 20)})" if "code" in error else ""
+            raise _Refused(
+                f"{public_url(self.endpoint)} refused to store {path} in Git LFS: "
+                f"{short(str(error.get('message') or 'no message'))}{code}"
+            )
+        actions = plan.get("actions")
+        if actions is None:  # the Hub holds these bytes already
+            return
+        upload, verify = (
+            actions.get(k) if isinstance(actions, dict) else None for k in ("upload", "verify")
+        )
+        for name, action in (("upload", upload), ("verify", verify)):
+            if (name == "upload" or action is not None) and not _lfs_action(action):
+                raise self.broken(
+                    "the LFS upload plan", plan, f"an http(s) {name} address for {path}"
+                )
+        header = upload.get("header") or {}
+        if "chunk_size" in header:
+            raise _Refused(
+                f"{public_url(self.endpoint)} asked for {path} ({len(self.files[path]):,} bytes) "
+                f"in parts of {short(header['chunk_size'], 40)} bytes (a multipart Git LFS "
+                "upload), which polarpack does not make: it asks for the basic transfer, one PUT "
+                "per file"
+            )
+        await self.put(client, path, fix_hf_endpoint_in_url(upload["href"], self.endpoint), header)
+        if verify is not None:
+            url = fix_hf_endpoint_in_url(verify["href"], self.endpoint)
+            payload = {"oid": oid, "size": len(self.files[path])}
+            what, headers = f"the verification of {path}", verify.get("header") or {}
+            response, body = await self.send(
+                client, "POST", url, what, json=payload, headers=headers
+            )
+            raise_for_status(response, body)
+
+    async def put(self, client: Any, path: str, url: str, header: dict[str, str]) -> None:
+        """The bytes of `path` to `url` with the action's headers only: the address may be
+        another host's (a presigned storage address), which gets no Hub token."""
+        what = f"the upload of {path}"
+        response, body = await self.send(
+            client, "PUT", url, what, auth=False, content=self.files[path], headers=header
+        )
+        if response.status_code >= 300:
+            text = short(body.decode("utf-8", "replace") or "no message")
+            raise _Refused(
+                f"{self.host(url)} answered {what} with HTTP {response.status_code} ({text})"
+            )
+
     async def commit(self, client: Any) -> tuple[str, str]:
-        """(commit id, commit URL) of one commit of the regular files that changed."""
+        """(commit id, commit URL) of one commit of the files that changed: the regular ones
+        inline, the LFS ones (uploaded before) by their sha256."""
         lines = [{"key": "header", "value": {"summary": self.message, "description": ""}}]
-        lines += [
-            {
-                "key": "file",
-                "value": {"content": base64.b64encode(d).decode(), "path": p, "encoding": "base64"},
-            }
-            for p, d in self.files.items()
-        ]
+        for path, data in self.files.items():
+            if path in self.lfs:
+                oid = hashlib.sha256(data).hexdigest()
+                value = {"path": path, "algo": "sha256", "oid": oid, "size": len(data)}
+                lines.append({"key": "lfsFile", "value": value})
+            else:
+                content = base64.b64encode(data).decode()
+                value = {"content": content, "path": path, "encoding": "base64"}
+                lines.append({"key": "file", "value": value})
         answer = await self.ask(
             client,
             "POST",
@@ -245,55 +347,37 @@ def _web_address(url: str) -> bool:
         return False
 
 
-async def _send(job: _Push, seconds: float) -> tuple[bool, str | None, dict[str, bytes]]:
-    """(changed, commit URL, files still to commit through HfApi): every request within `seconds`
-    in all; the files the Hub wants in LFS are left to HfApi."""
+def _listed(value: Any) -> list:
+    """`value` if the answer had a list there, else nothing."""
+    return value if isinstance(value, list) else []
+
+
+def _lfs_action(action: Any) -> bool:
+    """An upload or verify action as Git LFS's batch API gives one: an http(s) href and text
+    headers."""
+    if not isinstance(action, dict) or not isinstance(action.get("href"), str):
+        return False
+    header = action.get("header") or {}
+    return (
+        _web_address(action["href"])
+        and isinstance(header, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in header.items())
+    )
+
+
+async def _send(job: _Push, seconds: float) -> tuple[bool, str | None]:
+    """(changed, commit URL): every request, LFS uploads included, within `seconds` in all."""
     async with asyncio.timeout(seconds), get_async_session() as client:
         await job.prepare(client)
         modes = await job.modes(client)
         if not modes:  # the Hub has these files already: no commit
-            return False, job.url_of(job.head), {}
+            return False, job.url_of(job.head)
         job.files = {p: d for p, d in job.files.items() if p in modes}
-        if "lfs" in modes.values():
-            return True, None, job.files
+        job.lfs = {p for p, mode in modes.items() if mode == "lfs"}
+        if job.lfs:
+            await job.upload(client)
         oid, url = await job.commit(client)
-        return oid != job.head, url, {}
-
-
-def _within(seconds: float, work: Callable[[], Any]) -> Any:
-    """work() on a daemon thread, or TimeoutError after `seconds`: HfApi's requests take no time
-    limit and cannot be interrupted, so the caller stops waiting."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = work()
-        except BaseException as exc:  # handed to the caller
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, name="polarpack-hub-push", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-def _lfs_commit(job: _Push, token: str | None, seconds: float) -> tuple[bool, str]:
-    """The commit through HfApi, which uploads LFS and Xet files as the Hub asks."""
-    api = HfApi(endpoint=job.endpoint, token=token or None, **CLIENT)
-    operations = [
-        CommitOperationAdd(path_in_repo=p, path_or_fileobj=d) for p, d in job.files.items()
-    ]
-    info = _within(
-        seconds,
-        lambda: api.create_commit(
-            job.repo_id, operations, commit_message=job.message, revision=job.revision
-        ),
-    )
-    return info.oid != job.head, str(info.commit_url)
+        return oid != job.head, url
 
 
 def _files(
@@ -333,7 +417,7 @@ def push(
         validate_repo_id(repo_id if repo_id.count("/") == 1 else "")
     except HFValidationError:
         raise HubError(f"{action}: {repo_id!r} is not a repository id; use owner/name") from None
-    seconds, start = hub_timeout(timeout), time.monotonic()
+    seconds = hub_timeout(timeout)
     files = _files(dist, stem, repo_id, revision, license)
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     job = _Push(
@@ -348,20 +432,18 @@ def push(
     try:
         if constants.is_offline_mode():
             raise OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
-        changed, commit_url, lfs = run_coroutine(_send(job, seconds))
-        if lfs:
-            changed, commit_url = _lfs_commit(job, token, seconds - (time.monotonic() - start))
+        changed, commit_url = run_coroutine(_send(job, seconds))
     except TimeoutError:
         raise HubError(
             f"{action}: no usable answer from {public_url(endpoint)} within the {seconds:g} s "
             f"limit ({TIMEOUT_ENV}); the Hub may still apply the commit, and pushing again is safe "
             "(an unchanged repository gets no new commit)"
         ) from None
-    except (_Broken, AnswerTooLong) as exc:
+    except (_Broken, _Refused, AnswerTooLong) as exc:
         raise HubError(f"{action}: {exc}; pushing again is safe") from None
     except HubError:
         raise
-    except Exception as exc:  # HTTP errors; from HfApi, any error it raises
+    except Exception as exc:  # HTTP errors, and no answer at all
         raise hub_error(
             exc, action, repo_id, public_url(endpoint), revision=revision, write=True
         ) from exc
