@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,13 @@ def cli_error():
         return lines[-1]
 
     return run
+
+
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt here, and a child process started meanwhile gets the default
+    action, as under an interactive shell. A shell starts a background job (`pytest &`) with SIGINT
+    ignored, which a child inherits; the tests that press Ctrl-C must not depend on that."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -724,7 +724,7 @@ def test_a_checkpoint_named_like_a_distribution_is_read_as_weights(tmp_path, ale
 
 
 @needs_proc
-def test_interrupting_a_parallel_grid_stops_its_cells_at_once(tmp_path):
+def test_interrupting_a_parallel_grid_stops_its_cells_at_once(tmp_path, ctrl_c):
     from filelock import FileLock
 
     from polarpack.experiments.runner import STOP_GRACE_SECONDS

@@ -782,7 +782,7 @@ def test_a_wrong_or_short_body_is_not_kept(published, hub_env, body, needle):
     assert download(REF, endpoint=published.url).read_bytes() == data  # the next try works
 
 
-def test_ctrl_c_during_a_download_leaves_nothing(published, hub_env):
+def test_ctrl_c_during_a_download_leaves_nothing(published, hub_env, ctrl_c):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("SIGINT reaches the main thread only")
     published.misbehave(r"/resolve/", method="GET", body=itertools.repeat(b"x"), pace=0.05)
