@@ -1,5 +1,5 @@
 {
-  "format_version": 2,
+  "format_version": 3,
   "layers": [
     {"name": "features.0.0", "kind": "conv", "shape": [32, 3, 3, 3], "p0": 0.0, "p_neg": 0.5, "p_pos": 0.5},
     {"name": "features.1.conv.0.0", "kind": "conv", "shape": [32, 1, 3, 3], "p0": 0.0, "p_neg": 0.5, "p_pos": 0.5},

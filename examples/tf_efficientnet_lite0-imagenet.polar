@@ -1,5 +1,5 @@
 {
-  "format_version": 2,
+  "format_version": 3,
   "layers": [
     {"name": "blocks.0.0.conv_dw", "kind": "conv", "shape": [32, 1, 3, 3], "p0": 0.06597222222222222, "p_neg": 0.4548611111111111, "p_pos": 0.4791666666666667, "counts": [19, 131, 138]},
     {"name": "blocks.0.0.conv_pw", "kind": "conv", "shape": [16, 32, 1, 1], "p0": 0.056640625, "p_neg": 0.486328125, "p_pos": 0.45703125, "counts": [29, 249, 234]},

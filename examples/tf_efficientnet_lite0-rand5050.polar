@@ -1,5 +1,5 @@
 {
-  "format_version": 2,
+  "format_version": 3,
   "layers": [
     {"name": "blocks.0.0.conv_dw", "kind": "conv", "shape": [32, 1, 3, 3], "p0": 0.0, "p_neg": 0.5, "p_pos": 0.5},
     {"name": "blocks.0.0.conv_pw", "kind": "conv", "shape": [16, 32, 1, 1], "p0": 0.0, "p_neg": 0.5, "p_pos": 0.5},
