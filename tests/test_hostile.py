@@ -109,10 +109,32 @@ def _interrupted(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _within_epoch(run: Path, progress) -> None:
+    """Give the training state a progress record within an epoch (as a checkpoint between
+    optimizer steps holds one)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(run / STATE_FILE), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["polarpack"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    meta["within_epoch"] = progress
+    save_file(tensors, str(run / STATE_FILE), metadata={"polarpack": json.dumps(meta)})
+
+
 @pytest.mark.parametrize(
     "damage, needles",
     [
         (lambda d: (d / STATE_FILE).write_bytes(b""), [STATE_FILE, "damaged", "--overwrite"]),
+        (lambda d: _within_epoch(d, {"steps": -1}), [STATE_FILE, "damaged", "another shape"]),
+        (
+            lambda d: _within_epoch(
+                d,
+                dict.fromkeys(("steps", "correct", "seen", "fluid_flips", "resets"), 1)
+                | dict.fromkeys(("loss_sum", "train_seconds", "epoch_seconds"), 1.0),
+            ),  # its random states are missing
+            [STATE_FILE, "damaged", "another shape"],
+        ),
         (
             lambda d: (d / STATE_FILE).write_bytes((d / STATE_FILE).read_bytes()[:1000]),
             [STATE_FILE, "damaged"],

@@ -28,7 +28,12 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
 )
-from huggingface_hub.utils import build_hf_headers, get_async_session, validate_repo_id
+from huggingface_hub.utils import (
+    build_hf_headers,
+    fix_hf_endpoint_in_url,
+    get_async_session,
+    validate_repo_id,
+)
 
 from polarpack._version import __version__
 from polarpack.errors import FormatError, HubError
@@ -50,14 +55,6 @@ from polarpack.sources.hub import (
 )
 from polarpack.sources.presets import get_preset
 from polarpack.sources.references import is_hub_reference, is_preset
-
-try:  # hrefs on huggingface.co rewritten to a custom endpoint, as huggingface_hub does
-    from huggingface_hub.utils import fix_hf_endpoint_in_url
-except ImportError:  # a huggingface_hub without it uses the hrefs as given
-
-    def fix_hf_endpoint_in_url(url: str, endpoint: str | None) -> str:
-        return url
-
 
 SAMPLE = 512  # bytes of each file the Hub looks at to choose its upload mode, as huggingface_hub
 LFS_HEADERS = {  # the media type of Git LFS's batch API
