@@ -107,13 +107,13 @@ def experiment(
     """Run the grid of training runs in FILE (TOML), resumably.
 
     Cells run seed-major (all cells of seed 0 first). A cell whose run directory says completed is
-    skipped (committed results count), an interrupted one resumes from its last epoch, a failed one
-    is retried; cells that need missing weights are skipped with the reason. Each cell runs under
-    a claim in the results folder, so several processes, Slurm tasks and submitters may share it.
-    Exit status 1 when any cell failed. Relative paths in FILE resolve against the current
-    directory. A file expands to at most 100,000 cells (the product of its [grid] lists times its
-    seeds, plus its [[include]]s); a larger one is refused before any cell is built. The file's
-    sections and keys: docs/experiments.md.
+    skipped (committed results count), an interrupted one resumes from its last checkpoint, a
+    failed one is retried; cells that need missing weights are skipped with the reason. Each cell
+    runs under a claim in the results folder, so several processes, Slurm tasks and submitters may
+    share it. Exit status 1 when any cell failed. Relative paths in FILE resolve against the
+    current directory. A file expands to at most 100,000 cells (the product of its [grid] lists
+    times its seeds, plus its [[include]]s); a larger one is refused before any cell is built. The
+    file's sections and keys: docs/experiments.md.
 
     \b
     Examples:

@@ -139,10 +139,11 @@ def train(config_file, out, resume, overwrite, backend, quiet, as_json, **option
     """Train a network whose conv kernels follow a polarity distribution.
 
     Writes a run directory with config.json, metrics.jsonl/.csv (every epoch), summary.json and
-    model.safetensors (the weights at the end). The resume checkpoint is written after an epoch
-    once --checkpoint-seconds (60) have passed since the last one, so a short run writes its
-    weights once and an interrupted one repeats at most a minute of work: --resume continues it
-    exactly. Exit status: 0 completed, 1 error, 3 diverged (the run directory records it).
+    model.safetensors (the weights at the end). The resume checkpoint is written once
+    --checkpoint-seconds (60) have passed since the last one, after an epoch or between the
+    optimizer steps of a long one, so a short run writes its weights once and an interrupted one
+    repeats about a minute of work (or the step it was in): --resume continues it exactly. Exit
+    status: 0 completed, 1 error, 3 diverged (the run directory records it).
 
     \b
     Examples:
