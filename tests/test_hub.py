@@ -223,6 +223,20 @@ def test_push_makes_one_commit_with_three_files(hub, polar_file, polar_schema_va
     assert len(hub.calls("POST", r"/commit/")) == 1
 
 
+def test_a_fault_in_polarpack_itself_is_not_reported_as_the_network(hub, polar_file, monkeypatch):
+    """Only the network's and the Hub's failures become a one-line HubError; a programming error
+    keeps its traceback instead of "no usable answer ... check the connection"."""
+    import polarpack.hub.publish as publish
+
+    async def broken(self, client):
+        raise AttributeError("a fault in the code")
+
+    monkeypatch.setattr(publish._Push, "commit", broken)
+    with pytest.raises(AttributeError, match="a fault in the code"):
+        push(polar_file, REPO, token=TOKEN, endpoint=hub.url)
+    assert not hub.calls("POST", r"/commit/")
+
+
 def test_model_card(hub, polar_file):
     push(polar_file, REPO, token=TOKEN, endpoint=hub.url)
     card = ModelCard(hub.files(REPO)["README.md"].decode())

@@ -46,6 +46,7 @@ from polarpack.sources.hub import (
     COMMIT,
     TIMEOUT_ENV,
     AnswerTooLong,
+    httpx,
     hub_error,
     hub_timeout,
     raise_for_status,
@@ -440,7 +441,7 @@ def push(
         raise HubError(f"{action}: {exc}; pushing again is safe") from None
     except HubError:
         raise
-    except Exception as exc:  # HTTP errors, and no answer at all
+    except (OSError, httpx.HTTPError, httpx.InvalidURL) as exc:  # HTTP errors, no answer at all
         raise hub_error(
             exc, action, repo_id, public_url(endpoint), revision=revision, write=True
         ) from exc
