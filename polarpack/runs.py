@@ -14,8 +14,10 @@ summary and the training state: an edited config.json is caught), and the epoch 
 training state's epoch must be one the metrics hold).
 
 Checkpoints are written on a time budget: after an epoch, when at least `checkpoint_every` epochs
-and `checkpoint_seconds` seconds have passed since the last one. A resume replays the epochs after
-it, so it costs at most that much work, while a short run writes its weights once.
+and `checkpoint_seconds` seconds have passed since the last one, and (in a single-process run)
+between the optimizer steps of an epoch that has taken that long. A resume replays the work after
+it, so it costs at most that much, while a short run writes its weights once. A checkpoint taken
+within an epoch also holds how far the epoch got (`EpochProgress`).
 """
 
 from __future__ import annotations
@@ -317,11 +319,13 @@ def write_config(run_dir: Path, meta: Mapping[str, Any]) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps(meta, indent=2, default=str) + "\n")
 
 
-def record_resume(run_dir: Path, epoch: int, environment: Mapping[str, Any]) -> None:
-    """Add to config.json where a resumed run computes from `epoch` on: a run that straddles two
-    machines or commits must say so (reports never pair it as if it ran on one)."""
+def record_resume(run_dir: Path, epoch: int, environment: Mapping[str, Any], step: int = 0) -> None:
+    """Add to config.json where a resumed run computes from `epoch` on (and `step` optimizer
+    steps into the next epoch): a run that straddles two machines or commits must say so (reports
+    never pair it as if it ran on one)."""
     saved = read_json(run_dir / CONFIG_FILE)
-    saved["resumes"] = [*saved.get("resumes", []), {"epoch": epoch, "environment": environment}]
+    resume = {"epoch": epoch, **({"step": step} if step else {}), "environment": environment}
+    saved["resumes"] = [*saved.get("resumes", []), resume]
     write_config(run_dir, saved)
 
 
@@ -390,8 +394,62 @@ class CheckpointClock:
             time.monotonic() - self.last_time >= self.seconds
         )
 
+    def due_within(self, epoch: int) -> bool:
+        """Between two optimizer steps of `epoch` (not yet finished): an hour-long epoch is not
+        repeated whole after an interruption. `seconds=0` checkpoints at epoch ends only."""
+        return self.seconds > 0 and self.due(epoch)
+
     def written(self, epoch: int) -> None:
         self.last_epoch, self.last_time = epoch, time.monotonic()
+
+    def written_within(self) -> None:
+        self.last_time = time.monotonic()
+
+
+@dataclass
+class EpochProgress:
+    """How far an unfinished epoch got, as a checkpoint within it holds it: the steps done, the
+    sums its metrics row will report, and the states of the two random streams that advance with
+    every step (dropout; the sign constraint's reset values). The batch order and the epoch's
+    fluid change are derived from (seed, epoch) and saved with the targets."""
+
+    steps: int
+    loss_sum: float
+    correct: int
+    seen: int
+    train_seconds: float
+    epoch_seconds: float
+    fluid_flips: int
+    resets: int
+    dropout_rng: torch.Tensor
+    resets_rng: torch.Tensor | None
+
+    _COUNTS = ("steps", "correct", "seen", "fluid_flips", "resets")
+    _TIMES = ("loss_sum", "train_seconds", "epoch_seconds")
+
+    def meta(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._COUNTS + self._TIMES}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        rng = {"dropout": self.dropout_rng, "resets": self.resets_rng}
+        return {f"rng.{k}": v for k, v in rng.items() if v is not None}
+
+    @classmethod
+    def read(cls, meta: Any, tensors: Mapping[str, torch.Tensor]) -> EpochProgress | None:
+        """From a checkpoint's metadata and tensors; None for one written at an epoch's end, or
+        whose progress has another shape (the caller says the file is damaged)."""
+        counts_ok = isinstance(meta, dict) and all(
+            type(meta.get(k)) is int and meta[k] >= 0 for k in cls._COUNTS
+        )
+        if not counts_ok or not all(isinstance(meta.get(k), int | float) for k in cls._TIMES):
+            return None
+        if "rng.dropout" not in tensors:
+            return None
+        return cls(
+            **{k: meta[k] for k in cls._COUNTS + cls._TIMES},
+            dropout_rng=tensors["rng.dropout"],
+            resets_rng=tensors.get("rng.resets"),
+        )
 
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
@@ -419,12 +477,17 @@ def save_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     targets: Mapping[str, torch.Tensor],
+    progress: EpochProgress | None = None,
 ) -> None:
-    """training_state.safetensors first (self-contained: a resume reads nothing else), then the
-    plain model.safetensors a user loads."""
+    """training_state.safetensors first (self-contained: a resume reads nothing else), then, at an
+    epoch's end, the plain model.safetensors a user loads (within an epoch it keeps the weights of
+    the last epoch that has metrics). `epoch` is the last finished epoch; `progress`, how far the
+    next one got."""
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors = {f"model.{k}": v for k, v in weights.items()}
     tensors |= {f"target.{k}": v.cpu().contiguous() for k, v in targets.items()}
+    if progress is not None:
+        tensors |= progress.tensors()
     opt = optimizer.state_dict()
     scalars = {}
     for idx, state in opt["state"].items():
@@ -440,8 +503,11 @@ def save_checkpoint(
         "param_groups": opt["param_groups"],
         "optim_scalars": scalars,
     }
+    if progress is not None:
+        meta["within_epoch"] = progress.meta()
     _write_safetensors(run_dir / STATE_FILE, tensors, {"polarpack": json.dumps(meta)})
-    save_weights(run_dir, model)
+    if progress is None:
+        save_weights(run_dir, model)
 
 
 def save_weights(run_dir: Path, model: nn.Module) -> None:
@@ -453,10 +519,11 @@ def save_weights(run_dir: Path, model: nn.Module) -> None:
 class TrainingState:
     """A loaded training_state.safetensors."""
 
-    epoch: int
+    epoch: int  # the last finished epoch
     model: dict[str, torch.Tensor]
     targets: dict[str, torch.Tensor]
     optimizer: dict[str, Any]  # an optimizer state_dict
+    progress: EpochProgress | None = None  # how far epoch + 1 got, when taken within it
 
 
 def load_checkpoint(files: RunFiles) -> TrainingState | None:
@@ -481,6 +548,8 @@ def load_checkpoint(files: RunFiles) -> TrainingState | None:
         and isinstance(meta.get("param_groups"), list)
         and isinstance(meta.get("optim_scalars"), dict)
     )
+    progress = EpochProgress.read(meta.get("within_epoch"), tensors)
+    ok = ok and (progress is not None or "within_epoch" not in meta)
     if not ok or not all(isinstance(k, str) and "." in k for k in meta["optim_scalars"]):
         raise ConfigError(
             f"{damaged} (its metadata has another shape); start over with --overwrite"
@@ -506,6 +575,7 @@ def load_checkpoint(files: RunFiles) -> TrainingState | None:
         _prefixed(tensors, "model."),
         _prefixed(tensors, "target."),
         _optimizer_state(tensors, meta),
+        progress,
     )
 
 

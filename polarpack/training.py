@@ -227,47 +227,16 @@ def _step(
     return loss_sum, correct
 
 
-def _train_epoch(
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    constraint: SignConstraint | None,
-    setup: _Setup,
-    epoch: int,
-    bar,
-) -> dict:
-    """One pass over the training set; stops early at a non-finite loss (the row says so)."""
-    from .data import batch_indices
+def _dropout_rng(device: torch.device) -> torch.Tensor:
+    """The state of the generator dropout draws from on `device` (torch's default one)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
-    config, world = setup.config, setup.world
-    torch.manual_seed(derive_seed(config.seed, "dropout", str(world.rank), str(epoch)))
-    resets = epoch_generator(config.seed, "resets", epoch, setup.device) if constraint else None
-    loss_sum, correct, seen, started = 0.0, 0, 0, time.perf_counter()
-    order = epoch_generator(config.seed, "batches", epoch)
-    for idx in batch_indices(len(setup.train_set.labels), config.batch_size, order):
-        rank_loss, rank_correct = _step(net, optimizer, setup, idx, world.shard(idx))
-        if constraint is not None:
-            constraint.project_(resets)
-        batch_loss, batch_correct = world.all_sum(
-            rank_loss * len(idx) / world.world_size, rank_correct
-        )
-        loss_sum, correct, seen = (
-            loss_sum + batch_loss,
-            correct + int(batch_correct),
-            seen + len(idx),
-        )
-        bar.set_postfix(
-            epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False
-        )
-        bar.update(1)
-        if not math.isfinite(batch_loss):
-            break
-    seconds = time.perf_counter() - started
-    return {
-        "train_loss": loss_sum / seen,
-        "train_acc": correct / seen,
-        "train_seconds": seconds,
-        "images_per_second": seen / seconds,
-    }
+
+def _set_dropout_rng(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 # -- a run ---------------------------------------------------------------------------------------
@@ -287,17 +256,27 @@ class _Trainer:
     digest: str
     rows: list[EpochRow]
     clock: runs.CheckpointClock
+    resumed: runs.EpochProgress | None = None  # how far the first epoch got before a resume
     status: str = "running"
 
     def epoch(self, epoch: int, net: nn.Module, bar) -> EpochRow:
-        config, constraint, started, flips = self.config, self.constraint, time.perf_counter(), 0
-        if constraint is not None and config.method == "fluid-spin" and epoch > 1:
-            flips = constraint.fluid_step_(
-                config.fluid_fraction,
-                config.fluid_mode,
-                epoch_generator(config.seed, "fluid", epoch),
-            )
-        trained = _train_epoch(net, self.optimizer, constraint, self.setup, epoch, bar)
+        """Train, refresh BatchNorm and validate one epoch, from where a checkpoint within it left
+        off when the run resumed there."""
+        config, constraint, flips = self.config, self.constraint, 0
+        resumed, self.resumed = self.resumed, None
+        if resumed is not None:
+            flips, started = resumed.fluid_flips, time.perf_counter() - resumed.epoch_seconds
+            if constraint is not None:
+                constraint.resets = resumed.resets
+        else:
+            started = time.perf_counter()
+            if constraint is not None and config.method == "fluid-spin" and epoch > 1:
+                flips = constraint.fluid_step_(
+                    config.fluid_fraction,
+                    config.fluid_mode,
+                    epoch_generator(config.seed, "fluid", epoch),
+                )
+        trained = self._train_epoch(epoch, net, bar, resumed, started, flips)
         refresh_batchnorm(self.model, self.setup, epoch)
         val_loss, val_acc = evaluate(self.model, self.setup)
         row: dict[str, Any] = {
@@ -322,6 +301,86 @@ class _Trainer:
             }
         return row  # type: ignore[return-value]
 
+    def _train_epoch(
+        self,
+        epoch: int,
+        net: nn.Module,
+        bar,
+        resumed: runs.EpochProgress | None,
+        epoch_started: float,
+        flips: int,
+    ) -> dict:
+        """One pass over the training set, from the step a checkpoint within the epoch reached;
+        stops early at a non-finite loss (the row says so). A single-process run checkpoints
+        between steps when the clock says so (a distributed one only at epoch ends: each rank
+        has its own dropout stream)."""
+        from .data import batch_indices
+
+        config, setup, world, constraint = (
+            self.config,
+            self.setup,
+            self.setup.world,
+            self.constraint,
+        )
+        resets = epoch_generator(config.seed, "resets", epoch, setup.device) if constraint else None
+        steps, loss_sum, correct, seen, before = 0, 0.0, 0, 0, 0.0
+        if resumed is None:
+            torch.manual_seed(derive_seed(config.seed, "dropout", str(world.rank), str(epoch)))
+        else:
+            _set_dropout_rng(setup.device, resumed.dropout_rng)
+            if resets is not None and resumed.resets_rng is not None:
+                resets.set_state(resumed.resets_rng)
+            steps, loss_sum, correct = resumed.steps, resumed.loss_sum, resumed.correct
+            seen, before = resumed.seen, resumed.train_seconds
+        started = time.perf_counter() - before
+        order = epoch_generator(config.seed, "batches", epoch)
+        batches = batch_indices(len(setup.train_set.labels), config.batch_size, order)
+        for idx in batches[steps:]:
+            rank_loss, rank_correct = _step(net, self.optimizer, setup, idx, world.shard(idx))
+            if constraint is not None:
+                constraint.project_(resets)
+            batch_loss, batch_correct = world.all_sum(
+                rank_loss * len(idx) / world.world_size, rank_correct
+            )
+            steps, loss_sum, correct, seen = (
+                steps + 1,
+                loss_sum + batch_loss,
+                correct + int(batch_correct),
+                seen + len(idx),
+            )
+            bar.set_postfix(
+                epoch=epoch,
+                loss=f"{loss_sum / seen:.3f}",
+                acc=f"{correct / seen:.3f}",
+                refresh=False,
+            )
+            bar.update(1)
+            if not math.isfinite(batch_loss):
+                break
+            if world.world_size == 1 and self.clock.due_within(epoch):
+                now = time.perf_counter()
+                progress = runs.EpochProgress(
+                    steps=steps,
+                    loss_sum=loss_sum,
+                    correct=correct,
+                    seen=seen,
+                    train_seconds=now - started,
+                    epoch_seconds=now - epoch_started,
+                    fluid_flips=flips,
+                    resets=constraint.resets if constraint else 0,
+                    dropout_rng=_dropout_rng(setup.device),
+                    resets_rng=resets.get_state() if resets is not None else None,
+                )
+                self._checkpoint(epoch - 1, progress)
+                self.clock.written_within()
+        seconds = time.perf_counter() - started
+        return {
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "train_seconds": seconds,
+            "images_per_second": seen / seconds,
+        }
+
     def summary(self, status: str) -> dict[str, Any]:
         return runs.summarize(
             self.rows,
@@ -341,17 +400,20 @@ class _Trainer:
         runs.write_summary(self.run_dir, self.summary(self.status))
         epoch, last = row["epoch"], row["epoch"] == self.config.epochs
         if self.status == "running" and not last and self.clock.due(epoch):
-            targets = self.constraint.targets() if self.constraint else {}
-            runs.save_checkpoint(
-                self.run_dir,
-                epoch=epoch,
-                token=self.token,
-                digest=self.digest,
-                model=self.model,
-                optimizer=self.optimizer,
-                targets=targets,
-            )
+            self._checkpoint(epoch)
             self.clock.written(epoch)
+
+    def _checkpoint(self, epoch: int, progress: runs.EpochProgress | None = None) -> None:
+        runs.save_checkpoint(
+            self.run_dir,
+            epoch=epoch,
+            token=self.token,
+            digest=self.digest,
+            model=self.model,
+            optimizer=self.optimizer,
+            targets=self.constraint.targets() if self.constraint else {},
+            progress=progress,
+        )
 
     def finish(self) -> TrainResult:
         status = "completed" if self.status == "running" else self.status
@@ -410,7 +472,7 @@ def train(
     steps = math.ceil(len(trainer.setup.train_set.labels) / config.batch_size)
     bar = tqdm(
         total=config.epochs * steps,
-        initial=len(trainer.rows) * steps,
+        initial=len(trainer.rows) * steps + (trainer.resumed.steps if trainer.resumed else 0),
         unit="step",
         desc=f"{config.method} {config.model}",
         dynamic_ncols=True,
@@ -449,7 +511,8 @@ def _start(
             constraint.load_targets_(state.targets)
         rows = files.metrics[: state.epoch]
         if setup.world.is_main:
-            runs.record_resume(run_dir, state.epoch, runs.environment(setup.device))
+            step = state.progress.steps if state.progress else 0
+            runs.record_resume(run_dir, state.epoch, runs.environment(setup.device), step)
     elif setup.world.is_main:
         _write_config(run_dir, options, config, setup, token, start)
     setup.world.check_same(
@@ -462,7 +525,17 @@ def _start(
         config.checkpoint_every, config.checkpoint_seconds, last_epoch=len(rows)
     )
     return _Trainer(
-        config, setup, model, optimizer, constraint, run_dir, token, digest, rows, clock
+        config,
+        setup,
+        model,
+        optimizer,
+        constraint,
+        run_dir,
+        token,
+        digest,
+        rows,
+        clock,
+        state.progress if state is not None else None,
     )
 
 

@@ -236,6 +236,49 @@ def test_resume_ends_with_the_metrics_and_weights_of_an_uninterrupted_run(
     )  # a finished run stays as it is
 
 
+@pytest.mark.parametrize("method", ["fluid-spin", "scratch"])
+def test_a_run_killed_within_an_epoch_resumes_at_its_next_step(tmp_path, monkeypatch, method):
+    """With an epoch longer than `checkpoint_seconds`, the checkpoint is taken between optimizer
+    steps too: a run killed in the middle of an epoch repeats only the step it was in, and ends
+    with the metrics and weights of an uninterrupted run (dropout and reset streams included)."""
+    from polarpack import training as loop
+
+    config = TrainConfig(
+        method=method,
+        dist="paper:alexnet" if method != "scratch" else None,
+        fluid_fraction=0.1,
+        seed=3,
+        epochs=3,
+        checkpoint_seconds=1e-9,  # every step
+        **{**TINY, "batch_size": 50},  # four steps an epoch
+    )
+    whole = train(config, out=tmp_path / "whole", progress=False)
+    real_step, calls = loop._step, []
+
+    def killed_at(n):
+        def step(*args):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real_step(*args)
+
+        return step
+
+    monkeypatch.setattr(loop, "_step", killed_at(7))  # epoch 2, step 3: steps 1-2 checkpointed
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out=tmp_path / "cut", progress=False)
+    calls.clear()
+    monkeypatch.setattr(loop, "_step", killed_at(0))  # count only
+    resumed = train(resume=tmp_path / "cut", progress=False)
+    assert len(calls) == 3 * 4 - 6  # epoch 2's steps 3-4 and epoch 3's four
+    assert resumed.status == "completed"
+    assert _comparable(resumed.metrics) == _comparable(whole.metrics)
+    a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert [(r["epoch"], r.get("step")) for r in saved["resumes"]] == [(1, 2)]
+
+
 def test_a_run_resumed_on_another_machine_says_so(tmp_path, monkeypatch):
     """config.json records each resume's machine; a report counts such a run as a kind of its
     own (never paired as if it ran on one machine)."""
