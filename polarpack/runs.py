@@ -443,7 +443,7 @@ class EpochProgress:
         )
         if not counts_ok or not all(isinstance(meta.get(k), int | float) for k in cls._TIMES):
             return None
-        if "rng.dropout" not in tensors:
+        if meta["steps"] < 1 or meta["seen"] < 1 or "rng.dropout" not in tensors:
             return None
         return cls(
             **{k: meta[k] for k in cls._COUNTS + cls._TIMES},
@@ -548,7 +548,7 @@ def load_checkpoint(files: RunFiles) -> TrainingState | None:
         and isinstance(meta.get("param_groups"), list)
         and isinstance(meta.get("optim_scalars"), dict)
     )
-    progress = EpochProgress.read(meta.get("within_epoch"), tensors)
+    progress = EpochProgress.read(meta.get("within_epoch"), tensors) if ok else None
     ok = ok and (progress is not None or "within_epoch" not in meta)
     if not ok or not all(isinstance(k, str) and "." in k for k in meta["optim_scalars"]):
         raise ConfigError(
