@@ -222,9 +222,9 @@ class TrainConfig:
         60.0,
         "Write the resume checkpoint only once this many seconds have passed since the last "
         "one: after an epoch that --checkpoint-every allows, or (one process) between two "
-        "optimizer steps of a long one, so a resume repeats at most about this much training "
-        "(0: after every such epoch, never within one). The metrics are written every epoch, "
-        "the weights at every epoch's checkpoint and at the end.",
+        "optimizer steps of a long one, so a resume repeats about this much training or the "
+        "step it was in (0: after every such epoch, never within one). The metrics are written "
+        "every epoch, the weights at every epoch's checkpoint and at the end.",
         low=0,
     )
     save_init: bool = _opt(
