@@ -151,9 +151,12 @@ def _dry_run(exp, results, as_json) -> None:
         emit_json({"name": exp.name, "results": results, "cells": rows})
         return
     for r in rows:
-        click.echo(
-            f"{r['action']:7s} {r['run_id']}" + (f"  ({r['reason']})" if r["reason"] else "")
+        note = r["reason"] or (
+            f"it computed on {r['computed_on']}, not on this kind of machine"
+            if "computed_on" in r
+            else None
         )
+        click.echo(f"{r['action']:7s} {r['run_id']}" + (f"  ({note})" if note else ""))
     actions = [r["action"] for r in rows]
     info(
         f"{len(rows)} cells in {results}: "

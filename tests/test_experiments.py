@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,39 @@ def test_one_writer_per_results_folder(grid_file, tmp_path):
     with store.lock():
         with pytest.raises(ConfigError, match="another polarpack experiment is writing"):
             run_experiment(load_experiment(grid_file), tmp_path, progress=False)
+
+
+def test_a_resume_on_another_kind_of_machine_is_named_and_warned_of(
+    grid_file, tmp_path, monkeypatch
+):
+    """A resume that would straddle two kinds of machine (which the report counts as a kind of
+    its own) is named by --dry-run, and the resume warns of it."""
+    import torch
+
+    from polarpack.training import runs
+    from polarpack.training.loop import train
+
+    sets = ["epochs=2", "seeds=[0]", "checkpoint_seconds=0"]
+    exp = load_experiment(grid_file, sets)
+    cell = exp.cells[1]
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cell.config, out=ResultsStore(tmp_path).run_dir(cell), progress=False, on_epoch=stop)
+    args = ["experiment", str(grid_file), "--results", str(tmp_path), "--dry-run"]
+    args += [x for s in sets for x in ("--set", s)]
+    same = CliRunner().invoke(cli, args)
+    assert f"resume  {cell.run_id}\n" in same.stdout and "this kind of machine" not in same.stdout
+    home = runs.environment(torch.device("cpu"))
+    monkeypatch.setattr(runs, "environment", lambda device: {**home, "cpu": "Another CPU"})
+    moved = CliRunner().invoke(cli, args)
+    kind = runs.machine_kind(home, "cpu")
+    assert f"resume  {cell.run_id}  (it computed on {kind}, not on this kind" in moved.stdout
+    warned = "another kind of machine than it computed on (" + kind
+    with pytest.warns(UserWarning, match=re.escape(warned)):
+        run_experiment(exp, tmp_path, progress=False)
 
 
 def test_dry_run_through_the_cli(grid_file, finished):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ from polarpack.experiments.statistics import mean_std
 from polarpack.experiments.store import ResultsStore
 from polarpack.training import runs
 from polarpack.training.config import TrainConfig
-from polarpack.training.runs import FINISHED, EpochRow
+from polarpack.training.runs import FINISHED, EpochRow, machine_kind
 
 __all__ = ["Comparison", "Group", "Report", "Run", "compare", "compare_each", "comparison"]
 __all__ += ["aggregate", "markdown_report", "paired_runs", "plot_figure", "report"]
@@ -307,22 +307,6 @@ def _label(config: TrainConfig, varying: Sequence[str]) -> str:
         named = key in ("model", "dataset", "method", "dist", "weights")
         parts.append(text if named else f"{key}={text}")
     return printable(" ".join(parts) or config.method)
-
-
-def machine_kind(environment: Mapping[str, Any], device: str) -> str:
-    """Where a run computed: kernels differ by GPU and by CPU kind. A run that recorded neither
-    its CPU model nor its capability says so, and counts as a kind of its own. Virtual machines
-    share model names across CPUs, so where a run recorded its CPU's family/model and kernel
-    features, they are part of its kind."""
-    if environment.get("cuda_device"):
-        return str(environment["cuda_device"])
-    cpu = environment.get("cpu") or "CPU model not recorded"
-    capability = environment.get("cpu_capability") or "capability not recorded"
-    features = environment.get("cpu_features")
-    if isinstance(features, dict):
-        flags = ", ".join(map(str, features.get("flags") or [])) or "no listed features"
-        cpu += f"; {features.get('family_model', '?')}: {flags}"
-    return f"{device} {capability} ({cpu})"
 
 
 def checked_metrics(run_dir: Path) -> list[EpochRow]:

@@ -75,6 +75,17 @@ class ResultsStore:
             return "resume"
         return "retry" if status == "failed" else "run"
 
+    def elsewhere(self, cell: Cell) -> str | None:
+        """For a cell to resume: the kind of machine its run computed on, when this process would
+        compute on another (a resume would straddle the two; see `runs.machine_kind`). None too
+        where the cell's device is not here to compare with."""
+        there = runs.last_machine(runs.load_config(self.run_dir(cell)))
+        try:
+            here = runs.machine_here(cell.config.device)
+        except ConfigError:  # e.g. --device cuda on a machine without one
+            return None
+        return there if there != here else None
+
     def hold(self, cell: Cell, *, job: str | None = None):
         """The cell's claim (see `claims.hold`); `RunHeld` when another process holds it."""
         return claims.hold(self.run_dir(cell), job=job)
@@ -137,14 +148,20 @@ def _sweep(run_dir: Path) -> None:
 
 
 def plan(exp: Experiment, store: ResultsStore) -> list[dict[str, Any]]:
-    """What running the grid would do with each cell: skip, done, resume, retry or run."""
-    return [
-        {
-            "run_id": c.run_id,
-            "seed": c.seed,
-            "method": c.config.method,
-            "reason": c.skip_reason,
-            "action": "skip" if c.skip_reason else store.state(c),
-        }
-        for c in exp.cells
-    ]
+    """What running the grid would do with each cell: skip, done, resume, retry or run; a resume
+    names the other kind of machine its run computed on, if any (`elsewhere`)."""
+    rows = []
+    for c in exp.cells:
+        action = "skip" if c.skip_reason else store.state(c)
+        elsewhere = store.elsewhere(c) if action == "resume" else None
+        rows.append(
+            {
+                "run_id": c.run_id,
+                "seed": c.seed,
+                "method": c.config.method,
+                "reason": c.skip_reason,
+                "action": action,
+                **({"computed_on": elsewhere} if elsewhere else {}),
+            }
+        )
+    return rows

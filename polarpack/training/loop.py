@@ -21,6 +21,7 @@ import os
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -510,8 +511,19 @@ def _start(
             constraint.load_targets_(state.targets)
         rows = files.metrics[: state.epoch]
         if setup.world.is_main:
+            here, there = (
+                runs.environment(setup.device),
+                runs.last_machine(runs.load_config(run_dir)),
+            )
             step = state.progress.steps if state.progress else 0
-            runs.record_resume(run_dir, state.epoch, runs.environment(setup.device), step)
+            runs.record_resume(run_dir, state.epoch, here, step)
+            if (kind := runs.machine_kind(here, str(setup.device))) != there:
+                warnings.warn(
+                    f"{run_dir}: resumed on {kind}, another kind of machine than it computed on "
+                    f"({there}); reports count it as a kind of its own (to keep a run on one "
+                    "kind, start it over there)",
+                    stacklevel=2,
+                )
     elif setup.world.is_main:
         _write_config(run_dir, options, config, setup, token, start)
     setup.world.check_same(

@@ -45,7 +45,7 @@ from torch import nn
 from polarpack._io import atomic_output, atomic_write_text, read_bytes, read_json
 from polarpack._version import __version__
 from polarpack.errors import ConfigError, PolarpackError
-from polarpack.training.config import TrainConfig
+from polarpack.training.config import TrainConfig, resolve_device
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 MODEL_FILE, STATE_FILE, INIT_FILE = (
@@ -450,6 +450,34 @@ def record_resume(run_dir: Path, epoch: int, environment: Mapping[str, Any], ste
     saved = load_config(run_dir)
     resume = {"epoch": epoch, **({"step": step} if step else {}), "environment": dict(environment)}
     write_config(run_dir, replace(saved, resumes=(*saved.resumes, resume)))
+
+
+def machine_kind(environment: Mapping[str, Any], device: str) -> str:
+    """Where a run computed: kernels differ by GPU and by CPU kind. A run that recorded neither
+    its CPU model nor its capability says so, and counts as a kind of its own. Virtual machines
+    share model names across CPUs, so where a run recorded its CPU's family/model and kernel
+    features, they are part of its kind."""
+    if environment.get("cuda_device"):
+        return str(environment["cuda_device"])
+    cpu = environment.get("cpu") or "CPU model not recorded"
+    capability = environment.get("cpu_capability") or "capability not recorded"
+    features = environment.get("cpu_features")
+    if isinstance(features, dict):
+        flags = ", ".join(map(str, features.get("flags") or [])) or "no listed features"
+        cpu += f"; {features.get('family_model', '?')}: {flags}"
+    return f"{device} {capability} ({cpu})"
+
+
+def machine_here(device: str) -> str:
+    """The kind of machine a run with the `device` option would compute on in this process."""
+    resolved = resolve_device(device)
+    return machine_kind(environment(resolved), str(resolved))
+
+
+def last_machine(saved: RunConfig) -> str:
+    """The kind of machine a run computed on last: its last resume's, or where it started."""
+    env = saved.resumes[-1].get("environment") if saved.resumes else saved.environment
+    return machine_kind(env if isinstance(env, dict) else {}, str(saved.resolved.get("device")))
 
 
 def write_metrics(run_dir: Path, rows: list[EpochRow]) -> None:
