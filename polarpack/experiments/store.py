@@ -79,12 +79,11 @@ class ResultsStore:
         """For a cell to resume: the kind of machine its run computed on, when this process would
         compute on another (a resume would straddle the two; see `runs.machine_kind`). None too
         where the cell's device is not here to compare with."""
-        there = runs.last_machine(runs.load_config(self.run_dir(cell)))
         try:
             here = runs.machine_here(cell.config.device)
         except ConfigError:  # e.g. --device cuda on a machine without one
             return None
-        return there if there != here else None
+        return runs.computed_elsewhere(runs.load_config(self.run_dir(cell)), here)
 
     def hold(self, cell: Cell, *, job: str | None = None):
         """The cell's claim (see `claims.hold`); `RunHeld` when another process holds it."""

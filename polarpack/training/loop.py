@@ -511,13 +511,12 @@ def _start(
             constraint.load_targets_(state.targets)
         rows = files.metrics[: state.epoch]
         if setup.world.is_main:
-            here, there = (
-                runs.environment(setup.device),
-                runs.last_machine(runs.load_config(run_dir)),
-            )
+            here = runs.environment(setup.device)
+            kind = runs.machine_kind(here, str(setup.device))
+            there = runs.computed_elsewhere(runs.load_config(run_dir), kind)
             step = state.progress.steps if state.progress else 0
             runs.record_resume(run_dir, state.epoch, here, step)
-            if (kind := runs.machine_kind(here, str(setup.device))) != there:
+            if there is not None:
                 warnings.warn(
                     f"{run_dir}: resumed on {kind}, another kind of machine than it computed on "
                     f"({there}); reports count it as a kind of its own (to keep a run on one "

@@ -474,10 +474,12 @@ def machine_here(device: str) -> str:
     return machine_kind(environment(resolved), str(resolved))
 
 
-def last_machine(saved: RunConfig) -> str:
-    """The kind of machine a run computed on last: its last resume's, or where it started."""
+def computed_elsewhere(saved: RunConfig, kind: str) -> str | None:
+    """The kind of machine a run computed on last (its last resume's, or where it started), when
+    that is not `kind`: resuming it on `kind` would straddle the two."""
     env = saved.resumes[-1].get("environment") if saved.resumes else saved.environment
-    return machine_kind(env if isinstance(env, dict) else {}, str(saved.resolved.get("device")))
+    there = machine_kind(env if isinstance(env, dict) else {}, str(saved.resolved.get("device")))
+    return there if there != kind else None
 
 
 def write_metrics(run_dir: Path, rows: list[EpochRow]) -> None:
