@@ -77,6 +77,14 @@ _results = click.option(
 )
 @click.option("--wait", is_flag=True, help="With slurm or local: follow the tasks to the end.")
 @click.option(
+    "--restart-elsewhere",
+    is_flag=True,
+    help="An interrupted cell whose run computed on another kind of machine (CPU model and "
+    "features, or GPU) starts over from epoch 0 here instead of resuming across the two kinds; "
+    "the attempt's config, metrics and summary stay in its folder under earlier/, and reports "
+    "name it. For grids whose pairs must each compute on one kind of machine.",
+)
+@click.option(
     "--status",
     "show_status",
     is_flag=True,
@@ -86,7 +94,8 @@ _results = click.option(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="List the cells and what would happen to each (run, resume, retry, done, skip); with "
+    help="List the cells and what would happen to each (run, resume, restart, retry, done, skip); "
+    "with "
     "--executor slurm or local, the scheduler parameters and the cells it would submit.",
 )
 @json_option
@@ -99,6 +108,7 @@ def experiment(
     executor,
     slurm_sets,
     wait,
+    restart_elsewhere,
     show_status,
     sets,
     dry_run,
@@ -127,12 +137,29 @@ def experiment(
     if show_status:
         _status(exp, results, as_json)
     elif executor != "pool":
-        _submit(exp, file, results, executor, slurm_sets, nproc_per_run, wait, dry_run, as_json)
+        _submit(
+            exp,
+            file,
+            results,
+            executor,
+            slurm_sets,
+            nproc_per_run,
+            wait,
+            dry_run,
+            as_json,
+            restart_elsewhere,
+        )
     elif dry_run:
-        _dry_run(exp, results, as_json)
+        _dry_run(exp, results, as_json, restart_elsewhere)
     else:
         info(f"{exp.name}: {len(exp.cells)} cells -> {results} (jobs={jobs})")
-        result = run_experiment(exp, results, jobs=jobs, nproc_per_run=nproc_per_run)
+        result = run_experiment(
+            exp,
+            results,
+            jobs=jobs,
+            nproc_per_run=nproc_per_run,
+            restart_elsewhere=restart_elsewhere,
+        )
         if as_json:
             emit_json(result.to_dict())
         else:
@@ -145,8 +172,8 @@ def experiment(
             raise SystemExit(1)
 
 
-def _dry_run(exp, results, as_json) -> None:
-    rows = plan(exp, ResultsStore(results))
+def _dry_run(exp, results, as_json, restart_elsewhere) -> None:
+    rows = plan(exp, ResultsStore(results), restart_elsewhere=restart_elsewhere)
     if as_json:
         emit_json({"name": exp.name, "results": results, "cells": rows})
         return
@@ -164,10 +191,12 @@ def _dry_run(exp, results, as_json) -> None:
     )
 
 
-def _submit(exp, file, results, kind, slurm_sets, nproc, wait, dry_run, as_json) -> None:
+def _submit(exp, file, results, kind, slurm_sets, nproc, wait, dry_run, as_json, restart) -> None:
     options = slurm_options(file, slurm_sets)
     require_submitit()
-    sub = submit(exp, results, options, kind=kind, nproc=nproc, dry_run=dry_run)
+    sub = submit(
+        exp, results, options, kind=kind, nproc=nproc, dry_run=dry_run, restart_elsewhere=restart
+    )
     if as_json:
         emit_json(
             {

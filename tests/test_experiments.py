@@ -275,6 +275,88 @@ def test_a_resume_on_another_kind_of_machine_is_named_and_warned_of(
         run_experiment(exp, tmp_path, progress=False)
 
 
+def test_a_run_that_computed_on_another_kind_of_machine_can_start_over_instead(
+    grid_file, tmp_path, monkeypatch
+):
+    """--restart-elsewhere: a cell whose run computed on another kind of machine trains from
+    epoch 0 here, its attempt's small files are kept under earlier/ (weights and checkpoint
+    gone), and the report names it; the restarted run itself computed on one kind."""
+    import torch
+
+    from polarpack.training import runs
+    from polarpack.training.loop import train
+
+    sets = ["epochs=2", "seeds=[0]", "checkpoint_seconds=0"]
+    exp = load_experiment(grid_file, sets)
+    cell, store = exp.cells[1], ResultsStore(tmp_path)
+    run_dir = store.run_dir(cell)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cell.config, out=run_dir, progress=False, on_epoch=stop)
+    first = runs.load_config(run_dir)
+    home = runs.environment(torch.device("cpu"))
+    monkeypatch.setattr(runs, "environment", lambda device: {**home, "cpu": "Another CPU"})
+    args = ["experiment", str(grid_file), "--results", str(tmp_path), "--dry-run"]
+    args += [x for s in sets for x in ("--set", s)] + ["--restart-elsewhere"]
+    planned = CliRunner().invoke(cli, args)
+    kind = runs.machine_kind(home, "cpu")
+    assert f"restart {cell.run_id}  (it computed on {kind}, not on this kind" in planned.stdout
+
+    with pytest.warns(UserWarning, match="starts over from epoch 0 here"):
+        result = run_experiment(exp, tmp_path, progress=False, restart_elsewhere=True)
+    assert result.ok
+    again = runs.load_config(run_dir)
+    assert again.environment["cpu"] == "Another CPU" and not again.resumes
+    assert again.run_token != first.run_token and len(runs.read_metrics(run_dir)) == 2
+    aside = run_dir / runs.EARLIER_DIR / first.run_token
+    assert sorted(p.name for p in aside.iterdir()) == sorted(runs.KEPT_FILES)
+    [attempt] = runs.earlier_attempts(run_dir)
+    assert attempt.epochs == 1 and attempt.saved.run_token == first.run_token
+
+    made = report(grid_file, results=tmp_path, sets=sets)
+    assert "Started over from epoch 0 rather than resumed on another kind of machine" in (
+        made.markdown
+    )
+    assert f"to epoch 1 on {kind}" in made.markdown
+    [run] = [r for g in made.to_dict()["groups"] for r in g["runs"] if "started_over" in r]
+    assert run["machine"] == runs.machine_kind({**home, "cpu": "Another CPU"}, "cpu")
+
+
+def test_a_start_over_killed_half_way_leaves_a_run_to_resume_and_is_done_again(
+    grid_file, tmp_path, monkeypatch
+):
+    """`set_aside` copies before it removes, the training state first: killed after the copies,
+    the run still resumes, and the copies are not counted as an earlier attempt until it is
+    set aside again."""
+    from polarpack.training import runs
+    from polarpack.training.loop import train
+
+    exp = load_experiment(grid_file, ["epochs=2", "seeds=[0]", "checkpoint_seconds=0"])
+    cell, store = exp.cells[1], ResultsStore(tmp_path)
+    run_dir = store.run_dir(cell)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cell.config, out=run_dir, progress=False, on_epoch=stop)
+    unlink = Path.unlink
+
+    def killed(path, missing_ok=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runs.set_aside(run_dir)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert store.state(cell) == "resume" and runs.earlier_attempts(run_dir) == []
+    runs.set_aside(run_dir)
+    assert store.state(cell) == "run" and len(runs.earlier_attempts(run_dir)) == 1
+
+
 def test_dry_run_through_the_cli(grid_file, finished):
     results, _ = finished
     result = CliRunner().invoke(

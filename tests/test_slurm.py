@@ -138,6 +138,28 @@ def test_a_preempted_task_resumes_its_cell_from_its_last_epoch(tmp_path):
     assert "preempted" in sub.jobs[0].stdout()
 
 
+def test_a_task_on_another_kind_of_node_starts_its_cell_over_when_asked(tmp_path):
+    """restart_elsewhere reaches the task: a cell that computed on another kind of machine trains
+    from epoch 0 on the node, its attempt kept under earlier/."""
+    grid, results = _grid(tmp_path, epochs=2, seeds=[0], extra=""), tmp_path / "res"
+    exp = load_experiment(grid, ["checkpoint_seconds=0"])
+    run = ResultsStore(results).run_dir(exp.cells[0])
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(exp.cells[0].config, out=run, progress=False, on_epoch=stop)
+    saved = json.loads((run / "config.json").read_text())
+    saved["environment"]["cpu"] = "Another CPU"  # as a run started on another node records it
+    (run / "config.json").write_text(json.dumps(saved))
+    sub = submit(exp, results, SlurmOptions(), kind="local", restart_elsewhere=True)
+    assert sub.jobs[0].result().status == "completed"
+    [attempt] = runs.earlier_attempts(run)
+    assert attempt.epochs == 1 and attempt.saved.environment["cpu"] == "Another CPU"
+    assert "resumes" not in json.loads((run / "config.json").read_text())
+
+
 def test_a_failing_cell_is_tried_three_times_and_status_shows_why(tmp_path):
     grid = _grid(tmp_path, epochs=1, seeds=[0])  # the paper's AlexNet: 5 conv layers, no fit
     grid.write_text(grid.read_text().replace('"scratch"', '"freeze-spin"\ndist = "paper:alexnet"'))

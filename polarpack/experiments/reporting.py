@@ -78,6 +78,7 @@ class Run:
     machine: str  # the kind of machine it computed on
     commit: str | None
     chance: float
+    started_over: list[str] = field(default_factory=list)  # attempts set aside: how far, where
 
     @property
     def final(self) -> float | None:
@@ -226,6 +227,7 @@ class Group:
                 "epochs": len(r.metrics),
                 "machine": r.machine,
                 "commit": r.commit,
+                **({"started_over": r.started_over} if r.started_over else {}),
             }
             for r in self.runs
         ]  # the per-epoch metrics are in each run's metrics.jsonl
@@ -326,23 +328,28 @@ def checked_metrics(run_dir: Path) -> list[EpochRow]:
     return rows
 
 
-def _run(cell: Cell, run_dir: Path, status: str, rows: list[EpochRow]) -> Run:
-    saved = runs.load_config(run_dir)
-    env, resolved = saved.environment, saved.resolved
-    device = str(resolved.get("device", "?"))
-    kind = home = machine_kind(env, device)
-    for resume in saved.resumes:  # resumed elsewhere: its own kind
+def _computed_on(saved: runs.RunConfig) -> str:
+    """The kind of machine a run computed on; one resumed on another kind is a kind of its own."""
+    device = str(saved.resolved.get("device", "?"))
+    kind = home = machine_kind(saved.environment, device)
+    for resume in saved.resumes:
         there = resume.get("environment")
         if isinstance(there, dict) and (elsewhere := machine_kind(there, device)) != home:
             kind += f", from epoch {resume.get('epoch')} {elsewhere}"
-    classes = resolved.get("num_classes") or 10
+    return kind
+
+
+def _run(cell: Cell, run_dir: Path, status: str, rows: list[EpochRow]) -> Run:
+    saved = runs.load_config(run_dir)
+    classes = saved.resolved.get("num_classes") or 10
     return Run(
         cell.seed,
         status if status in FINISHED else "partial",
         rows,
-        kind,
-        env.get("git_commit"),
+        _computed_on(saved),
+        saved.environment.get("git_commit"),
         1.0 / classes,
+        [f"to epoch {a.epochs} on {_computed_on(a.saved)}" for a in runs.earlier_attempts(run_dir)],
     )
 
 
@@ -455,6 +462,12 @@ def _provenance(groups: Sequence[Group]) -> list[str]:
         commits[commit] = commits.get(commit, 0) + 1
     if not machines:
         return []
+    restarts = [
+        f"{g.label} seed {r.seed} (set aside: {'; '.join(r.started_over)})"
+        for g in groups
+        for r in g.runs
+        if r.started_over
+    ]
     return [
         "",
         "Runs computed on "
@@ -462,6 +475,16 @@ def _provenance(groups: Sequence[Group]) -> list[str]:
         + ", from commits "
         + ", ".join(f"{c} ({n})" for c, n in sorted(commits.items()))
         + ".",
+        *(
+            [
+                "",
+                "Started over from epoch 0 rather than resumed on another kind of machine: "
+                + ", ".join(restarts)
+                + ".",
+            ]
+            if restarts
+            else []
+        ),
     ]
 
 

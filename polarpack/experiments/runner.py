@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -64,10 +65,13 @@ def run_cell(
     attempts: int = 1,
     job: str | None = None,
     on_epoch: Callable[[Any], None] | None = None,
+    restart_elsewhere: bool = False,
 ) -> CellOutcome:
     """Train one cell of the store at `results` under its claim: resumed from its last
     checkpoint, or started (over). A failed try is retried up to `attempts` tries (resuming what
-    it saved), then recorded failed with the reason. Never raises for a cell's own failure."""
+    it saved), then recorded failed with the reason. With `restart_elsewhere`, a run that computed
+    on another kind of machine starts over here (`ResultsStore.start_over_elsewhere`) instead of
+    resuming. Never raises for a cell's own failure."""
     store, started = ResultsStore(results), time.time()
     try:
         with store.hold(cell, job=job):
@@ -76,6 +80,14 @@ def run_cell(
                 state = store.state(cell)
                 if state == "done":
                     return CellOutcome("done", 0.0, store.summary(cell).final_val_acc)
+                if state == "resume" and restart_elsewhere:
+                    if elsewhere := store.start_over_elsewhere(cell):
+                        state = "run"
+                        warnings.warn(
+                            f"{cell.run_id}: computed on {elsewhere}, so it starts over from "
+                            f"epoch 0 here; its attempt is kept in {runs.EARLIER_DIR}/",
+                            stacklevel=2,
+                        )
                 outcome = _train_cell(config, store.run_dir(cell), state, nproc, on_epoch)
                 if outcome.status != "failed":
                     return outcome
@@ -112,9 +124,11 @@ def run_experiment(
     cores: int | None = None,
     nproc_per_run: int = 1,
     on_cell: Callable[[Cell, CellOutcome], None] | None = None,
+    restart_elsewhere: bool = False,
 ) -> GridResult:
     """Run every cell that is not done. Each gets threads = cores // (jobs * nproc_per_run) unless
-    its options set them; nproc_per_run > 1 trains each cell as a torchrun job (`launch`)."""
+    its options set them; nproc_per_run > 1 trains each cell as a torchrun job (`launch`).
+    `restart_elsewhere`: see `run_cell`."""
     store = ResultsStore(results)
     threads = max(1, (cores or os.cpu_count() or 1) // (jobs * nproc_per_run))
     with store.lock():
@@ -123,7 +137,11 @@ def run_experiment(
             for c in exp.cells
             if not c.skip_reason and (state := store.state(c)) != "done"
         ]
-        resumed = [c for c, state in todo if state == "resume"]
+        resumed = [
+            c
+            for c, state in todo
+            if state == "resume" and not (restart_elsewhere and store.elsewhere(c))
+        ]
         bar = epoch_bar([c for c, _ in todo], store, desc=exp.name, progress=progress, done=resumed)
 
         def finish(cell: Cell, outcome: CellOutcome) -> None:
@@ -135,7 +153,11 @@ def run_experiment(
                 on_cell(cell, outcome)
 
         work = [
-            (cell, (str(store.root), cell, cell_options(cell, threads)), {"nproc": nproc_per_run})
+            (
+                cell,
+                (str(store.root), cell, cell_options(cell, threads)),
+                {"nproc": nproc_per_run, "restart_elsewhere": restart_elsewhere},
+            )
             for cell, _ in todo
         ]
         if jobs == 1:

@@ -188,10 +188,19 @@ def sbatch_lines(options: SlurmOptions, *, nproc: int, name: str, cells: int) ->
 class CellTask(Checkpointable):
     """One cell as a submitit task. Slurm's preemption or time-limit signal makes submitit call
     `checkpoint`, which requeues this same task: the next start resumes the cell from its last
-    finished epoch (its claim, left by this task's job id, is taken over)."""
+    finished epoch (its claim, left by this task's job id, is taken over), or with
+    `restart_elsewhere` starts it over where the node is another kind of machine (`run_cell`)."""
 
-    def __init__(self, results: str, cell: Cell, config: TrainConfig, nproc: int):
+    def __init__(
+        self,
+        results: str,
+        cell: Cell,
+        config: TrainConfig,
+        nproc: int,
+        restart_elsewhere: bool = False,
+    ):
         self.results, self.cell, self.config, self.nproc = results, cell, config, nproc
+        self.restart_elsewhere = restart_elsewhere
 
     def __call__(self) -> CellOutcome:
         import submitit
@@ -199,7 +208,13 @@ class CellTask(Checkpointable):
         job = submitit.JobEnvironment().job_id
         print(f"cell {self.cell.run_id} (job {job})", flush=True)
         outcome = run_cell(
-            self.results, self.cell, self.config, nproc=self.nproc, attempts=MAX_TRIES, job=job
+            self.results,
+            self.cell,
+            self.config,
+            nproc=self.nproc,
+            attempts=MAX_TRIES,
+            job=job,
+            restart_elsewhere=self.restart_elsewhere,
         )
         line = f"{outcome.status}: {self.cell.run_id}" + (
             f": {outcome.error}" if outcome.error else ""
@@ -247,8 +262,10 @@ def submit(
     kind: str = "slurm",
     nproc: int = 1,
     dry_run: bool = False,
+    restart_elsewhere: bool = False,
 ) -> Submission:
-    """Submit the pending cells as one job array (nothing when `dry_run`); returns at once."""
+    """Submit the pending cells as one job array (nothing when `dry_run`); returns at once.
+    `restart_elsewhere`: see `run_cell`."""
     store = ResultsStore(results)
     logs = store.root / JOBS_DIR
     params = executor_parameters(options, kind=kind, nproc=nproc, name=exp.name)
@@ -258,7 +275,13 @@ def submit(
     executor = make_executor(logs, options, kind=kind, nproc=nproc, name=exp.name)
     threads = max(1, options.cpus_per_task // nproc)
     tasks = [
-        CellTask(str(store.root), c, cell_options(c, threads, checkpoint_seconds=0), nproc)
+        CellTask(
+            str(store.root),
+            c,
+            cell_options(c, threads, checkpoint_seconds=0),
+            nproc,
+            restart_elsewhere,
+        )
         for c in cells
     ]
     jobs = executor.submit_array(tasks)

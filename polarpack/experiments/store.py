@@ -85,6 +85,16 @@ class ResultsStore:
             return None
         return runs.computed_elsewhere(runs.load_config(self.run_dir(cell)), here)
 
+    def start_over_elsewhere(self, cell: Cell) -> str | None:
+        """For a cell to resume whose run computed on another kind of machine than this one: set
+        its attempt aside (`runs.set_aside`) so it trains from epoch 0 here, and return the other
+        kind. A grid whose pairs must each compute on one kind of machine (kernels move results
+        by seed-noise amounts) starts such a run over rather than resume it across the two."""
+        elsewhere = self.elsewhere(cell)
+        if elsewhere:
+            runs.set_aside(self.run_dir(cell))
+        return elsewhere
+
     def hold(self, cell: Cell, *, job: str | None = None):
         """The cell's claim (see `claims.hold`); `RunHeld` when another process holds it."""
         return claims.hold(self.run_dir(cell), job=job)
@@ -146,13 +156,18 @@ def _sweep(run_dir: Path) -> None:
         pass  # its writer is alive: its temporary files are in use
 
 
-def plan(exp: Experiment, store: ResultsStore) -> list[dict[str, Any]]:
+def plan(
+    exp: Experiment, store: ResultsStore, *, restart_elsewhere: bool = False
+) -> list[dict[str, Any]]:
     """What running the grid would do with each cell: skip, done, resume, retry or run; a resume
-    names the other kind of machine its run computed on, if any (`elsewhere`)."""
+    names the other kind of machine its run computed on, if any (`elsewhere`), and with
+    `restart_elsewhere` is a restart instead (see `start_over_elsewhere`)."""
     rows = []
     for c in exp.cells:
         action = "skip" if c.skip_reason else store.state(c)
         elsewhere = store.elsewhere(c) if action == "resume" else None
+        if elsewhere and restart_elsewhere:
+            action = "restart"
         rows.append(
             {
                 "run_id": c.run_id,

@@ -8,6 +8,7 @@ resume finds what it needs or refuses clearly.
     training_state.safetensors  what a resume needs (weights, optimizer, sign targets, how far an
                                 unfinished epoch got); then gone
     init.safetensors            (save_init) the initial kernels and targets, as `materialize` writes
+    earlier/<run token>/        attempts started over (`set_aside`): their config, metrics, summary
 
 Three things tie the files of one run together: the run token (random, in config.json, the
 summary and the training state), the config digest (sha256 of the canonical options, in the
@@ -62,6 +63,8 @@ RUN_FILES = (
     STATE_FILE,
     INIT_FILE,
 )
+KEPT_FILES = (CONFIG_FILE, METRICS_FILE, "metrics.csv", SUMMARY_FILE)  # what `set_aside` keeps
+EARLIER_DIR = "earlier"
 FINISHED = ("completed", "diverged")
 METRICS_LIMIT = 256 << 20  # bytes: a million epochs of metrics
 
@@ -247,10 +250,12 @@ def remove_stale_files(run_dir: Path) -> None:
 
 def prepare_out_dir(run_dir: Path, config: Mapping[str, Any], overwrite: bool) -> None:
     """Make `run_dir` this run's: a new or empty folder, or (with `overwrite`) one that holds a
-    polarpack run and nothing else. A folder holding anything else is never written into."""
+    polarpack run and nothing else. A folder holding anything else is never written into. The
+    attempts under earlier/ stay: they are the run's history, not its files."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir}: exists and is not a directory; choose another --out")
     entries = [p for p in run_dir.iterdir() if not _stale(p)] if run_dir.is_dir() else []
+    entries = [p for p in entries if not (p.name == EARLIER_DIR and p.is_dir())]  # kept
     if not entries:
         return
     foreign = sorted(p.name for p in entries if p.name not in RUN_FILES)
@@ -480,6 +485,41 @@ def computed_elsewhere(saved: RunConfig, kind: str) -> str | None:
     env = saved.resumes[-1].get("environment") if saved.resumes else saved.environment
     there = machine_kind(env if isinstance(env, dict) else {}, str(saved.resolved.get("device")))
     return there if there != kind else None
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Make a run start over from epoch 0 without losing what its attempt so far measured: its
+    config, metrics and summary go to earlier/<run token>/, its weights and checkpoint are
+    removed. Copies first, removals last (the training state first of them), so a writer killed
+    anywhere in between leaves either the run to resume or the one to start, and the copies."""
+    aside = run_dir / EARLIER_DIR / load_config(run_dir).run_token
+    aside.mkdir(parents=True, exist_ok=True)
+    for name in KEPT_FILES:
+        if (run_dir / name).is_file():
+            atomic_write_text(aside / name, (run_dir / name).read_text())
+    for name in (STATE_FILE, *(n for n in RUN_FILES if n != STATE_FILE)):
+        (run_dir / name).unlink(missing_ok=True)
+    return aside
+
+
+@dataclass(frozen=True)
+class EarlierAttempt:
+    """An attempt at a run that `set_aside` kept: where it computed, and how many epochs it
+    finished before the run started over."""
+
+    saved: RunConfig
+    epochs: int
+
+
+def earlier_attempts(run_dir: str | os.PathLike) -> list[EarlierAttempt]:
+    """The attempts `set_aside` kept in the run's earlier/ folder, by run token; not the run's
+    own (copied aside by a writer killed before it removed the run's files)."""
+    own = load_config(run_dir).run_token if (Path(run_dir) / CONFIG_FILE).is_file() else None
+    return [
+        EarlierAttempt(load_config(aside), len(read_metrics(aside)))
+        for aside in sorted((Path(run_dir) / EARLIER_DIR).glob("*/"))
+        if (aside / CONFIG_FILE).is_file() and aside.name != own
+    ]
 
 
 def write_metrics(run_dir: Path, rows: list[EpochRow]) -> None:
