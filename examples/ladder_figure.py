@@ -33,6 +33,7 @@ from polarpack.experiments.reporting import Group, comparison, report
 from polarpack.format import load, size_report
 from polarpack.sources.references import names_distribution
 from polarpack.sources.weights import load_state_dict
+from polarpack.training.config import TrainConfig
 
 EXAMPLES = Path(__file__).resolve().parent
 FAMILIES = {"MobileNetV2": "ladder.toml", "EfficientNet-Lite0": "ladder_efficientnet.toml"}
@@ -56,32 +57,32 @@ def folder_name(family: str) -> str:
     return family.lower().replace("-", "_")
 
 
-def rung_name(config: dict) -> str:
-    method, ref = config["method"], config.get("dist") or config.get("weights") or ""
+def rung_name(config: TrainConfig) -> str:
+    method, ref = config.method, config.dist or config.weights or ""
     if method == "scratch":
-        return "BatchNorm alone" if config.get("norms") else "scratch"
+        return "BatchNorm alone" if config.norms else "scratch"
     if method == "fluid-in":
         return "Fluid IN"
     if method == "freeze-spin":
         return "Freeze RAND" if "rand5050" in ref else f"Freeze SPIN, {load(ref).granularity}"
     if "scaled" in ref:
-        if config.get("norms"):
+        if config.norms:
             return "signs x scale + BatchNorm"
         return "signs x scale, free" if method == "fluid-in-polarity" else "signs x scale, frozen"
     return "Fluid IN-Polarity, pattern" if method == "fluid-in-polarity" else "Freeze IN, pattern"
 
 
-def rung_bytes(name: str, config: dict) -> tuple[int, int]:
+def rung_bytes(name: str, config: TrainConfig) -> tuple[int, int]:
     """(information bytes, file bytes) of a rung; see the module docstring."""
     if name in ("scratch", "Freeze RAND"):
-        file = config.get("dist") or ""
+        file = config.dist or ""
         return 0, Path(file).stat().st_size if file else 0
     if name == "Fluid IN":
-        state = load_state_dict(config["weights"])
+        state = load_state_dict(config.weights)
         head = [k for k in state if k.startswith(("classifier.", "fc."))]
         floats = sum(t.numel() for k, t in state.items() if t.is_floating_point() and k not in head)
-        return 4 * floats, Path(config["weights"]).stat().st_size
-    ref = config["norms"] if name == "BatchNorm alone" else config.get("dist") or config["weights"]
+        return 4 * floats, Path(config.weights).stat().st_size
+    ref = config.norms if name == "BatchNorm alone" else config.dist or config.weights
     assert names_distribution(ref), ref
     sizes = size_report(load(ref))
     info = sizes["norm_bytes"] if name == "BatchNorm alone" else sizes["coded_bytes"]
