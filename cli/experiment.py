@@ -265,9 +265,10 @@ def report(target, results, out, sets, partial, title, as_json):
     val accuracy, epochs to the runs' threshold (40%; the mean of each run's first epoch there,
     naming the runs that never get there), converged k/n (final >= chance + 5 points), dips; the
     file's [[compare]] pairs with 95% t intervals, paired over seeds that ran on one kind of
-    machine, Holm-adjusted p-values, estimates per machine kind, and two one-sided equivalence
-    tests with their power where a pair gives a margin; the paper's Table 1 next to its presets'
-    rows. Experiment files: docs/experiments.md.
+    machine, Holm-adjusted p-values, the paired spread and the difference its seeds detect with
+    80% power, estimates per machine kind, and two one-sided equivalence tests with their power
+    where a pair gives a margin; the paper's Table 1 next to its presets' rows. Experiment files:
+    docs/experiments.md.
     """
     result = make_report(target, results=results, out=out, sets=sets, partial=partial, title=title)
     if as_json:

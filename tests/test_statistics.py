@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from polarpack.experiments.statistics import (
+    detectable_difference,
     holm,
     n_for_power,
     t_interval,
@@ -125,6 +126,31 @@ def test_tost_reports_its_power_when_paired():
     assert paired.n_for_80 == n_for_power(sd, 0.02) and paired.n_for_80 <= 5
     unpaired = tost(a, b, paired=False, margin=0.02)
     assert unpaired.power is None and unpaired.n_for_80 is None
+
+
+@pytest.mark.parametrize("sd, n", [(2.5, 10), (3.6, 5), (1.0, 3), (1.0, 2)])
+def test_the_detectable_difference_is_what_a_simulated_t_test_detects_80_percent_of_the_time(sd, n):
+    """Paired two-sided t test at 0.05: of 100,000 simulated sets of n normal differences with
+    spread sd around the detectable difference, 80% reject no difference."""
+    found = detectable_difference(sd, n)
+    rng = np.random.default_rng(0)
+    d = rng.normal(found, sd, (100_000, n))
+    t = d.mean(1) / (d.std(1, ddof=1) / math.sqrt(n))
+    assert np.mean(np.abs(t) > stats.t.ppf(0.975, n - 1)) == pytest.approx(0.8, abs=0.005)
+
+
+def test_the_detectable_difference_scales_with_the_spread_and_comes_with_a_paired_interval():
+    """Many pairs: the normal approximation, (1.96 + 0.84) sd / sqrt(n); five seeds at the
+    32-px grids' paired spread of about 3.6 points detect a lead of 6 points."""
+    assert detectable_difference(1.0, 10_000) * 100 == pytest.approx(2.8016, rel=1e-3)
+    assert detectable_difference(3.6, 5) == pytest.approx(6.06, abs=0.01)
+    assert detectable_difference(2.0, 5) == pytest.approx(2 * detectable_difference(1.0, 5))
+    assert detectable_difference(1.0, 1) is None and detectable_difference(0.0, 5) is None
+    a, b = [0.51, 0.49, 0.53, 0.505, 0.495], [0.50, 0.48, 0.50, 0.50, 0.49]
+    paired = t_interval(a, b, paired=True)
+    sd = float(np.std(np.subtract(a, b), ddof=1))
+    assert paired.sd == pytest.approx(sd) and paired.detectable == detectable_difference(sd, 5)
+    assert t_interval(a, b, paired=False).detectable is None
 
 
 def test_no_p_value_where_the_differences_do_not_spread():

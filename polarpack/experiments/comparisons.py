@@ -353,7 +353,42 @@ def comparisons_markdown(comparisons: Sequence[Comparison]) -> list[str]:
         if c.incomplete:
             line += f"; not paired, finished on one side only: {', '.join(c.incomplete)}"
         lines.append(line)
-    return lines + _machines_markdown(comparisons)
+    return lines + _sensitivity_markdown(comparisons) + _machines_markdown(comparisons)
+
+
+def _sensitivity(c: Interval | None, scale: float, unit: str) -> str:
+    if c is None or c.sd is None:
+        return "-"
+    found = "-" if c.detectable is None else f"±{scale * c.detectable:.1f}"
+    return f"{scale * c.sd:.1f} {unit}; {found}"
+
+
+def _sensitivity_markdown(comparisons: Sequence[Comparison]) -> list[str]:
+    """Per paired comparison: the spread of its per-seed differences, and the true difference
+    its seeds detect with 80% power, without which an interval around 0 says little."""
+    paired = [c for c in comparisons if c.final_val_acc and c.final_val_acc.sd is not None]
+    if not paired:
+        return []
+    lines = [
+        "",
+        "## What the pairs can detect",
+        "",
+        "Per paired comparison: the standard deviation of its per-seed differences, and the true "
+        "difference that a two-sided paired t test of that many seeds (at 0.05) detects with 80% "
+        "power at that spread (normal differences, noncentral t). Where an interval includes 0, "
+        "a true difference smaller than that could well have gone undetected.",
+        "",
+        "| comparison | a | b | pairs | final val acc: SD; 80% power at | epochs to threshold: "
+        "SD; 80% power at |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in paired:
+        lines.append(
+            f"| {c.name} | {c.a} | {c.b} | {len(c.seeds)} | "
+            f"{_sensitivity(c.final_val_acc, 100, 'points')} | "
+            f"{_sensitivity(c.epochs_to_threshold, 1, 'epochs')} |"
+        )
+    return lines
 
 
 def _machines_markdown(comparisons: Sequence[Comparison]) -> list[str]:

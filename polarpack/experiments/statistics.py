@@ -1,12 +1,16 @@
 """Statistics over seeds: means, 95% Student t intervals of a difference (paired over seeds, or
 Welch's) with their two-sided p-values, Holm's adjustment of a family of p-values, the two
-one-sided tests (TOST) that can call two methods equivalent, and the power of those tests.
+one-sided tests (TOST) that can call two methods equivalent, the power of those tests, and the
+difference a paired t test of so many seeds can detect.
 
 Equivalence within a margin m: both one-sided t tests reject, at level alpha = 0.05, that the
 difference is <= -m or >= +m; equivalently, the 90% interval of the difference lies inside
 (-m, +m). A 95% interval that includes 0 is not evidence of equivalence; TOST is, and only when
 it has the power to say so: `tost_power` gives the chance that TOST calls two methods equivalent
 when they are, at the spread the runs showed, and `n_for_power` the seeds that 80% would take.
+Likewise an interval that excludes nothing is not evidence of no effect where the seeds could not
+have detected one: `detectable_difference` gives the true difference that a paired t test of those
+seeds detects with 80% power at the spread they showed.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy import integrate, stats
+from scipy import integrate, optimize, stats
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class Interval:
     test: str  # paired t | Welch t | none (n=1)
     level: float = 0.95
     p_value: float | None = None
+    sd: float | None = None  # paired: the sample spread of the per-seed differences
+    detectable: float | None = None  # paired: the true difference detected with 80% power
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,45 @@ def t_interval(
     if se is None:
         return Interval(diff, None, None, 0, "none (n=1)", level)
     half = stats.t.ppf(0.5 + level / 2, df) * se
-    test = "paired t" if paired else "Welch t"
-    return Interval(diff, diff - half, diff + half, df, test, level, _p_value(diff, se, df))
+    if not paired:
+        return Interval(
+            diff, diff - half, diff + half, df, "Welch t", level, _p_value(diff, se, df)
+        )
+    sd = se * math.sqrt(len(a))
+    return Interval(
+        diff,
+        diff - half,
+        diff + half,
+        df,
+        "paired t",
+        level,
+        _p_value(diff, se, df),
+        sd,
+        detectable_difference(sd, len(a), alpha=1 - level),
+    )
+
+
+def detectable_difference(
+    sd: float, n: int, power: float = 0.8, alpha: float = 0.05
+) -> float | None:
+    """The true mean difference that a two-sided paired t test of n pairs at level `alpha`
+    detects with probability `power`, when the pairs' differences are normal with spread `sd`:
+    the statistic is noncentral t with n - 1 degrees of freedom and noncentrality
+    difference * sqrt(n) / sd. None with fewer than two pairs or no spread."""
+    if n < 2 or not sd > 0:
+        return None
+    df, se = n - 1, sd / math.sqrt(n)
+    critical = stats.t.ppf(1 - alpha / 2, df)
+
+    def short_of(difference: float) -> float:
+        shift = difference / se
+        # the lower tail as the upper tail of the mirrored law: nct's cdf is NaN far out
+        return stats.nct.sf(critical, df, shift) + stats.nct.sf(critical, df, -shift) - power
+
+    high = se * (critical + 4)
+    while short_of(high) < 0:  # heavy tails at few pairs: widen until the power is reached
+        high *= 2
+    return float(optimize.brentq(short_of, 0.0, high, xtol=1e-12 * high))
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
