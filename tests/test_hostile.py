@@ -160,6 +160,24 @@ def test_resume_of_damaged_or_mixed_run_files_is_a_one_line_error(
     cli_error(["train", "--resume", str(run), "--quiet"], *needles)
 
 
+def test_a_run_token_that_is_a_path_never_names_the_folder_a_start_over_writes(tmp_path):
+    """set_aside keeps an attempt under earlier/<run token>/: a config.json whose token climbs
+    out of the run folder is refused, and nothing is written or removed."""
+    from polarpack.training import runs
+
+    run = _interrupted(tmp_path)
+    saved = json.loads((run / "config.json").read_text())
+    saved["run_token"] = "../../escaped"
+    (run / "config.json").write_text(json.dumps(saved))
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(
+        PolarpackError, match="run_token '../../escaped' is not one polarpack wrote"
+    ):
+        runs.set_aside(run)
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert not (tmp_path / "escaped").exists() and not (run.parent.parent / "escaped").exists()
+
+
 def test_resume_removes_a_killed_writers_temporary_files(tmp_path):
     run = _interrupted(tmp_path)
     (run / ".training_state.safetensors.x1.tmp").write_bytes(b"\0" * 1000)

@@ -8,9 +8,9 @@ difference is <= -m or >= +m; equivalently, the 90% interval of the difference l
 (-m, +m). A 95% interval that includes 0 is not evidence of equivalence; TOST is, and only when
 it has the power to say so: `tost_power` gives the chance that TOST calls two methods equivalent
 when they are, at the spread the runs showed, and `n_for_power` the seeds that 80% would take.
-Likewise an interval that excludes nothing is not evidence of no effect where the seeds could not
-have detected one: `detectable_difference` gives the true difference that a paired t test of those
-seeds detects with 80% power at the spread they showed.
+Likewise an interval that includes 0 is no evidence against an effect the seeds could not have
+detected: `detectable_difference` gives the true difference that a paired t test of those seeds
+detects with 80% power at the spread they showed.
 """
 
 from __future__ import annotations

@@ -492,7 +492,13 @@ def set_aside(run_dir: Path) -> Path:
     config, metrics and summary go to earlier/<run token>/, its weights and checkpoint are
     removed. Copies first, removals last (the training state first of them), so a writer killed
     anywhere in between leaves either the run to resume or the one to start, and the copies."""
-    aside = run_dir / EARLIER_DIR / load_config(run_dir).run_token
+    token = load_config(run_dir).run_token
+    if not (token.isascii() and token.isalnum()):  # it names a folder: never a path
+        raise ConfigError(
+            f"{run_dir / CONFIG_FILE}: its run_token {token[:40]!r} is not one polarpack wrote "
+            "(letters and digits); restore the file, or move the run folder away to start over"
+        )
+    aside = run_dir / EARLIER_DIR / token
     aside.mkdir(parents=True, exist_ok=True)
     for name in KEPT_FILES:
         if (run_dir / name).is_file():
