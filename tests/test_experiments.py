@@ -242,6 +242,26 @@ def test_one_writer_per_results_folder(grid_file, tmp_path):
             run_experiment(load_experiment(grid_file), tmp_path, progress=False)
 
 
+INTERRUPTED = ["epochs=2", "seeds=[0]", "checkpoint_seconds=0"]
+
+
+def _interrupted_cell(grid_file: Path, results: Path):
+    """The grid's second cell (of two epochs) stopped after its first: (experiment, cell,
+    its run folder)."""
+    from polarpack.training.loop import train
+
+    exp = load_experiment(grid_file, INTERRUPTED)
+    cell = exp.cells[1]
+    run_dir = ResultsStore(results).run_dir(cell)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cell.config, out=run_dir, progress=False, on_epoch=stop)
+    return exp, cell, run_dir
+
+
 def test_a_resume_on_another_kind_of_machine_is_named_and_warned_of(
     grid_file, tmp_path, monkeypatch
 ):
@@ -250,19 +270,10 @@ def test_a_resume_on_another_kind_of_machine_is_named_and_warned_of(
     import torch
 
     from polarpack.training import runs
-    from polarpack.training.loop import train
 
-    sets = ["epochs=2", "seeds=[0]", "checkpoint_seconds=0"]
-    exp = load_experiment(grid_file, sets)
-    cell = exp.cells[1]
-
-    def stop(row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cell.config, out=ResultsStore(tmp_path).run_dir(cell), progress=False, on_epoch=stop)
+    exp, cell, _ = _interrupted_cell(grid_file, tmp_path)
     args = ["experiment", str(grid_file), "--results", str(tmp_path), "--dry-run"]
-    args += [x for s in sets for x in ("--set", s)]
+    args += [x for s in INTERRUPTED for x in ("--set", s)]
     same = CliRunner().invoke(cli, args)
     assert f"resume  {cell.run_id}\n" in same.stdout and "this kind of machine" not in same.stdout
     home = runs.environment(torch.device("cpu"))
@@ -284,23 +295,13 @@ def test_a_run_that_computed_on_another_kind_of_machine_can_start_over_instead(
     import torch
 
     from polarpack.training import runs
-    from polarpack.training.loop import train
 
-    sets = ["epochs=2", "seeds=[0]", "checkpoint_seconds=0"]
-    exp = load_experiment(grid_file, sets)
-    cell, store = exp.cells[1], ResultsStore(tmp_path)
-    run_dir = store.run_dir(cell)
-
-    def stop(row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cell.config, out=run_dir, progress=False, on_epoch=stop)
+    exp, cell, run_dir = _interrupted_cell(grid_file, tmp_path)
     first = runs.load_config(run_dir)
     home = runs.environment(torch.device("cpu"))
     monkeypatch.setattr(runs, "environment", lambda device: {**home, "cpu": "Another CPU"})
     args = ["experiment", str(grid_file), "--results", str(tmp_path), "--dry-run"]
-    args += [x for s in sets for x in ("--set", s)] + ["--restart-elsewhere"]
+    args += [x for s in INTERRUPTED for x in ("--set", s)] + ["--restart-elsewhere"]
     planned = CliRunner().invoke(cli, args)
     kind = runs.machine_kind(home, "cpu")
     assert f"restart {cell.run_id}  (it computed on {kind}, not on this kind" in planned.stdout
@@ -316,7 +317,7 @@ def test_a_run_that_computed_on_another_kind_of_machine_can_start_over_instead(
     [attempt] = runs.earlier_attempts(run_dir)
     assert attempt.epochs == 1 and attempt.saved.run_token == first.run_token
 
-    made = report(grid_file, results=tmp_path, sets=sets)
+    made = report(grid_file, results=tmp_path, sets=INTERRUPTED)
     assert "Started over from epoch 0 rather than resumed on another kind of machine" in (
         made.markdown
     )
@@ -332,17 +333,9 @@ def test_a_start_over_killed_half_way_leaves_a_run_to_resume_and_is_done_again(
     the run still resumes, and the copies are not counted as an earlier attempt until it is
     set aside again."""
     from polarpack.training import runs
-    from polarpack.training.loop import train
 
-    exp = load_experiment(grid_file, ["epochs=2", "seeds=[0]", "checkpoint_seconds=0"])
-    cell, store = exp.cells[1], ResultsStore(tmp_path)
-    run_dir = store.run_dir(cell)
-
-    def stop(row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cell.config, out=run_dir, progress=False, on_epoch=stop)
+    _, cell, run_dir = _interrupted_cell(grid_file, tmp_path)
+    store = ResultsStore(tmp_path)
     unlink = Path.unlink
 
     def killed(path, missing_ok=False):
