@@ -17,7 +17,7 @@ from polarpack.experiments.slurm import (
     slurm_options,
     submit,
 )
-from polarpack.experiments.store import ResultsStore, plan
+from polarpack.experiments.store import OTHER_MACHINE, ResultsStore, plan
 
 from ._common import emit_json, handle_errors, info, json_option
 
@@ -77,12 +77,15 @@ _results = click.option(
 )
 @click.option("--wait", is_flag=True, help="With slurm or local: follow the tasks to the end.")
 @click.option(
-    "--restart-elsewhere",
-    is_flag=True,
-    help="An interrupted cell whose run computed on another kind of machine (CPU model and "
-    "features, or GPU) starts over from epoch 0 here instead of resuming across the two kinds; "
-    "the attempt's config, metrics and summary stay in its folder under earlier/, and reports "
-    "name it. For grids whose pairs must each compute on one kind of machine.",
+    "--other-machine",
+    type=click.Choice(OTHER_MACHINE),
+    default="resume",
+    show_default=True,
+    help="A cell whose run computed on another kind of machine (CPU model and features, or GPU): "
+    "resume it here (it warns; reports count it as a kind of its own); restart it from epoch 0 "
+    "here, its attempt's metrics kept under earlier/ in its folder and named in reports; or leave "
+    "it, and every unfinished cell of its seed, to that kind of machine, so that a seed's runs "
+    "all compute on one kind (for grids whose pairs must).",
 )
 @click.option(
     "--status",
@@ -94,7 +97,8 @@ _results = click.option(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="List the cells and what would happen to each (run, resume, restart, retry, done, skip); "
+    help="List the cells and what would happen to each (run, resume, restart, leave, retry, done, "
+    "skip); "
     "with "
     "--executor slurm or local, the scheduler parameters and the cells it would submit.",
 )
@@ -108,7 +112,7 @@ def experiment(
     executor,
     slurm_sets,
     wait,
-    restart_elsewhere,
+    other_machine,
     show_status,
     sets,
     dry_run,
@@ -147,10 +151,10 @@ def experiment(
             wait,
             dry_run,
             as_json,
-            restart_elsewhere,
+            other_machine,
         )
     elif dry_run:
-        _dry_run(exp, results, as_json, restart_elsewhere)
+        _dry_run(exp, results, as_json, other_machine)
     else:
         info(f"{exp.name}: {len(exp.cells)} cells -> {results} (jobs={jobs})")
         result = run_experiment(
@@ -158,7 +162,7 @@ def experiment(
             results,
             jobs=jobs,
             nproc_per_run=nproc_per_run,
-            restart_elsewhere=restart_elsewhere,
+            other_machine=other_machine,
         )
         if as_json:
             emit_json(result.to_dict())
@@ -172,14 +176,15 @@ def experiment(
             raise SystemExit(1)
 
 
-def _dry_run(exp, results, as_json, restart_elsewhere) -> None:
-    rows = plan(exp, ResultsStore(results), restart_elsewhere=restart_elsewhere)
+def _dry_run(exp, results, as_json, other_machine) -> None:
+    rows = plan(exp, ResultsStore(results), other_machine=other_machine)
     if as_json:
         emit_json({"name": exp.name, "results": results, "cells": rows})
         return
     for r in rows:
+        who = f"seed {r['seed']}" if r["action"] == "leave" else "it"
         note = r["reason"] or (
-            f"it computed on {r['computed_on']}, not on this kind of machine"
+            f"{who} computed on {r['computed_on']}, not on this kind of machine"
             if "computed_on" in r
             else None
         )
@@ -191,11 +196,11 @@ def _dry_run(exp, results, as_json, restart_elsewhere) -> None:
     )
 
 
-def _submit(exp, file, results, kind, slurm_sets, nproc, wait, dry_run, as_json, restart) -> None:
+def _submit(exp, file, results, kind, slurm_sets, nproc, wait, dry_run, as_json, other) -> None:
     options = slurm_options(file, slurm_sets)
     require_submitit()
     sub = submit(
-        exp, results, options, kind=kind, nproc=nproc, dry_run=dry_run, restart_elsewhere=restart
+        exp, results, options, kind=kind, nproc=nproc, dry_run=dry_run, other_machine=other
     )
     if as_json:
         emit_json(

@@ -289,7 +289,7 @@ def test_a_resume_on_another_kind_of_machine_is_named_and_warned_of(
 def test_a_run_that_computed_on_another_kind_of_machine_can_start_over_instead(
     grid_file, tmp_path, monkeypatch
 ):
-    """--restart-elsewhere: a cell whose run computed on another kind of machine trains from
+    """--other-machine restart: a cell whose run computed on another kind of machine trains from
     epoch 0 here, its attempt's small files are kept under earlier/ (weights and checkpoint
     gone), and the report names it; the restarted run itself computed on one kind."""
     import torch
@@ -301,13 +301,13 @@ def test_a_run_that_computed_on_another_kind_of_machine_can_start_over_instead(
     home = runs.environment(torch.device("cpu"))
     monkeypatch.setattr(runs, "environment", lambda device: {**home, "cpu": "Another CPU"})
     args = ["experiment", str(grid_file), "--results", str(tmp_path), "--dry-run"]
-    args += [x for s in INTERRUPTED for x in ("--set", s)] + ["--restart-elsewhere"]
+    args += [x for s in INTERRUPTED for x in ("--set", s)] + ["--other-machine", "restart"]
     planned = CliRunner().invoke(cli, args)
     kind = runs.machine_kind(home, "cpu")
     assert f"restart {cell.run_id}  (it computed on {kind}, not on this kind" in planned.stdout
 
     with pytest.warns(UserWarning, match="starts over from epoch 0 here"):
-        result = run_experiment(exp, tmp_path, progress=False, restart_elsewhere=True)
+        result = run_experiment(exp, tmp_path, progress=False, other_machine="restart")
     assert result.ok
     again = runs.load_config(run_dir)
     assert again.environment["cpu"] == "Another CPU" and not again.resumes
@@ -324,6 +324,42 @@ def test_a_run_that_computed_on_another_kind_of_machine_can_start_over_instead(
     assert f"to epoch 1 on {kind}" in made.markdown
     [run] = [r for g in made.to_dict()["groups"] for r in g["runs"] if "started_over" in r]
     assert run["machine"] == runs.machine_kind({**home, "cpu": "Another CPU"}, "cpu")
+
+
+def test_a_seed_that_computed_on_another_kind_of_machine_can_be_left_to_it(
+    grid_file, tmp_path, monkeypatch
+):
+    """--other-machine leave: every unfinished cell of a seed one of whose runs computed on
+    another kind of machine is left alone here (the run, and its seed-mate that never started),
+    while the other seeds run; --dry-run says so."""
+    import torch
+
+    from polarpack.training import runs
+
+    _, cell, run_dir = _interrupted_cell(grid_file, tmp_path)
+    home = runs.environment(torch.device("cpu"))
+    monkeypatch.setattr(runs, "environment", lambda device: {**home, "cpu": "Another CPU"})
+    sets = ["epochs=2", "seeds=[0,1]", "checkpoint_seconds=0"]
+    exp = load_experiment(grid_file, sets)
+    args = ["experiment", str(grid_file), "--results", str(tmp_path), "--dry-run"]
+    args += [x for s in sets for x in ("--set", s)] + ["--other-machine", "leave"]
+    planned = CliRunner().invoke(cli, args).stdout
+    kind = runs.machine_kind(home, "cpu")
+    seed0 = [c.run_id for c in exp.cells if c.seed == 0 and not c.skip_reason]
+    assert cell.run_id in seed0 and len(seed0) == 2
+    for run_id in seed0:
+        assert f"leave   {run_id}  (seed 0 computed on {kind}, not on this kind" in planned
+    assert sum(line.startswith("run ") for line in planned.splitlines()) == 2  # seed 1's
+
+    result = run_experiment(exp, tmp_path, progress=False, other_machine="leave")
+    store = ResultsStore(tmp_path)
+    assert [store.state(c) for c in exp.cells if not c.skip_reason] == [
+        "run",
+        "resume",
+        "done",
+        "done",
+    ]
+    assert len(runs.read_metrics(run_dir)) == 1 and result.ok
 
 
 def test_a_start_over_killed_half_way_leaves_a_run_to_resume_and_is_done_again(

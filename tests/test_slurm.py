@@ -139,8 +139,8 @@ def test_a_preempted_task_resumes_its_cell_from_its_last_epoch(tmp_path):
 
 
 def test_a_task_on_another_kind_of_node_starts_its_cell_over_when_asked(tmp_path):
-    """restart_elsewhere reaches the task: a cell that computed on another kind of machine trains
-    from epoch 0 on the node, its attempt kept under earlier/."""
+    """other_machine restart reaches the task: a cell that computed on another kind of machine
+    trains from epoch 0 on the node, its attempt kept under earlier/; leave is refused."""
     grid, results = _grid(tmp_path, epochs=2, seeds=[0], extra=""), tmp_path / "res"
     exp = load_experiment(grid, ["checkpoint_seconds=0"])
     run = ResultsStore(results).run_dir(exp.cells[0])
@@ -153,11 +153,13 @@ def test_a_task_on_another_kind_of_node_starts_its_cell_over_when_asked(tmp_path
     saved = json.loads((run / "config.json").read_text())
     saved["environment"]["cpu"] = "Another CPU"  # as a run started on another node records it
     (run / "config.json").write_text(json.dumps(saved))
-    sub = submit(exp, results, SlurmOptions(), kind="local", restart_elsewhere=True)
+    sub = submit(exp, results, SlurmOptions(), kind="local", other_machine="restart")
     assert sub.jobs[0].result().status == "completed"
     [attempt] = runs.earlier_attempts(run)
     assert attempt.epochs == 1 and attempt.saved.environment["cpu"] == "Another CPU"
     assert "resumes" not in json.loads((run / "config.json").read_text())
+    with pytest.raises(ConfigError, match="constraint=FEATURE"):  # only a node knows its kind
+        submit(exp, results, SlurmOptions(), kind="local", other_machine="leave")
 
 
 def test_a_failing_cell_is_tried_three_times_and_status_shows_why(tmp_path):

@@ -124,25 +124,27 @@ def run_experiment(
     cores: int | None = None,
     nproc_per_run: int = 1,
     on_cell: Callable[[Cell, CellOutcome], None] | None = None,
-    restart_elsewhere: bool = False,
+    other_machine: str = "resume",
 ) -> GridResult:
     """Run every cell that is not done. Each gets threads = cores // (jobs * nproc_per_run) unless
     its options set them; nproc_per_run > 1 trains each cell as a torchrun job (`launch`).
-    `restart_elsewhere`: see `run_cell`."""
+    `other_machine` (resume, restart or leave) says what becomes of a run that computed on
+    another kind of machine (`plan`)."""
     store = ResultsStore(results)
     threads = max(1, (cores or os.cpu_count() or 1) // (jobs * nproc_per_run))
     with store.lock():
+        planned = plan(exp, store, other_machine=other_machine)
         todo = [
-            (c, state)
-            for c in exp.cells
-            if not c.skip_reason and (state := store.state(c)) != "done"
+            (c, row["action"])
+            for c, row in zip(exp.cells, planned, strict=True)
+            if row["action"] in ("run", "resume", "retry", "restart")
         ]
-        resumed = [
-            c
-            for c, state in todo
-            if state == "resume" and not (restart_elsewhere and store.elsewhere(c))
-        ]
+        resumed = [c for c, action in todo if action == "resume"]
         bar = epoch_bar([c for c, _ in todo], store, desc=exp.name, progress=progress, done=resumed)
+        for row in planned:
+            if row["action"] == "leave":
+                note = f"left to {row['computed_on']} (seed {row['seed']} computed there)"
+                bar.write(printable(f"{note}: {row['run_id']}"), file=sys.stderr)
 
         def finish(cell: Cell, outcome: CellOutcome) -> None:
             if outcome.status == "failed":
@@ -156,7 +158,7 @@ def run_experiment(
             (
                 cell,
                 (str(store.root), cell, cell_options(cell, threads)),
-                {"nproc": nproc_per_run, "restart_elsewhere": restart_elsewhere},
+                {"nproc": nproc_per_run, "restart_elsewhere": other_machine == "restart"},
             )
             for cell, _ in todo
         ]

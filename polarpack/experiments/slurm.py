@@ -262,10 +262,17 @@ def submit(
     kind: str = "slurm",
     nproc: int = 1,
     dry_run: bool = False,
-    restart_elsewhere: bool = False,
+    other_machine: str = "resume",
 ) -> Submission:
-    """Submit the pending cells as one job array (nothing when `dry_run`); returns at once.
-    `restart_elsewhere`: see `run_cell`."""
+    """Submit the pending cells as one job array (nothing when `dry_run`); returns at once. With
+    `other_machine` restart, a task restarts a run that computed on another kind of node
+    (`run_cell`); leave is refused, as only a node knows its kind: keep the grid on one kind of
+    node with a constraint instead."""
+    if other_machine == "leave":
+        raise ConfigError(
+            "other_machine leave is for a grid run here; on a cluster, keep its tasks on one kind "
+            "of node with --slurm constraint=FEATURE, or restart runs that moved with restart"
+        )
     store = ResultsStore(results)
     logs = store.root / JOBS_DIR
     params = executor_parameters(options, kind=kind, nproc=nproc, name=exp.name)
@@ -280,7 +287,7 @@ def submit(
             c,
             cell_options(c, threads, checkpoint_seconds=0),
             nproc,
-            restart_elsewhere,
+            restart_elsewhere=other_machine == "restart",
         )
         for c in cells
     ]

@@ -76,14 +76,17 @@ class ResultsStore:
         return "retry" if status == "failed" else "run"
 
     def elsewhere(self, cell: Cell) -> str | None:
-        """For a cell to resume: the kind of machine its run computed on, when this process would
-        compute on another (a resume would straddle the two; see `runs.machine_kind`). None too
-        where the cell's device is not here to compare with."""
+        """The kind of machine the cell's run computed on, when this process would compute on
+        another (a resume would straddle the two; see `runs.machine_kind`). None before the run
+        started, and where the cell's device is not here to compare with."""
+        run_dir = self.run_dir(cell)
+        if not (run_dir / runs.CONFIG_FILE).is_file():
+            return None
         try:
             here = runs.machine_here(cell.config.device)
         except ConfigError:  # e.g. --device cuda on a machine without one
             return None
-        return runs.computed_elsewhere(runs.load_config(self.run_dir(cell)), here)
+        return runs.computed_elsewhere(runs.load_config(run_dir), here)
 
     def start_over_elsewhere(self, cell: Cell) -> str | None:
         """For a cell to resume whose run computed on another kind of machine than this one: set
@@ -156,17 +159,31 @@ def _sweep(run_dir: Path) -> None:
         pass  # its writer is alive: its temporary files are in use
 
 
+OTHER_MACHINE = ("resume", "restart", "leave")
+
+
 def plan(
-    exp: Experiment, store: ResultsStore, *, restart_elsewhere: bool = False
+    exp: Experiment, store: ResultsStore, *, other_machine: str = "resume"
 ) -> list[dict[str, Any]]:
     """What running the grid would do with each cell: skip, done, resume, retry or run; a resume
-    names the other kind of machine its run computed on, if any (`elsewhere`), and with
-    `restart_elsewhere` is a restart instead (see `start_over_elsewhere`)."""
+    names the other kind of machine its run computed on, if any (`elsewhere`). `other_machine`
+    says what happens to a run that computed on another kind of machine: it resumes here, or
+    restarts from epoch 0 here (`start_over_elsewhere`), or it is left to that kind with every
+    unfinished cell of its seed, so that a seed's runs all compute on one kind (action leave)."""
+    if other_machine not in OTHER_MACHINE:
+        raise ConfigError(f"other_machine must be one of {', '.join(OTHER_MACHINE)}")
+    seeds_there: dict[Any, str] = {}
+    if other_machine == "leave":
+        for c in exp.cells:
+            if not c.skip_reason and (kind := store.elsewhere(c)):
+                seeds_there.setdefault(c.seed, kind)
     rows = []
     for c in exp.cells:
         action = "skip" if c.skip_reason else store.state(c)
         elsewhere = store.elsewhere(c) if action == "resume" else None
-        if elsewhere and restart_elsewhere:
+        if action not in ("skip", "done") and c.seed in seeds_there:
+            action, elsewhere = "leave", seeds_there[c.seed]
+        elif elsewhere and other_machine == "restart":
             action = "restart"
         rows.append(
             {
