@@ -98,9 +98,8 @@ _results = click.option(
     "--dry-run",
     is_flag=True,
     help="List the cells and what would happen to each (run, resume, restart, leave, retry, done, "
-    "skip); "
-    "with "
-    "--executor slurm or local, the scheduler parameters and the cells it would submit.",
+    "skip); with --executor slurm or local, the scheduler parameters and the cells it would "
+    "submit.",
 )
 @json_option
 @handle_errors

@@ -40,6 +40,7 @@ class ResultsStore:
         self.root = Path(root)
         self.runs = self.root / "runs"
         self._by_hash: dict[str, Path] | None = None
+        self._here: dict[str, str | None] = {}  # device option -> this machine's kind for it
 
     def run_dir(self, cell: Cell) -> Path:
         """runs/<run_id>, or the directory whose name ends in the same hash (a run id from another
@@ -79,14 +80,16 @@ class ResultsStore:
         """The kind of machine the cell's run computed on, when this process would compute on
         another (a resume would straddle the two; see `runs.machine_kind`). None before the run
         started, and where the cell's device is not here to compare with."""
-        run_dir = self.run_dir(cell)
+        run_dir, device = self.run_dir(cell), cell.config.device
         if not (run_dir / runs.CONFIG_FILE).is_file():
             return None
-        try:
-            here = runs.machine_here(cell.config.device)
-        except ConfigError:  # e.g. --device cuda on a machine without one
-            return None
-        return runs.computed_elsewhere(runs.load_config(run_dir), here)
+        if device not in self._here:  # once per device: it reads the CPU and runs git
+            try:
+                self._here[device] = runs.machine_here(device)
+            except ConfigError:  # e.g. --device cuda on a machine without one
+                self._here[device] = None
+        here = self._here[device]
+        return None if here is None else runs.computed_elsewhere(runs.load_config(run_dir), here)
 
     def start_over_elsewhere(self, cell: Cell) -> str | None:
         """For a cell to resume whose run computed on another kind of machine than this one: set
