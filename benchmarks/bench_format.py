@@ -1,4 +1,4 @@
-"""Benchmark: what each rung of a `.polar` file (format_version 2) costs against its information.
+"""Benchmark: what each rung of a `.polar` file (format version 3) costs against its information.
 
 For both real ImageNet checkpoints in the shared data folder (torchvision MobileNetV2, timm-named
 EfficientNet-Lite0) and for magnitude-pruned copies of each (50% and 90% of the conv weights set
