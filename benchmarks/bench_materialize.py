@@ -34,9 +34,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
     dist = get_preset("paper:alexnet").distribution
-    model = build_model(
-        "alexnet"
-    )  # built once: the benchmark times sampling, not model construction
+    # built once: the benchmark times sampling, not model construction
+    model = build_model("alexnet")
     n = sum(m.weight.numel() for name, m in model.named_modules() if name.startswith("conv"))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; AlexNet conv weights: {n:,}"
