@@ -352,9 +352,8 @@ def _refuse_nonfinite(a: Any) -> None:
         raise ValueError(f"{what}; the checkpoint is corrupt or diverged")
 
 
-@np.errstate(
-    invalid="ignore", over="ignore"
-)  # inf - inf and overflowing sums only lead to the exact check
+# inf - inf and overflowing sums only lead to the exact check
+@np.errstate(invalid="ignore", over="ignore")
 def signs(tensor: torch.Tensor, zero_tol: float = 0.0) -> torch.Tensor:
     """The int8 ternary signs (-1, 0, 1) of a float tensor by the counting rule (|w| <= zero_tol is
     0)."""

@@ -147,9 +147,8 @@ class WeightSource(contextlib.AbstractContextManager):
     closer: Callable[[], Any] | None = None
     digest: str | None = None  # the file's sha256, once computed
 
-    name = property(
-        lambda self: str(self.source.get("file") or self.source.get("id") or "weights")
-    )  # for messages
+    # for messages
+    name = property(lambda self: str(self.source.get("file") or self.source.get("id") or "weights"))
 
     def describe(self, *, sha256: bool = True) -> dict[str, Any]:
         """`source`, with the file's sha256 when asked (hashing reads the whole file, once)."""

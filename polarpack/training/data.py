@@ -226,9 +226,8 @@ def _decode_files(paths: Sequence[Path]) -> torch.Tensor:
     jpegs = [p for p in paths if p.suffix.lower() in (".jpg", ".jpeg")]
     decoded: dict[Path, torch.Tensor] = {}
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", DeprecationWarning
-        )  # torchvision 0.29 points to torchcodec; still works
+        # torchvision 0.29 points to torchcodec; its own decoder still works
+        warnings.simplefilter("ignore", DeprecationWarning)
         for start in range(0, len(jpegs), 8192):  # chunks bound the memory held by encoded bytes
             part = jpegs[start : start + 8192]
             try:
@@ -448,10 +447,8 @@ def balanced_subset(
             f"subset size {size} is outside 0..{n}; pick a size no larger than the split"
         )
     counts = torch.bincount(labels, minlength=int(labels.max()) + 1 if n else 0)
-    quota, remaining = (
-        torch.zeros_like(counts),
-        size,
-    )  # equal shares, capped by what a class has (water-filling)
+    # equal shares, capped by what a class has (water-filling)
+    quota, remaining = torch.zeros_like(counts), size
     order = [int(c) for c in torch.argsort(counts, stable=True) if counts[c] > 0]
     for i, c in enumerate(order):
         quota[c] = min(int(counts[c]), remaining // (len(order) - i))
