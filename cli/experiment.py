@@ -91,7 +91,8 @@ _results = click.option(
     "--status",
     "show_status",
     is_flag=True,
-    help="Per cell: done, running, queued, failed (with its log's last line) or pending.",
+    help="Per cell: done, running, queued, failed (with its log's last line) or pending; for an "
+    "unfinished one, the epochs done and whether it resumes from a checkpoint.",
 )
 @_sets
 @click.option(

@@ -162,6 +162,28 @@ def test_a_task_on_another_kind_of_node_starts_its_cell_over_when_asked(tmp_path
         submit(exp, results, SlurmOptions(), kind="local", other_machine="leave")
 
 
+def test_status_says_how_far_an_unfinished_cell_got(tmp_path):
+    grid, results = _grid(tmp_path, epochs=3, seeds=[0, 1]), tmp_path / "res"
+    exp = load_experiment(grid, ["checkpoint_seconds=0"])
+    run = ResultsStore(results).run_dir(exp.cells[0])
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(exp.cells[0].config, out=run, progress=False, on_epoch=stop)
+    first, second = grid_status(exp, results)
+    assert (first.status, first.detail) == (
+        "pending",
+        "1 of 3 epochs done, resumes from its checkpoint",
+    )
+    assert (second.status, second.detail) == ("pending", "")
+    with ResultsStore(results).hold(exp.cells[0]):
+        running = grid_status(exp, results)[0]
+    assert running.status == "running" and running.detail.startswith(f"pid {os.getpid()} on ")
+    assert running.detail.endswith("; 1 of 3 epochs done, resumes from its checkpoint")
+
+
 def test_a_failing_cell_is_tried_three_times_and_status_shows_why(tmp_path):
     grid = _grid(tmp_path, epochs=1, seeds=[0])  # the paper's AlexNet: 5 conv layers, no fit
     grid.write_text(grid.read_text().replace('"scratch"', '"freeze-spin"\ndist = "paper:alexnet"'))

@@ -30,7 +30,7 @@ from polarpack.experiments.grid import EXPERIMENT_LIMIT, Cell, Experiment
 from polarpack.experiments.runner import CellOutcome, cell_options, epoch_bar, run_cell
 from polarpack.experiments.store import ResultsStore
 from polarpack.training.config import TrainConfig
-from polarpack.training.runs import read_metrics
+from polarpack.training.runs import STATE_FILE, read_metrics
 
 try:  # the optional extra: without it, `require_submitit` says how to install it
     from submitit.helpers import Checkpointable
@@ -329,7 +329,8 @@ class CellStatus:
 
 def grid_status(exp: Experiment, results: str | os.PathLike) -> list[CellStatus]:
     """Per cell: done, running (a live claim), queued (submitted, not started), failed (with the
-    log's last line), pending (never submitted, or to retry) or skipped."""
+    log's last line), pending (never submitted, or to retry) or skipped; a running or pending
+    one says how many epochs it has done and whether it resumes from a checkpoint."""
     store = ResultsStore(results)
     return [_cell_status(store, cell) for cell in exp.cells]
 
@@ -341,9 +342,11 @@ def _cell_status(store: ResultsStore, cell: Cell) -> CellStatus:
     status = summary.status if summary else None
     if summary is not None and summary.finished:
         return CellStatus(cell.run_id, "done", summary.status)
+    progress = _progress(store, cell)
     if holder := store.holder(cell):
         where = f"job {holder['job']}" if holder.get("job") else f"pid {holder.get('pid')}"
-        return CellStatus(cell.run_id, "running", f"{where} on {holder.get('host')}")
+        where += f" on {holder.get('host')}"
+        return CellStatus(cell.run_id, "running", "; ".join(filter(None, (where, progress))))
     record = _job_record(store, cell)
     if record is not None:
         state = _job_state(store, record)
@@ -355,7 +358,19 @@ def _cell_status(store: ResultsStore, cell: Cell) -> CellStatus:
             return CellStatus(cell.run_id, "failed", f"job {record['job_id']}: {detail}")
     if status == "failed":
         return CellStatus(cell.run_id, "failed", summary.error or "")
-    return CellStatus(cell.run_id, "pending")
+    return CellStatus(cell.run_id, "pending", progress)
+
+
+def _progress(store: ResultsStore, cell: Cell) -> str:
+    """How far an unfinished cell's run got, and whether it resumes from there."""
+    run_dir = store.run_dir(cell)
+    try:
+        done = len(read_metrics(run_dir))
+    except PolarpackError as exc:  # a damaged file is for the run to refuse, not the listing
+        return f"its metrics do not read: {exc}"
+    if not (run_dir / STATE_FILE).exists():
+        return f"{done} of {cell.config.epochs} epochs done" if done else ""
+    return f"{done} of {cell.config.epochs} epochs done, resumes from its checkpoint"
 
 
 def _job_record(store: ResultsStore, cell: Cell) -> dict[str, Any] | None:
