@@ -181,7 +181,7 @@ def test_status_says_how_far_an_unfinished_cell_got(tmp_path):
     with ResultsStore(results).hold(exp.cells[0]):
         running = grid_status(exp, results)[0]
     assert running.status == "running" and running.detail.startswith(f"pid {os.getpid()} on ")
-    assert running.detail.endswith("; 1 of 3 epochs done, resumes from its checkpoint")
+    assert running.detail.endswith("; 1 of 3 epochs done, resumes after epoch 1")
 
 
 def test_a_failing_cell_is_tried_three_times_and_status_shows_why(tmp_path):

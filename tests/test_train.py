@@ -241,7 +241,7 @@ def test_a_run_killed_within_an_epoch_resumes_at_its_next_step(tmp_path, monkeyp
     """With an epoch longer than `checkpoint_seconds`, the checkpoint is taken between optimizer
     steps too: a run killed in the middle of an epoch repeats only the step it was in, and ends
     with the metrics and weights of an uninterrupted run (dropout and reset streams included)."""
-    from polarpack.training import loop
+    from polarpack.training import loop, runs
 
     config = TrainConfig(
         method=method,
@@ -267,6 +267,7 @@ def test_a_run_killed_within_an_epoch_resumes_at_its_next_step(tmp_path, monkeyp
     monkeypatch.setattr(loop, "_step", killed_at(7))  # epoch 2, step 3: steps 1-2 checkpointed
     with pytest.raises(KeyboardInterrupt):
         train(config, out=tmp_path / "cut", progress=False)
+    assert runs.checkpoint_position(tmp_path / "cut") == (1, 2)  # what --status reads
     calls.clear()
     monkeypatch.setattr(loop, "_step", killed_at(0))  # count only
     resumed = train(resume=tmp_path / "cut", progress=False)

@@ -30,7 +30,7 @@ from polarpack.experiments.grid import EXPERIMENT_LIMIT, Cell, Experiment
 from polarpack.experiments.runner import CellOutcome, cell_options, epoch_bar, run_cell
 from polarpack.experiments.store import ResultsStore
 from polarpack.training.config import TrainConfig
-from polarpack.training.runs import STATE_FILE, read_metrics
+from polarpack.training.runs import STATE_FILE, checkpoint_position, read_metrics
 
 try:  # the optional extra: without it, `require_submitit` says how to install it
     from submitit.helpers import Checkpointable
@@ -368,9 +368,13 @@ def _progress(store: ResultsStore, cell: Cell) -> str:
         done = len(read_metrics(run_dir))
     except PolarpackError as exc:  # a damaged file is for the run to refuse, not the listing
         return f"its metrics do not read: {exc}"
-    if not (run_dir / STATE_FILE).exists():
-        return f"{done} of {cell.config.epochs} epochs done" if done else ""
-    return f"{done} of {cell.config.epochs} epochs done, resumes from its checkpoint"
+    text = f"{done} of {cell.config.epochs} epochs done" if done else ""
+    position = checkpoint_position(run_dir) if (run_dir / STATE_FILE).exists() else None
+    if position is None:
+        return text
+    epoch, steps = position
+    where = f"after step {steps} of epoch {epoch + 1}" if steps else f"after epoch {epoch}"
+    return f"{done} of {cell.config.epochs} epochs done, resumes {where}"
 
 
 def _job_record(store: ResultsStore, cell: Cell) -> dict[str, Any] | None:

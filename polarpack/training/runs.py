@@ -729,6 +729,23 @@ class TrainingState:
     progress: EpochProgress | None = None  # how far epoch + 1 got, when taken within it
 
 
+def checkpoint_position(run_dir: str | os.PathLike) -> tuple[int, int] | None:
+    """Where a resume of the run would start, from its training state's header alone: (the last
+    finished epoch, the optimizer steps done in the next one). None without a readable one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(Path(run_dir) / STATE_FILE), framework="pt") as fh:
+            meta = json.loads(fh.metadata()["polarpack"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        return None
+    within = meta.get("within_epoch") if isinstance(meta, dict) else None
+    steps = within.get("steps", 0) if isinstance(within, dict) else 0
+    epoch = meta.get("epoch") if isinstance(meta, dict) else None
+    ok = isinstance(epoch, int) and isinstance(steps, int)
+    return (epoch, steps) if ok else None
+
+
 def load_checkpoint(files: RunFiles) -> TrainingState | None:
     """The training state of a run to resume, or None when it has none (killed before its first
     checkpoint: the run starts over). Refused when it belongs to another run or configuration, or
