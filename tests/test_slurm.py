@@ -175,7 +175,7 @@ def test_status_says_how_far_an_unfinished_cell_got(tmp_path):
     first, second = grid_status(exp, results)
     assert (first.status, first.detail) == (
         "pending",
-        "1 of 3 epochs done, resumes from its checkpoint",
+        "1 of 3 epochs done, resumes after epoch 1",
     )
     assert (second.status, second.detail) == ("pending", "")
     with ResultsStore(results).hold(exp.cells[0]):
