@@ -92,7 +92,7 @@ _results = click.option(
     "show_status",
     is_flag=True,
     help="Per cell: done, running, queued, failed (with its log's last line) or pending; for an "
-    "unfinished one, the epochs done and whether it resumes from a checkpoint.",
+    "unfinished one, the epochs done and where a resume would start (after an epoch, or a step).",
 )
 @_sets
 @click.option(

@@ -330,7 +330,7 @@ class CellStatus:
 def grid_status(exp: Experiment, results: str | os.PathLike) -> list[CellStatus]:
     """Per cell: done, running (a live claim), queued (submitted, not started), failed (with the
     log's last line), pending (never submitted, or to retry) or skipped; a running or pending
-    one says how many epochs it has done and whether it resumes from a checkpoint."""
+    one says how many epochs it has done and where a resume would start."""
     store = ResultsStore(results)
     return [_cell_status(store, cell) for cell in exp.cells]
 
