@@ -28,7 +28,7 @@ from polarpack._io import atomic_write_text, read_bytes, read_json
 from polarpack.errors import ConfigError, PolarpackError
 from polarpack.experiments.grid import EXPERIMENT_LIMIT, Cell, Experiment
 from polarpack.experiments.runner import CellOutcome, cell_options, epoch_bar, run_cell
-from polarpack.experiments.store import ResultsStore
+from polarpack.experiments.store import OTHER_MACHINE, ResultsStore
 from polarpack.training.config import TrainConfig
 from polarpack.training.runs import STATE_FILE, checkpoint_position, read_metrics
 
@@ -268,6 +268,8 @@ def submit(
     `other_machine` restart, a task restarts a run that computed on another kind of node
     (`run_cell`); leave is refused, as only a node knows its kind: keep the grid on one kind of
     node with a constraint instead."""
+    if other_machine not in OTHER_MACHINE:
+        raise ConfigError(f"other_machine must be one of {', '.join(OTHER_MACHINE)}")
     if other_machine == "leave":
         raise ConfigError(
             "other_machine leave is for a grid run here; on a cluster, keep its tasks on one kind "
@@ -362,7 +364,7 @@ def _cell_status(store: ResultsStore, cell: Cell) -> CellStatus:
 
 
 def _progress(store: ResultsStore, cell: Cell) -> str:
-    """How far an unfinished cell's run got, and whether it resumes from there."""
+    """How far an unfinished cell's run got, and where a resume of it would start."""
     run_dir = store.run_dir(cell)
     try:
         done = len(read_metrics(run_dir))
