@@ -138,10 +138,10 @@ def test_a_preempted_task_resumes_its_cell_from_its_last_epoch(tmp_path):
     assert "preempted" in sub.jobs[0].stdout()
 
 
-def test_a_task_on_another_kind_of_node_starts_its_cell_over_when_asked(tmp_path):
-    """other_machine restart reaches the task: a cell that computed on another kind of machine
-    trains from epoch 0 on the node, its attempt kept under earlier/; leave is refused."""
-    grid, results = _grid(tmp_path, epochs=2, seeds=[0], extra=""), tmp_path / "res"
+def _stopped_after_an_epoch(tmp_path: Path, epochs: int, seeds: list[int]):
+    """A grid whose first cell was interrupted after its first epoch (checkpointed there):
+    (experiment, results folder, that cell's run folder)."""
+    grid, results = _grid(tmp_path, epochs=epochs, seeds=seeds), tmp_path / "res"
     exp = load_experiment(grid, ["checkpoint_seconds=0"])
     run = ResultsStore(results).run_dir(exp.cells[0])
 
@@ -150,6 +150,13 @@ def test_a_task_on_another_kind_of_node_starts_its_cell_over_when_asked(tmp_path
 
     with pytest.raises(KeyboardInterrupt):
         train(exp.cells[0].config, out=run, progress=False, on_epoch=stop)
+    return exp, results, run
+
+
+def test_a_task_on_another_kind_of_node_starts_its_cell_over_when_asked(tmp_path):
+    """other_machine restart reaches the task: a cell that computed on another kind of machine
+    trains from epoch 0 on the node, its attempt kept under earlier/; leave is refused."""
+    exp, results, run = _stopped_after_an_epoch(tmp_path, epochs=2, seeds=[0])
     saved = json.loads((run / "config.json").read_text())
     saved["environment"]["cpu"] = "Another CPU"  # as a run started on another node records it
     (run / "config.json").write_text(json.dumps(saved))
@@ -163,15 +170,7 @@ def test_a_task_on_another_kind_of_node_starts_its_cell_over_when_asked(tmp_path
 
 
 def test_status_says_how_far_an_unfinished_cell_got(tmp_path):
-    grid, results = _grid(tmp_path, epochs=3, seeds=[0, 1]), tmp_path / "res"
-    exp = load_experiment(grid, ["checkpoint_seconds=0"])
-    run = ResultsStore(results).run_dir(exp.cells[0])
-
-    def stop(row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(exp.cells[0].config, out=run, progress=False, on_epoch=stop)
+    exp, results, run = _stopped_after_an_epoch(tmp_path, epochs=3, seeds=[0, 1])
     first, second = grid_status(exp, results)
     assert (first.status, first.detail) == (
         "pending",
