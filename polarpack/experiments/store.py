@@ -175,15 +175,21 @@ def plan(
     unfinished cell of its seed, so that a seed's runs all compute on one kind (action leave)."""
     if other_machine not in OTHER_MACHINE:
         raise ConfigError(f"other_machine must be one of {', '.join(OTHER_MACHINE)}")
+    states = ["skip" if c.skip_reason else store.state(c) for c in exp.cells]
+    leave = other_machine == "leave"
+    # where a run computed, when elsewhere: each resume's, and with leave every started run's
+    there = [
+        store.elsewhere(c) if s == "resume" or (leave and s != "skip") else None
+        for c, s in zip(exp.cells, states, strict=True)
+    ]
     seeds_there: dict[Any, str] = {}
-    if other_machine == "leave":
-        for c in exp.cells:
-            if not c.skip_reason and (kind := store.elsewhere(c)):
+    if leave:
+        for c, kind in zip(exp.cells, there, strict=True):
+            if kind:
                 seeds_there.setdefault(c.seed, kind)
     rows = []
-    for c in exp.cells:
-        action = "skip" if c.skip_reason else store.state(c)
-        elsewhere = store.elsewhere(c) if action == "resume" else None
+    for c, action, kind in zip(exp.cells, states, there, strict=True):
+        elsewhere = kind if action == "resume" else None
         if action not in ("skip", "done") and c.seed in seeds_there:
             action, elsewhere = "leave", seeds_there[c.seed]
         elif elsewhere and other_machine == "restart":
