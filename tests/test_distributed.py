@@ -39,9 +39,8 @@ OPTIONS = dict(
 )
 # SGD, not Adam: Adam divides by the running gradient scale, which turns float-level differences in
 # the all-reduce order into lr-sized steps for weights whose gradient is near zero. fp32, not
-# "auto":
-# bf16 kernels differ with the batch split (50 images per rank instead of 100), so no two process
-# counts agree to the last bit on a CPU with native bf16.
+# "auto": bf16 kernels differ with the batch split (50 images per rank instead of 100), so no two
+# process counts agree to the last bit on a CPU with native bf16.
 
 
 def _assert_same_epoch(got: dict, want: dict) -> None:
@@ -147,10 +146,8 @@ def test_two_ranks_match_one_process(tmp_path):
         torch.equal(ranks[0][k], ranks[1][k]) for k in reference
     )  # the ranks never drift apart
     # Compare what training changed: per-rank backward passes (50 instead of 100 images) run other
-    # kernels, whose
-    # float-level differences stay far below a few percent of the update in fp32; a wrong shard or
-    # loss scale
-    # changes it by half or more.
+    # kernels, whose float-level differences stay far below a few percent of the update in fp32; a
+    # wrong shard or loss scale changes it by half or more.
     model = build_model("alexnet", num_classes=10, dropout=0.0)
     initialise(model, TrainConfig(**OPTIONS))
     for key, start in model.state_dict().items():
@@ -190,6 +187,50 @@ def test_a_run_whose_rank_died_resumes_under_torchrun(tmp_path):
     assert result.status == "completed" and [r["epoch"] for r in result.metrics] == [1, 2]
     for got, want in zip(result.metrics, single.metrics, strict=True):
         _assert_same_epoch(got, want)
+
+
+@pytest.mark.slow
+def test_ranks_resumed_from_a_checkpoint_within_an_epoch_draw_their_own_dropout(
+    tmp_path, monkeypatch
+):
+    """A single process checkpoints between steps and saves its one dropout stream; two ranks
+    resuming from it must not both continue that stream (each would drop the same units)."""
+    from polarpack.training import loop
+
+    options = dict(OPTIONS, method="scratch", dist=None, dropout=0.5, batch_size=50)
+    real_step, steps = loop._step, []
+
+    def killed_at_step_six(*args):  # epoch 2, step 2: its step 1 is checkpointed
+        steps.append(1)
+        if len(steps) == 6:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(loop, "_step", killed_at_step_six)
+    with pytest.raises(KeyboardInterrupt):
+        train(out=tmp_path / "run", progress=False, checkpoint_seconds=1e-9, **options)
+    proc = _torchrun(
+        f"""
+        import hashlib, json, os
+        import torch
+        import torch.nn.functional as F
+        from polarpack.training.loop import train
+        states, dropout = [], F.dropout
+        def recorded(*args, **kwargs):
+            states.append(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest())
+            return dropout(*args, **kwargs)
+        F.dropout = recorded
+        train(resume={str(tmp_path / "run")!r}, progress=False)
+        with open(f"rank{{os.environ['RANK']}}.json", "w") as f:
+            json.dump(states, f)
+    """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] and not set(ranks[0]) & set(ranks[1])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [(r["epoch"], r.get("step")) for r in saved["resumes"]] == [(1, 1)]
 
 
 @pytest.mark.slow

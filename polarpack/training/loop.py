@@ -298,10 +298,15 @@ class _Trainer:
         )
         resets = epoch_generator(config.seed, "resets", epoch, setup.device) if constraint else None
         steps, loss_sum, correct, seen, before = 0, 0.0, 0, 0, 0.0
-        if resumed is None:
-            torch.manual_seed(derive_seed(config.seed, "dropout", str(world.rank), str(epoch)))
+        if resumed is None or world.world_size > 1:
+            # A checkpoint within an epoch is single-process, and its one saved dropout stream
+            # would have every rank drop the same units: each rank derives its own from there.
+            after = () if resumed is None else (f"step {resumed.steps}",)
+            rank_epoch = (str(world.rank), str(epoch), *after)
+            torch.manual_seed(derive_seed(config.seed, "dropout", *rank_epoch))
         else:
             _set_dropout_rng(setup.device, resumed.dropout_rng)
+        if resumed is not None:
             if resets is not None and resumed.resets_rng is not None:
                 resets.set_state(resumed.resets_rng)
             steps, loss_sum, correct = resumed.steps, resumed.loss_sum, resumed.correct
