@@ -177,21 +177,15 @@ def experiment(
 
 
 def _dry_run(exp, results, as_json, other_machine) -> None:
-    rows = plan(exp, ResultsStore(results), other_machine=other_machine)
+    planned = plan(exp, ResultsStore(results), other_machine=other_machine)
     if as_json:
-        emit_json({"name": exp.name, "results": results, "cells": rows})
+        emit_json({"name": exp.name, "results": results, "cells": [p.to_json() for p in planned]})
         return
-    for r in rows:
-        who = f"seed {r['seed']}" if r["action"] == "leave" else "it"
-        note = r["reason"] or (
-            f"{who} computed on {r['computed_on']}, not on this kind of machine"
-            if "computed_on" in r
-            else None
-        )
-        click.echo(f"{r['action']:7s} {r['run_id']}" + (f"  ({note})" if note else ""))
-    actions = [r["action"] for r in rows]
+    for p in planned:
+        click.echo(f"{p.action:7s} {p.cell.run_id}" + (f"  ({p.note})" if p.note else ""))
+    actions = [p.action for p in planned]
     info(
-        f"{len(rows)} cells in {results}: "
+        f"{len(planned)} cells in {results}: "
         + ", ".join(f"{actions.count(a)} {a}" for a in dict.fromkeys(actions))
     )
 

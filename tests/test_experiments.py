@@ -179,13 +179,13 @@ def test_a_finished_grid_is_done_and_its_committed_files_alone_count(finished, g
     results, counts = finished
     assert counts == {"completed": 4, "skipped": 2}
     exp = load_experiment(grid_file)
-    assert [r["action"] for r in plan(exp, ResultsStore(results))] == ["done", "done", "skip"] * 2
+    assert [p.action for p in plan(exp, ResultsStore(results))] == ["done", "done", "skip"] * 2
     for run in (results / "runs").iterdir():  # what git keeps: config, metrics, summary; no weights
         target = tmp_path / "clone" / "runs" / run.name
         target.mkdir(parents=True)
         for name in ("config.json", "metrics.jsonl", "metrics.csv", "summary.json"):
             (target / name).write_bytes((run / name).read_bytes())
-    assert [r["action"] for r in plan(exp, ResultsStore(tmp_path / "clone"))] == [
+    assert [p.action for p in plan(exp, ResultsStore(tmp_path / "clone"))] == [
         "done",
         "done",
         "skip",
@@ -204,7 +204,7 @@ def test_interrupted_and_failed_cells_resume_and_retry(grid_file, tmp_path):
     store = ResultsStore(tmp_path)
     store.record_failure(scratch, "it broke")  # as a crashed worker leaves it
     (store.run_dir(spin) / ".model.safetensors.x.tmp").write_bytes(b"left by a killed writer")
-    assert [r["action"] for r in plan(exp, store)][:2] == ["done", "retry"]
+    assert [p.action for p in plan(exp, store)][:2] == ["done", "retry"]
     result = run_experiment(exp, tmp_path, progress=False)
     assert result.counts == {"completed": 2, "skipped": 1}
     assert not list(tmp_path.glob("runs/*/.*.tmp"))

@@ -134,17 +134,15 @@ def run_experiment(
     threads = max(1, (cores or os.cpu_count() or 1) // (jobs * nproc_per_run))
     with store.lock():
         planned = plan(exp, store, other_machine=other_machine)
-        todo = [
-            (c, row["action"])
-            for c, row in zip(exp.cells, planned, strict=True)
-            if row["action"] in ("run", "resume", "retry", "restart")
-        ]
-        resumed = [c for c, action in todo if action == "resume"]
-        bar = epoch_bar([c for c, _ in todo], store, desc=exp.name, progress=progress, done=resumed)
-        for row in planned:
-            if row["action"] == "leave":
-                note = f"left to {row['computed_on']} (seed {row['seed']} computed there)"
-                bar.write(printable(f"{note}: {row['run_id']}"), file=sys.stderr)
+        todo = [p for p in planned if p.action in ("run", "resume", "retry", "restart")]
+        resumed = [p.cell for p in todo if p.action == "resume"]
+        bar = epoch_bar(
+            [p.cell for p in todo], store, desc=exp.name, progress=progress, done=resumed
+        )
+        for p in planned:
+            if p.action == "leave":
+                note = f"left to {p.computed_on} (seed {p.cell.seed} computed there)"
+                bar.write(printable(f"{note}: {p.cell.run_id}"), file=sys.stderr)
 
         def finish(cell: Cell, outcome: CellOutcome) -> None:
             if outcome.status == "failed":
@@ -156,11 +154,11 @@ def run_experiment(
 
         work = [
             (
-                cell,
-                (str(store.root), cell, cell_options(cell, threads)),
+                p.cell,
+                (str(store.root), p.cell, cell_options(p.cell, threads)),
                 {"nproc": nproc_per_run, "restart_elsewhere": other_machine == "restart"},
             )
-            for cell, _ in todo
+            for p in todo
         ]
         if jobs == 1:
             for cell, args, kwargs in work:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,14 +165,43 @@ def _sweep(run_dir: Path) -> None:
 OTHER_MACHINE = ("resume", "restart", "leave")
 
 
+@dataclass(frozen=True)
+class PlannedCell:
+    """What running the grid would do with one cell: skip, done, resume, restart, retry, run or
+    leave; `computed_on` is the other kind of machine a resume's run (or, for leave, its seed's
+    runs) computed on."""
+
+    cell: Cell
+    action: str
+    computed_on: str | None = None
+
+    @property
+    def note(self) -> str | None:
+        """Why, where there is more to say than the action: the skip's reason or the other kind."""
+        if self.computed_on is None:
+            return self.cell.skip_reason
+        who = f"seed {self.cell.seed}" if self.action == "leave" else "it"
+        return f"{who} computed on {self.computed_on}, not on this kind of machine"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.cell.run_id,
+            "seed": self.cell.seed,
+            "method": self.cell.config.method,
+            "reason": self.cell.skip_reason,
+            "action": self.action,
+            **({"computed_on": self.computed_on} if self.computed_on else {}),
+        }
+
+
 def plan(
     exp: Experiment, store: ResultsStore, *, other_machine: str = "resume"
-) -> list[dict[str, Any]]:
-    """What running the grid would do with each cell: skip, done, resume, retry or run; a resume
-    names the other kind of machine its run computed on, if any (`elsewhere`). `other_machine`
-    says what happens to a run that computed on another kind of machine: it resumes here, or
-    restarts from epoch 0 here (`start_over_elsewhere`), or it is left to that kind with every
-    unfinished cell of its seed, so that a seed's runs all compute on one kind (action leave)."""
+) -> list[PlannedCell]:
+    """What running the grid would do with each cell; a resume names the other kind of machine
+    its run computed on, if any (`elsewhere`). `other_machine` says what happens to a run that
+    computed on another kind of machine: it resumes here, or restarts from epoch 0 here
+    (`start_over_elsewhere`), or it is left to that kind with every unfinished cell of its seed,
+    so that a seed's runs all compute on one kind (action leave)."""
     if other_machine not in OTHER_MACHINE:
         raise ConfigError(f"other_machine must be one of {', '.join(OTHER_MACHINE)}")
     states = ["skip" if c.skip_reason else store.state(c) for c in exp.cells]
@@ -187,21 +216,12 @@ def plan(
         for c, kind in zip(exp.cells, there, strict=True):
             if kind:
                 seeds_there.setdefault(c.seed, kind)
-    rows = []
+    planned = []
     for c, action, kind in zip(exp.cells, states, there, strict=True):
         elsewhere = kind if action == "resume" else None
         if action not in ("skip", "done") and c.seed in seeds_there:
             action, elsewhere = "leave", seeds_there[c.seed]
         elif elsewhere and other_machine == "restart":
             action = "restart"
-        rows.append(
-            {
-                "run_id": c.run_id,
-                "seed": c.seed,
-                "method": c.config.method,
-                "reason": c.skip_reason,
-                "action": action,
-                **({"computed_on": elsewhere} if elsewhere else {}),
-            }
-        )
-    return rows
+        planned.append(PlannedCell(c, action, elsewhere))
+    return planned
