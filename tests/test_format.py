@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import stat
 import string
 import struct
 import tempfile
@@ -773,6 +774,21 @@ def test_failing_writes_leave_the_target_untouched_and_no_temp_files(tmp_path, m
     save(example(), target)
     assert load(target) == example()
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_saved_files_get_the_umask_permissions_without_the_umask_being_touched(
+    tmp_path, monkeypatch
+):
+    """A new file gets what the user's umask allows, as any file would; the umask is process-wide,
+    so reading it by setting it would race the user's other threads."""
+    before = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("the umask was changed"))
+        save(example(), tmp_path / "d.polar")
+    finally:
+        monkeypatch.undo()
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "d.polar").stat().st_mode) == 0o640
 
 
 # -- schema and spec -------------------------------------------------------------------------
