@@ -79,25 +79,27 @@ ALEXNET = PaperNetSpec(
     ),
     geometries={
         "imagenet": Geometry(
-            227,
-            (4, 1, 1, 1, 1),
-            (0, 2, 1, 1, 1),
-            (True, True, False, False, True),
-            0,
-            False,
-            6,
-            "227x227 input, as the prior-work Keras code",
+            input_size=227,
+            strides=(4, 1, 1, 1, 1),
+            paddings=(0, 2, 1, 1, 1),
+            pools=(True, True, False, False, True),
+            pool_padding=0,
+            pool_ceil=False,
+            feature_size=6,
+            note="227x227 input, as the prior-work Keras code",
         ),
         "small": Geometry(
-            32,
-            (4, 1, 1, 1, 1),
-            (5, 2, 1, 1, 1),
-            (True, True, False, False, False),
-            1,
-            False,
-            2,
-            "32x32/28x28 input: conv1 stride 4 padding 5 (8x8 or 7x7), pools 3/2 padding 1 after "
-            "conv1 and conv2 (4x4, then 2x2), no pool after conv5",
+            input_size=32,
+            strides=(4, 1, 1, 1, 1),
+            paddings=(5, 2, 1, 1, 1),
+            pools=(True, True, False, False, False),
+            pool_padding=1,
+            pool_ceil=False,
+            feature_size=2,
+            note=(
+                "32x32/28x28 input: conv1 stride 4 padding 5 (8x8 or 7x7), pools 3/2 padding 1 "
+                "after conv1 and conv2 (4x4, then 2x2), no pool after conv5"
+            ),
         ),
     },
 )
@@ -114,26 +116,28 @@ ZFNET = PaperNetSpec(
     ),
     geometries={
         "imagenet": Geometry(
-            224,
-            (2, 2, 1, 1, 1),
-            (1, 0, 1, 1, 1),
-            (True, True, False, False, True),
-            0,
-            True,
-            6,
-            "224x224 input, 9216 features into fc6",
+            input_size=224,
+            strides=(2, 2, 1, 1, 1),
+            paddings=(1, 0, 1, 1, 1),
+            pools=(True, True, False, False, True),
+            pool_padding=0,
+            pool_ceil=True,
+            feature_size=6,
+            note="224x224 input, 9216 features into fc6",
         ),
         "small": Geometry(
-            32,
-            (2, 2, 1, 1, 1),
-            (3, 2, 1, 1, 1),
-            (True, True, False, False, False),
-            1,
-            False,
-            2,
-            "32x32/28x28 input: conv1 stride 2 padding 3 (16x16 or 14x14), pool 3/2 padding 1 "
-            "(8x8 or 7x7), conv2 stride 2 padding 2 (4x4), pool (2x2), no pool after conv5; no LRN "
-            "(weightless; the 32-px grids ran without it)",
+            input_size=32,
+            strides=(2, 2, 1, 1, 1),
+            paddings=(3, 2, 1, 1, 1),
+            pools=(True, True, False, False, False),
+            pool_padding=1,
+            pool_ceil=False,
+            feature_size=2,
+            note=(
+                "32x32/28x28 input: conv1 stride 2 padding 3 (16x16 or 14x14), pool 3/2 padding 1 "
+                "(8x8 or 7x7), conv2 stride 2 padding 2 (4x4), pool (2x2), no pool after conv5; "
+                "no LRN (weightless; the 32-px grids ran without it)"
+            ),
             lrn=False,
         ),
     },
