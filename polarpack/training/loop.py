@@ -275,6 +275,26 @@ class _Trainer:
             }
         return row  # type: ignore[return-value]
 
+    def _random_streams(
+        self, epoch: int, resumed: runs.EpochProgress | None
+    ) -> torch.Generator | None:
+        """Seed dropout's stream for the epoch and return the sign constraint's reset values'
+        stream (None without a constraint), both where a checkpoint within the epoch left them."""
+        config, device, world = self.config, self.setup.device, self.setup.world
+        resets = epoch_generator(config.seed, "resets", epoch, device) if self.constraint else None
+        if resumed is None or world.world_size > 1:
+            # A checkpoint within an epoch is single-process, and its one saved dropout stream
+            # would have every rank drop the same units: each rank derives its own from there.
+            after = () if resumed is None else (f"step {resumed.steps}",)
+            torch.manual_seed(
+                derive_seed(config.seed, "dropout", str(world.rank), str(epoch), *after)
+            )
+        else:
+            _set_dropout_rng(device, resumed.dropout_rng)
+        if resets is not None and resumed is not None and resumed.resets_rng is not None:
+            resets.set_state(resumed.resets_rng)
+        return resets
+
     def _train_epoch(
         self,
         epoch: int,
@@ -296,19 +316,9 @@ class _Trainer:
             self.setup.world,
             self.constraint,
         )
-        resets = epoch_generator(config.seed, "resets", epoch, setup.device) if constraint else None
+        resets = self._random_streams(epoch, resumed)
         steps, loss_sum, correct, seen, before = 0, 0.0, 0, 0, 0.0
-        if resumed is None or world.world_size > 1:
-            # A checkpoint within an epoch is single-process, and its one saved dropout stream
-            # would have every rank drop the same units: each rank derives its own from there.
-            after = () if resumed is None else (f"step {resumed.steps}",)
-            rank_epoch = (str(world.rank), str(epoch), *after)
-            torch.manual_seed(derive_seed(config.seed, "dropout", *rank_epoch))
-        else:
-            _set_dropout_rng(setup.device, resumed.dropout_rng)
         if resumed is not None:
-            if resets is not None and resumed.resets_rng is not None:
-                resets.set_state(resumed.resets_rng)
             steps, loss_sum, correct = resumed.steps, resumed.loss_sum, resumed.correct
             seen, before = resumed.seen, resumed.train_seconds
         started = time.perf_counter() - before
