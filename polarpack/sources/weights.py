@@ -225,8 +225,7 @@ def open_weights(
         return _open_torchvision(text, layout)
     raise SourceError(
         f"{text}: no such file; pass an existing weights file (.safetensors, .pt/.pth, .npz, "
-        ".npy), "
-        "a torchvision model name (e.g. mobilenet_v2) or an hf://owner/repo/path reference"
+        ".npy), a torchvision model name (e.g. mobilenet_v2) or an hf://owner/repo/path reference"
     )
 
 
@@ -370,9 +369,8 @@ def _verified_sha256(path: Path, where: str) -> str | None:
     if not digest.startswith(prefix):
         raise SourceError(
             f"{where}: the file is corrupt: its name carries sha256 prefix {prefix} but its sha256 "
-            "is "
-            f"{digest[: len(prefix)]}...; download it again (or rename it if -{prefix} is not a "
-            "hash)"
+            f"is {digest[: len(prefix)]}...; download it again (or rename it if -{prefix} is not "
+            "a hash)"
         )
     return digest
 
@@ -449,10 +447,8 @@ def _open_torch(
         ):
             raise SourceError(
                 f"{where}: holds pickled Python objects, not just tensors; polarpack loads "
-                "checkpoints "
-                "with weights_only=True for safety. Re-save it with torch.save(model.state_dict(), "
-                "path) "
-                "or as safetensors"
+                "checkpoints with weights_only=True for safety. Re-save it with "
+                "torch.save(model.state_dict(), path) or as safetensors"
             ) from None
         raise SourceError(
             f"{where}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated?"
@@ -484,8 +480,7 @@ def _find_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
         )
         raise SourceError(
             f"{where}: holds {what}, not a state_dict; expected {{name: tensor}} or a checkpoint "
-            "dict "
-            f"with the state_dict under one of {', '.join(STATE_DICT_KEYS)}"
+            f"dict with the state_dict under one of {', '.join(STATE_DICT_KEYS)}"
         )
     if all(k.startswith("module.") for k in sd):
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
@@ -514,8 +509,7 @@ def _refuse_zip_bomb(path: Path, where: str) -> None:
         raise SourceError(
             f"{where}: its arrays expand to {expanded:,} bytes from {stored:,} "
             f"({expanded / stored:,.0f}:1): not weights but a zip bomb; polarpack reads .npz files "
-            "that expand at most "
-            f"{NPZ_MAX_RATIO}:1"
+            f"that expand at most {NPZ_MAX_RATIO}:1"
         )
 
 
@@ -553,8 +547,7 @@ def _open_numpy(
         )
         raise SourceError(
             f"{where}: holds {what}, not a dict of layers; expected {{layer: [kernel, bias]}} (as "
-            "in "
-            "Caffe-converted bvlc_alexnet.npy); save several arrays with np.savez instead"
+            "in Caffe-converted bvlc_alexnet.npy); save several arrays with np.savez instead"
         )
     tensors = {}
     for layer in (
@@ -607,16 +600,13 @@ def _open_torchvision(name: str, layout: str) -> WeightSource:
     except OSError as exc:  # URLError, timeouts, disk errors
         raise SourceError(
             f"torchvision model {name!r}: downloading {weights.url} failed ({_first_line(exc)}); "
-            "this "
-            "needs network access. Without it, get the file elsewhere and pass it as a local "
-            "file: "
-            f"`polarpack extract ./{filename} --out {name}.polar` (or copy it to {cached})"
+            "this needs network access. Without it, get the file elsewhere and pass it as a local "
+            f"file: `polarpack extract ./{filename} --out {name}.polar` (or copy it to {cached})"
         ) from None
     except Exception as exc:  # a hash mismatch of a corrupted download, an unreadable file
         raise SourceError(
             f"torchvision model {name!r}: reading {weights.url} failed ({_first_line(exc)}); try "
-            "again "
-            f"or pass a local copy of {filename}"
+            f"again or pass a local copy of {filename}"
         ) from None
     with torch.device("meta"):
         model = torchvision.models.get_model(name)

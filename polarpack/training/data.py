@@ -175,8 +175,7 @@ def _read_fashion(files: Sequence[Path]) -> ImageDataset:
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
         raise DataError(
             f"{files[0]}: images {tuple(images.shape)} do not match labels {tuple(labels.shape)} "
-            "in "
-            f"{files[1]}; use the images and labels file of the same split"
+            f"in {files[1]}; use the images and labels file of the same split"
         )
     return ImageDataset(
         images.unsqueeze(1),
@@ -194,8 +193,7 @@ def _read_cifar(data_dir: Path, split: str) -> ImageDataset:
     except RuntimeError as exc:
         raise DataError(
             f"{data_dir / 'cifar-10-batches-py'}: refused, not unpickled ({exc}): md5 sums differ "
-            "from the "
-            "official python batches; fix: delete it and --download, or use cifar10-jpeg/"
+            "from the official python batches; fix: delete it and --download, or use cifar10-jpeg/"
         ) from exc
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return ImageDataset(
@@ -326,9 +324,8 @@ def _cifar10(data_dir: Path, download: bool) -> list[ImageDataset]:
         ]
     raise DataError(
         f"cifar10: not found; looked in {batches}/ (python batches) and {jpeg}/ (ImageFolder "
-        "copy); "
-        f"fix: pass --data-dir DIR (data_dir=) holding {needs}, or --download (download=True) when "
-        "online"
+        f"copy); fix: pass --data-dir DIR (data_dir=) holding {needs}, or --download "
+        "(download=True) when online"
     )
 
 
@@ -344,9 +341,8 @@ def _fashion_mnist(data_dir: Path, download: bool) -> list[ImageDataset]:
     if not all(all(f) for f in files.values()):
         raise DataError(
             f"fashion-mnist: not found; looked in {raw}/ for the four IDX files (plain or .gz); "
-            "fix: pass "
-            "--data-dir DIR (data_dir=) holding FashionMNIST/raw/, or --download (download=True) "
-            "online"
+            "fix: pass --data-dir DIR (data_dir=) holding FashionMNIST/raw/, or --download "
+            "(download=True) online"
         )
     return [
         _cached("fashion-mnist", s, raw, files[s], functools.partial(_read_fashion, files[s]))

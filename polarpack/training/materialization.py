@@ -289,9 +289,8 @@ def _check_fits(
         raise ModelError(
             f"layer {target!r}: the distribution's layer {layer.name!r} has shape "
             f"{list(layer.shape or [])} but the model's kernel is {list(shape)}; "
-            f"{dist.granularity} "
-            "distributions fit only the architecture they were extracted from (use a "
-            "layer-granularity .polar for another model)"
+            f"{dist.granularity} distributions fit only the architecture they were extracted from "
+            "(use a layer-granularity .polar for another model)"
         )
 
 
