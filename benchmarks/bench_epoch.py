@@ -98,8 +98,8 @@ def main() -> None:
         )
         print(
             f"  fp32 step / eval batch: channels_last {cl_t:.2f} / {cl_e:.2f} s, contiguous "
-            f"{c_t:.2f} / {c_e:.2f} s: "
-            f"{c_t / cl_t:.2f}x / {c_e / cl_e:.2f}x faster in channels_last"
+            f"{c_t:.2f} / {c_e:.2f} s: {c_t / cl_t:.2f}x / {c_e / cl_e:.2f}x faster in "
+            "channels_last"
         )
         if native:
             bf = epoch(model, args.data_dir, "bf16")
@@ -113,8 +113,7 @@ def main() -> None:
             )
             print(
                 f"  one step of 100 images: fp32 {f_t:.2f} s, bf16 (emulated) {b_t:.2f} s: bf16 is "
-                f"{b_t / f_t:.0f}x slower "
-                "here, so precision auto picks fp32"
+                f"{b_t / f_t:.0f}x slower here, so precision auto picks fp32"
             )
 
 

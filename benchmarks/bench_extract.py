@@ -168,13 +168,11 @@ def report(title: str, res: dict[str, list[float]], n: int) -> None:
     speedup, vs_floor = naive_pth_t / best_st, best_st / floor_t
     print(
         "  target 1: polarpack/safetensors vs naive (torch.load without mmap + numpy): "
-        f"{speedup:.1f}x faster "
-        f"(target >= 20x: {'met' if speedup >= 20 else 'NOT met'})"
+        f"{speedup:.1f}x faster (target >= 20x: {'met' if speedup >= 20 else 'NOT met'})"
     )
     print(
         f"  target 2: polarpack/safetensors vs one read of the conv bytes: {vs_floor:.2f}x the "
-        "floor's time "
-        f"(target <= 2x: {'met' if vs_floor <= 2 else 'NOT met'})"
+        f"floor's time (target <= 2x: {'met' if vs_floor <= 2 else 'NOT met'})"
     )
     print(
         "  context: vs safetensors.load_file + numpy counts (mmap, itself lazy): "
@@ -195,8 +193,8 @@ def run(args: argparse.Namespace, directory: Path) -> None:
     conv_bytes = sum(r[2] for r in ranges)
     print(
         f"polarpack extract benchmark: torch {torch.__version__}, numpy {np.__version__}, "
-        f"{os.cpu_count()} CPUs "
-        f"visible, torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}"
+        f"{os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, "
+        f"python {sys.version.split()[0]}"
     )
     print(f"checkpoint: random-init torchvision vgg16, built in {time.perf_counter() - t0:.1f} s")
     print(
@@ -250,10 +248,8 @@ def run(args: argparse.Namespace, directory: Path) -> None:
             print(f"\ncold page cache: not measured ({note}; posix_fadvise failed)")
     print(
         "\nnotes: 'vs naive' = naive time / variant time (speed-up); 'vs floor' = variant time / "
-        "floor time. "
-        "+sha256 hashes the whole file for source.sha256 (CLI default; --no-hash skips it); 'st "
-        "pattern' keeps "
-        "the exact sign pattern (--granularity pattern)."
+        "floor time. +sha256 hashes the whole file for source.sha256 (CLI default; --no-hash "
+        "skips it); 'st pattern' keeps the exact sign pattern (--granularity pattern)."
     )
 
 
