@@ -350,6 +350,9 @@ def test_a_seed_that_computed_on_another_kind_of_machine_can_be_left_to_it(
     for run_id in seed0:
         assert f"leave   {run_id}  (seed 0 computed on {kind}, not on this kind" in planned
     assert sum(line.startswith("run ") for line in planned.splitlines()) == 2  # seed 1's
+    cells = json.loads(CliRunner().invoke(cli, [*args, "--json"]).stdout)["cells"]
+    left = {c["run_id"]: c["computed_on"] for c in cells if c["action"] == "leave"}
+    assert left == dict.fromkeys(seed0, kind)
 
     result = run_experiment(exp, tmp_path, progress=False, other_machine="leave")
     store = ResultsStore(tmp_path)
@@ -392,6 +395,12 @@ def test_dry_run_through_the_cli(grid_file, finished):
         cli, ["experiment", str(grid_file), "--results", str(results), "--dry-run"]
     )
     assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("done ")
+    as_json = CliRunner().invoke(
+        cli, ["experiment", str(grid_file), "--results", str(results), "--dry-run", "--json"]
+    )
+    cells = json.loads(as_json.stdout)["cells"]
+    assert [c["action"] for c in cells] == [line.split()[0] for line in result.stdout.splitlines()]
+    assert all(c.keys() == {"run_id", "seed", "method", "reason", "action"} for c in cells)
 
 
 # -- report --------------------------------------------------------------------------------------
