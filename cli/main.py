@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from typing import Any
+
 import click
 
 from polarpack import __version__
@@ -43,8 +47,19 @@ for command in (extract, inspect, convert, materialize, train, push, pull, exper
     cli.add_command(command)
 
 
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     keep_freed_memory()  # a training step reuses its memory instead of page-faulting it back
+    # SIGTERM (`timeout`, `docker stop`, a cancelled job) and SIGHUP (a closed terminal) end a
+    # command as Ctrl-C does, so its cleanups run: a partial download or checkpoint is removed and
+    # a run's claim released. Not under torchrun, which stops its workers with SIGTERM while they
+    # may wait in a collective that no Python handler can interrupt.
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _exit_on_signal)
     cli(prog_name="polarpack")
 
 

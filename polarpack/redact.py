@@ -14,6 +14,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 # Query keys that carry a secret: tokens, keys, signatures, passwords, sessions, credentials.
 _SECRET_KEY = re.compile(r"token|key|secret|sig|pass|pwd|auth|session|credential", re.IGNORECASE)
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`|]+")
+# A URL's userinfo up to its last "@" before the path; any character but these may appear in a
+# password (a quote too), so it is matched apart from the rest of the URL.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
 
 
 def public_url(url: str) -> str:
@@ -23,8 +26,8 @@ def public_url(url: str) -> str:
         parts = urlsplit(url)
         host = parts.netloc.rpartition("@")[2]
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    except ValueError:
-        return url
+    except ValueError:  # an invalid port or IPv6 address: still no userinfo
+        return _USERINFO.sub(r"\1", url)
     kept = [(k, v) for k, v in query if not _SECRET_KEY.search(k)]
     if host == parts.netloc and len(kept) == len(query):
         return url
@@ -33,4 +36,4 @@ def public_url(url: str) -> str:
 
 def redact_urls(text: str) -> str:
     """`text` with every URL in it replaced by its `public_url`."""
-    return _URL.sub(lambda match: public_url(match.group(0)), text)
+    return _URL.sub(lambda match: public_url(match.group(0)), _USERINFO.sub(r"\1", text))

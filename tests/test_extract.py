@@ -647,6 +647,14 @@ def test_names_without_a_hash_prefix_are_not_checked(tmp_path, name):
     assert extract(tmp_path / name).names == ["c"]
 
 
+def test_only_pytorch_files_follow_the_hash_prefix_convention(tmp_path):
+    """torch.hub names its pickles `name-<sha256 prefix>.pth`; a date in a safetensors name is a
+    date."""
+    path = tmp_path / "model-20240315.safetensors"
+    save_file({"c.weight": torch.randn(8, 4, 3, 3)}, str(path))
+    assert extract(path).names == ["c"]
+
+
 def test_no_conv_weights(tmp_path):
     path = tmp_path / "mlp.pth"
     torch.save(

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import pytest
 import torch
@@ -35,6 +36,7 @@ from polarpack_cli.main import cli
 from safetensors.torch import save_file
 
 import polarpack.sources.hub as hub_source
+from polarpack import extract
 from polarpack import format as fmt
 from polarpack.errors import FormatError, HubError
 from polarpack.format import Distribution, LayerDistribution
@@ -706,6 +708,8 @@ def test_another_commit_than_the_one_asked_for_is_refused(published, hub_env):
         ("HEAD", 302, "file:///etc/passwd", "which is not an http(s) address"),
         ("GET", 302, "ftp://127.0.0.1/x", "which is not an http(s) address"),
         ("GET", 307, "http://[::1", f"cannot download {REF}: "),  # httpx may refuse it first
+        ("HEAD", 302, None, "sent nothing as a redirect Location"),
+        ("GET", 304, None, "sent nothing as a redirect Location"),
     ],
 )
 def test_a_redirect_is_checked(published, hub_env, method, status, location, needle):
@@ -810,6 +814,23 @@ def test_ctrl_c_during_a_download_leaves_nothing(published, hub_env, ctrl_c):
     assert published.streamed > 0 and cache_files(hub_env) == []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_command_stopped_by_a_signal_leaves_nothing(published, hub_env, signum):
+    """`timeout`, a scheduler or a closed terminal stops `polarpack pull` as Ctrl-C does: the
+    partial download is removed, and the exit status names the signal."""
+    published.misbehave(r"/resolve/", method="GET", body=itertools.repeat(b"x"), pace=0.05)
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_env / "hf_cache"), "HF_HUB_OFFLINE": "0"}
+    command = [sys.executable, "-m", "polarpack", "pull", REF, "--endpoint", published.url]
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as pull:
+        deadline = time.monotonic() + 60
+        while published.streamed == 0 and time.monotonic() < deadline and pull.poll() is None:
+            time.sleep(0.05)
+        assert published.streamed > 0, pull.stderr.read()
+        pull.send_signal(signum)
+        assert pull.wait(timeout=60) == 128 + signum
+    assert cache_files(hub_env) == []
+
+
 def test_a_connection_cut_mid_body_leaves_nothing(published, hub_env):
     data = published.files(REPO)["mnv2.polar"]
     published.misbehave(
@@ -883,6 +904,9 @@ def test_a_push_answer_at_the_limit_passes_one_byte_more_is_refused(hub, extra, 
         ("the LFS upload plan", {"objects": []}, "not a plan for alexnet.polar.safetensors"),
         ("the LFS upload plan", {"objects": 5}, "not a plan for alexnet.polar.safetensors"),
         ("creating the repository", "<html>", "'<html>', which is not JSON"),
+        ("a repository lookup", "[" * 100_000, "which is not JSON"),  # deeper than Python recurses
+        ("the upload modes", {"files": [{"path": ["x"]}]}, "not an upload mode for alexnet.polar"),
+        ("the LFS upload plan", {"objects": [{"oid": {}}]}, "not a plan for alexnet.polar."),
     ],
 )
 def test_an_answer_no_hub_sends_is_named(hub, what, body, needle):
@@ -1238,11 +1262,63 @@ def test_credentials_in_the_endpoint_stay_out_of_files_cards_and_errors(hub, tmp
     assert SECRET not in shown and "mirror-user" not in shown
 
 
+def test_a_hub_checkpoint_named_like_a_torch_hub_file_is_not_held_to_it(hub, tmp_path):
+    """A download is checked against its ETag; a date in its name is not a sha256 prefix."""
+    weights = tmp_path / "model-20240315.pth"
+    torch.save({"c.weight": torch.randn(4, 2, 3, 3)}, weights)
+    hub.add_repo("me/weights", {weights.name: weights.read_bytes()})
+    dist = extract(f"hf://me/weights/{weights.name}", endpoint=hub.url)
+    assert dist.names == ["c"]
+
+
 def test_a_distribution_never_holds_credentials_in_a_url():
     signed = with_credentials("http://h/x") + f"?a=1&token={SECRET}&X-Amz-Signature={SECRET}"
     dist = make_dist(type="hub", id="x", hub="hf://a/b/c", endpoint=signed)
     assert dist.source["endpoint"] == "http://h/x?a=1"
     assert SECRET not in fmt.encode(dist, "json").decode()
+
+
+def test_credentials_in_the_endpoint_stay_out_of_exception_chains_and_http_logs(
+    hub, polar_file, caplog
+):
+    """Requests go to the endpoint without its userinfo (the credentials travel as a header), so
+    neither an exception's causes nor the HTTP client's log of each request holds them."""
+    caplog.set_level(logging.DEBUG)
+    endpoint = with_credentials(hub.url)
+    hub.add_repo(REPO)
+    errors = []
+    for attempt in (
+        lambda: pull(f"hf://{REPO}/missing.polar", endpoint=endpoint),
+        lambda: push(polar_file, REPO, endpoint=endpoint),  # credentials the Hub does not know
+    ):
+        with pytest.raises(HubError) as err:
+            attempt()
+        errors.append("".join(traceback.format_exception(err.value)))
+    assert "HTTP 401" in errors[1] and "HTTP Request: GET" in caplog.text
+    assert SECRET not in "".join(errors) + caplog.text
+
+
+@pytest.mark.parametrize("command", ["pull", "push"])
+def test_a_password_with_a_quote_is_kept_out_of_errors(cli_error, command, polar_file):
+    endpoint = "http://mirror:pa'ss@127.0.0.1:9"  # nothing listens on port 9
+    args = (
+        ["pull", f"hf://{REPO}/x.polar"] if command == "pull" else ["push", str(polar_file), REPO]
+    )
+    message = cli_error([*args, "--endpoint", endpoint, "--token", TOKEN], "127.0.0.1:9")
+    assert "pa'ss" not in message and "mirror" not in message
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://localhost:99999", "http://[::1", "http://localhost:x", "localhost:8080"]
+)
+@pytest.mark.parametrize("command", ["pull", "push"])
+def test_a_malformed_endpoint_is_refused_before_any_request(
+    cli_error, command, endpoint, polar_file
+):
+    args = (
+        ["pull", f"hf://{REPO}/x.polar"] if command == "pull" else ["push", str(polar_file), REPO]
+    )
+    cli_error([*args, "--endpoint", endpoint, "--token", TOKEN], "fix --endpoint or HF_ENDPOINT")
 
 
 def test_a_run_refuses_credentials_in_its_endpoint(cli_error, tmp_path):

@@ -53,6 +53,7 @@ from polarpack.sources.hub import (
     read_answer,
     run_coroutine,
     short,
+    split_endpoint,
 )
 from polarpack.sources.presets import get_preset
 from polarpack.sources.references import is_hub_reference, is_preset
@@ -166,7 +167,7 @@ class _Push:
         raise_for_status(response, body)
         try:
             return json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
             raise self.broken(what, body.decode("utf-8", "replace"), "JSON") from None
 
     async def head_of(self, client: Any, revision: str | None) -> str:
@@ -211,7 +212,7 @@ class _Push:
             client, "POST", self._at("preupload"), "the upload modes", json=payload
         )
         entries = answer.get("files") if isinstance(answer, dict) else None
-        found = {e.get("path"): e for e in _listed(entries) if isinstance(e, dict)}
+        found = {e["path"]: e for e in _listed(entries) if isinstance(e.get("path"), str)}
         modes = {}
         for path, data in self.files.items():
             entry = found.get(path, {})
@@ -238,7 +239,7 @@ class _Push:
         url = f"{self.endpoint}/{self.repo_id}.git/info/lfs/objects/batch"
         answer = await self.ask(client, "POST", url, what, json=payload, headers=LFS_HEADERS)
         objects = answer.get("objects") if isinstance(answer, dict) else None
-        plans = {o.get("oid"): o for o in _listed(objects) if isinstance(o, dict)}
+        plans = {o["oid"]: o for o in _listed(objects) if isinstance(o.get("oid"), str)}
         for oid, path in oids.items():
             if not isinstance(plans.get(oid), dict):
                 raise self.broken(what, answer, f"a plan for {path}")
@@ -345,9 +346,9 @@ def _web_address(url: str) -> bool:
         return False
 
 
-def _listed(value: Any) -> list:
-    """`value` if the answer had a list there, else nothing."""
-    return value if isinstance(value, list) else []
+def _listed(value: Any) -> list[dict]:
+    """The objects in `value` if the answer had a list there, else nothing."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _lfs_action(action: Any) -> bool:
@@ -417,11 +418,11 @@ def push(
         raise HubError(f"{action}: {repo_id!r} is not a repository id; use owner/name") from None
     seconds = hub_timeout(timeout)
     files = _files(dist, stem, repo_id, revision, license)
-    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+    endpoint, credentials = split_endpoint(endpoint, action)
     job = _Push(
         repo_id,
         endpoint,
-        build_hf_headers(token=token or None, **CLIENT),
+        {**build_hf_headers(token=token or None, **CLIENT), **credentials},
         dict(files),
         private,
         revision,

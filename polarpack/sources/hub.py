@@ -15,6 +15,7 @@ and the fix."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import hashlib
 import importlib
@@ -27,7 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from huggingface_hub import __version__ as hf_version
 from huggingface_hub import (
@@ -60,6 +61,7 @@ from polarpack.format import (
     encoding_for_path,
     size_limit,
 )
+from polarpack.redact import public_url
 from polarpack.sources.references import is_hub_reference
 
 # huggingface_hub 2 talks through httpx2, 1.x through httpx: one API under two names
@@ -353,8 +355,10 @@ class _Download:
             return self.headers
         return {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
 
-    def location(self, base: str, value: str) -> str:
+    def location(self, base: str, value: str | None) -> str:
         """A redirect's absolute target: http(s) only, never from https down to http."""
+        if value is None:  # a 3xx answer without a Location header (a 304, a broken server)
+            raise self.invalid("a redirect Location", value, "an http(s) address")
         try:
             url = urljoin(base, value)
             parts = urlsplit(url)
@@ -364,6 +368,31 @@ class _Download:
         if not ok or (base.startswith("https:") and not url.startswith("https:")):
             raise self.invalid("a redirect Location", value, "an http(s) address")
         return url
+
+
+def split_endpoint(endpoint: str | None, action: str) -> tuple[str, dict[str, str]]:
+    """The address of the Hub at `endpoint` (default HF_ENDPOINT) without the `user:password@` a
+    mirror's URL may carry, and the Basic authorization header that carries them instead, as the
+    HTTP client would have sent them. Request URLs end up in exception chains and in the HTTP
+    client's log, so credentials go in a header, never in a URL. A malformed endpoint is refused
+    here, before any request."""
+    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+    try:
+        parts = urlsplit(endpoint)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port out of range or not a number, an unclosed [IPv6
+        valid = False
+    if not valid:
+        raise HubError(
+            f"{action}: the Hub endpoint {public_url(endpoint)!r} is not an http(s) address with "
+            "a host and a port in 1-65535; fix --endpoint or HF_ENDPOINT"
+        )
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return endpoint, {}
+    user, _, password = userinfo.partition(":")
+    basic = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), {"authorization": f"Basic {basic}"}
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
@@ -428,7 +457,7 @@ async def _head(client: Any, job: _Download) -> _Remote:
             continue
         if not response.is_redirect:
             break
-        target = job.location(url, response.headers["Location"])
+        target = job.location(url, response.headers.get("Location"))
         if _origin(target) != _origin(url):
             break
         url, redirects = target, redirects + 1
@@ -454,7 +483,7 @@ def _remote(job: _Download, response: Any, url: str) -> _Remote:
         raise job.invalid("the ETag", etag, "a Hub file id (40 or 64 hex digits)")
     if size is not None and not SIZE.fullmatch(size):
         raise job.invalid("the file size", size, "a number of bytes")
-    target = job.location(url, headers["Location"]) if redirect else url
+    target = job.location(url, headers.get("Location")) if redirect else url
     return _Remote(commit, file_id, None if size is None else int(size), target)
 
 
@@ -484,7 +513,7 @@ async def _get(client: Any, job: _Download, remote: _Remote, out: Path) -> None:
         response = await client.send(request, stream=True, follow_redirects=False)
         try:
             if response.is_redirect:
-                url = job.location(url, response.headers["Location"])
+                url = job.location(url, response.headers.get("Location"))
                 continue
             raise_for_status(response)
             if response.status_code != 200:
@@ -616,13 +645,14 @@ def download(
         if path is None:
             raise HubError(f"cannot download {ref}: {_offline(cache_dir)}")
     else:
+        address, credentials = split_endpoint(endpoint, f"cannot download {ref}")
         headers = build_hf_headers(token=token or None, **CLIENT)
         job = _Download(
             ref,
             parsed,
             rev,
-            (endpoint or constants.ENDPOINT).rstrip("/"),
-            {**headers, "Accept-Encoding": "identity"},
+            address,
+            {**headers, "Accept-Encoding": "identity", **credentials},
             cache,
             max_bytes,
             hub_timeout(timeout),

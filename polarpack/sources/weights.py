@@ -16,7 +16,8 @@ Weights (`open_weights`, `load_state_dict`), read lazily, one tensor at a time, 
 - an ``nn.Module`` or a ``{name: tensor}`` mapping.
 
 Safety: a file's content must be what its suffix says (a ``.pth`` holding ``.npy`` bytes is an
-error); a name carrying torch.hub's sha256 prefix (``name-<8+ hex>.pth``) must match the file;
+error); a local PyTorch file whose name carries torch.hub's sha256 prefix (``name-<8+ hex>.pth``)
+must match it;
 object arrays in .npy/.npz are pickles, which run code when read, so they are refused unless the
 caller passes ``unsafe_allow_pickle=True`` (a Caffe ``.npy`` dict is one: trust the file first).
 
@@ -399,7 +400,9 @@ def _open_file(
             f"{where}: the name says {FORMAT_NAMES[expected]} ({path.suffix}) but the content is a "
             f"{FORMAT_NAMES[found]}; rename the file to match its content"
         )
-    sha = _verified_sha256(path, where)
+    # torch.hub's convention, for its pickles; a Hub download was checked against its ETag
+    checked = found == "pytorch" and info.get("type") != "hub"
+    sha = _verified_sha256(path, where) if checked else None
     info = info | {"file": path.name, "format": found}
     opener = {"safetensors": _open_safetensors, "pytorch": _open_torch}.get(found, _open_numpy)
     return opener(path, info, where, layout, sha=sha, unsafe_allow_pickle=unsafe_allow_pickle)
