@@ -291,6 +291,19 @@ def test_a_second_resume_of_a_held_run_is_refused_and_a_crash_releases_it(tmp_pa
     assert not claim.exists()
 
 
+def test_a_run_named_by_another_path_has_the_same_claim(tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    run.mkdir()
+    (tmp_path / "link").symlink_to(run)
+    monkeypatch.chdir(run)
+    other = {"token": "x", "host": "elsewhere", "pid": 1, "job": "7_1", "since": 0}
+    claims.claim_file(run).write_text(json.dumps(other))  # a live holder on another node
+    for name in (".", "../r", tmp_path / "link"):
+        assert claims.claim_file(name) == claims.claim_file(run)
+        with pytest.raises(claims.RunHeld), claims.hold(name):
+            pass
+
+
 def test_a_claim_is_reentrant_and_refuses_another_holder(tmp_path):
     run = tmp_path / "r"
     with claims.hold(run) as token:

@@ -485,3 +485,27 @@ def test_a_run_leaves_the_callers_torch_settings_as_it_found_them(tmp_path):
         assert torch.equal(torch.get_rng_state(), random_state)
     finally:
         torch.set_num_threads(callers)
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        (["--model", "alexnet", "--image-size", "64"], "cannot take 64x64 images"),
+        (["--model", "zfnet", "--geometry", "imagenet", "--image-size", "32"], "224x224 images"),
+    ],
+)
+def test_an_image_size_the_network_cannot_take_is_refused_before_the_run_exists(
+    cli_error, tmp_path, options, needle
+):
+    out = tmp_path / "run"
+    args = ["train", "--method", "scratch", *options, "--epochs", "1", "--out", str(out)]
+    cli_error([*args, *TINY_ARGS], needle)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_run_can_go_into_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--method", "scratch", "--epochs", "1", "--out", ".", *TINY_ARGS]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "summary.json").is_file() and not list(tmp_path.parent.glob(".*.claim"))

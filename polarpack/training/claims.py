@@ -34,8 +34,9 @@ class RunHeld(ConfigError):
 
 
 def claim_file(run_dir: str | os.PathLike) -> Path:
-    """`.<name>.claim` beside the run folder: the folder itself holds only the run's files."""
-    run_dir = Path(run_dir)
+    """`.<name>.claim` beside the run folder: the folder itself holds only the run's files. The
+    path is resolved first, so `.`, `run/..` or a link name the folder they lead to."""
+    run_dir = Path(run_dir).resolve()
     return run_dir.parent / f".{run_dir.name}.claim"
 
 

@@ -618,6 +618,7 @@ def _build(config: TrainConfig, backend: str | None) -> tuple[_Setup, nn.Module,
         geometry=config.geometry,
         dropout=config.dropout,
     )
+    _check_input_size(model, config, size or int(train_set.images.shape[-1]))
     start = initialise(model, config)
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     memory_format = torch.channels_last if conv else torch.contiguous_format  # faster convs
@@ -636,6 +637,25 @@ def _build(config: TrainConfig, backend: str | None) -> tuple[_Setup, nn.Module,
         "memory_format": str(memory_format),
     }
     return _Setup(config, device, prepare, train_set, val_set, world, report), model, start
+
+
+def _check_input_size(model: nn.Module, config: TrainConfig, size: int) -> None:
+    """One image through the network before anything is written: a size its layers cannot take
+    (the paper networks' fc6 is sized for their geometry's images) is a one-line error here, not a
+    traceback at the first step of a run whose folder then blocks its --out."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    except RuntimeError as exc:
+        native = input_size_for(config.model, config.geometry)
+        fits = f"{native}x{native} images" if native else "the dataset's own size"
+        raise ConfigError(
+            f"--model {config.model} (--geometry {config.geometry}) cannot take {size}x{size} "
+            f"images ({str(exc).splitlines()[0]}); leave out --image-size (the geometry takes "
+            f"{fits}) or choose another --geometry"
+        ) from None
+    finally:
+        model.train()
 
 
 def _write_config(
