@@ -51,6 +51,18 @@ def test_the_one_bit_checkpoint_starts_from_signs_times_channel_scales(checkpoin
         assert torch.equal(start.targets[name], torch.sign(w).to(torch.int8)), name
 
 
+@pytest.mark.parametrize("method", ["freeze-in", "fluid-in-polarity"])
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_a_method_that_transfers_signs_refuses_a_file_of_proportions(
+    tmp_path, checkpoint, method, granularity
+):
+    """A layer or channel file would give a random pattern: Freeze SPIN under another name."""
+    polar = save(extract(checkpoint[0], granularity=granularity), tmp_path / "d.polar")
+    config = TrainConfig(method=method, model="mobilenet_v2", weights=str(polar), **TINY)
+    with pytest.raises(ModelError, match=f"a {granularity} distribution holds proportions, not"):
+        _start(config)
+
+
 @pytest.mark.parametrize("weights", ["checkpoint", "pattern"])
 def test_fluid_in_polarity_starts_as_freeze_in_and_trains_free(tmp_path, checkpoint, weights):
     path, _ = checkpoint

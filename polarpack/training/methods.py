@@ -187,14 +187,26 @@ def _from_proportions(model: nn.Module, config: TrainConfig) -> Start:
 
 def _from_signs(model: nn.Module, config: TrainConfig) -> Start:
     if names_distribution(config.weights):
-        return _from_distribution(model, config, config.weights)
+        return _from_distribution(model, config, config.weights, exact=True)
     return _from_checkpoint_signs(model, config)
 
 
-def _from_distribution(model: nn.Module, config: TrainConfig, ref: str) -> Start:
+def _from_distribution(
+    model: nn.Module, config: TrainConfig, ref: str, *, exact: bool = False
+) -> Start:
+    """The start a distribution gives. `exact`: the method transfers a sign pattern, which a
+    layer or channel file does not hold (materializing one would sample a random pattern, the
+    Freeze SPIN start, under the other method's name)."""
     from polarpack.sources.weights import load_distribution
 
     distribution = load_distribution(ref, **_hub(config))
+    if exact and distribution.granularity not in ("pattern", "scaled"):
+        raise ModelError(
+            f"--weights {ref}: a {distribution.granularity} distribution holds proportions, not "
+            f"the sign pattern that {config.method} transfers; pass a checkpoint or a pattern or "
+            f"scaled .polar (polarpack extract --granularity pattern), or train --method "
+            f"freeze-spin --dist {ref}"
+        )
     mat = materialize(
         distribution,
         model,
