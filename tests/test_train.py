@@ -509,3 +509,15 @@ def test_a_run_can_go_into_the_current_folder(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "summary.json").is_file() and not list(tmp_path.parent.glob(".*.claim"))
+
+
+def test_the_seed_alone_defines_a_torchvision_networks_start(tmp_path):
+    """Its head is no method's: it must not depend on what the caller drew from torch before."""
+    models = []
+    for caller in (1, 2):
+        torch.manual_seed(caller)
+        config = {**TINY, "train_size": 100, "val_size": 100}
+        out = tmp_path / str(caller)
+        result = train(method="scratch", model="mobilenet_v2", epochs=1, out=out, **config)
+        models.append(result.model.state_dict())
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])

@@ -612,6 +612,10 @@ def _build(config: TrainConfig, backend: str | None) -> tuple[_Setup, nn.Module,
         seed=config.seed,
         download=config.download,
     )
+    # What no method initialises (a torchvision or timm network's head, say) draws from torch's
+    # default generator: seeded here, the run's seed alone defines its start, whatever the caller
+    # drew before (the caller's generator comes back when the run ends).
+    torch.manual_seed(derive_seed(config.seed, "model"))
     model = build_model(
         config.model,
         num_classes=len(train_set.classes),
