@@ -521,3 +521,12 @@ def test_the_seed_alone_defines_a_torchvision_networks_start(tmp_path):
         result = train(method="scratch", model="mobilenet_v2", epochs=1, out=out, **config)
         models.append(result.model.state_dict())
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+
+
+def test_the_returned_model_trains_freely(tmp_path):
+    """Pinned zero-target weights are held during the run only, not in the model handed back."""
+    result = train(method="freeze-spin", dist="paper:alexnet", epochs=1, out=tmp_path, **TINY)
+    weight = result.model.conv2.weight
+    weight.grad = None
+    result.model(torch.randn(2, 3, 28, 28)).sum().backward()
+    assert bool((weight == 0).any()) and bool((weight.grad[weight == 0] != 0).any())

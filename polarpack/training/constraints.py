@@ -74,6 +74,7 @@ class SignConstraint:
             raise ConfigError(f"eps must be > 0 (got {eps})")
         modules = dict(model.named_modules())
         self.layers: list[_Layer] = []
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         for name, target in targets.items():
             weight = getattr(modules.get(name), "weight", None)
             if weight is None:
@@ -93,7 +94,7 @@ class SignConstraint:
                 keep = (t != 0).to(weight.dtype)
                 with torch.no_grad():
                     weight.mul_(keep)
-                weight.register_hook(lambda grad, keep=keep: grad * keep)
+                self._hooks.append(weight.register_hook(lambda grad, keep=keep: grad * keep))
         self.eps, self.zeros = float(eps), zeros
         self.resets = 0  # weights reset since the last `take_reset_count`
 
@@ -117,6 +118,13 @@ class SignConstraint:
                 )
                 _flat(layer.weight.data)[idx] = u.mul_(self.eps).mul_(_flat(layer.sign)[idx])
                 self.resets += idx.numel()
+
+    def release(self) -> None:
+        """Stop masking the pinned weights' gradients: the trained model goes back to its user
+        free to train on, as any model would."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
 
     def count_violations(self) -> int:
         with torch.no_grad():

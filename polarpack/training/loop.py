@@ -412,6 +412,8 @@ class _Trainer:
                 runs.save_weights(self.run_dir, self.model)
             runs.write_summary(self.run_dir, summary)
             (self.run_dir / STATE_FILE).unlink(missing_ok=True)  # a finished run is never resumed
+        if self.constraint is not None:
+            self.constraint.release()
         self.setup.world.teardown()
         return TrainResult(self.run_dir, status, self.rows, summary, self.config, self.model)
 
