@@ -530,3 +530,10 @@ def test_the_returned_model_trains_freely(tmp_path):
     weight.grad = None
     result.model(torch.randn(2, 3, 28, 28)).sum().backward()
     assert bool((weight == 0).any()) and bool((weight.grad[weight == 0] != 0).any())
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="needs a machine without accelerator")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps", "meta"])
+def test_a_device_this_machine_lacks_is_one_line(cli_error, tmp_path, device):
+    args = ["train", "--method", "scratch", "--device", device, "--out", str(tmp_path / "r")]
+    cli_error([*args, *TINY_ARGS], f"--device {device} but no", "use --device auto or cpu")

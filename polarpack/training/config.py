@@ -363,8 +363,20 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA device is available; use --device auto or cpu")
+    if device.type == "cpu":
+        return device
+    here = torch.accelerator.current_accelerator(check_available=True)
+    if here is None or here.type != device.type:
+        reachable = f"only {here.type} and cpu" if here is not None else "only cpu"
+        raise ConfigError(
+            f"--device {name} but no {device.type} device is available (this torch reaches "
+            f"{reachable}); use --device auto or cpu"
+        )
+    if device.index is not None and device.index >= torch.accelerator.device_count():
+        raise ConfigError(
+            f"--device {name} but there are {torch.accelerator.device_count()} {device.type} "
+            f"devices (0-{torch.accelerator.device_count() - 1}); use --device {device.type}:0"
+        )
     return device
 
 
