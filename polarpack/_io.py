@@ -36,7 +36,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     `path`, on any failure remove it. Writers that stream to a path (safetensors' save_file) use
     this directly and skip building the whole file in memory."""
     path = check_output_path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # the name cut short: a name of up to 255 bytes must leave room for the 22 added
+    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(8)}.tmp")
     # Created exclusively with mode 0666, which the kernel narrows by the process's umask: the
     # permissions any new file gets, read without changing the umask of the user's process.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -129,7 +130,7 @@ def read_json(path: str | os.PathLike, *, limit: int = JSON_LIMIT) -> Any:
     data = read_bytes(path, limit=limit, what="JSON files")
     try:
         return json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # ValueError: huge ints too
         raise PolarpackError(
             f"{path}: not valid JSON ({exc}); the file is damaged: restore it or delete it"
         ) from None

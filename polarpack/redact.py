@@ -13,10 +13,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Query keys that carry a secret: tokens, keys, signatures, passwords, sessions, credentials.
 _SECRET_KEY = re.compile(r"token|key|secret|sig|pass|pwd|auth|session|credential", re.IGNORECASE)
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`|]+")
+# A scheme starts where no scheme character precedes it: without the lookbehind a long run of
+# letters is rescanned from each of its positions, and a reader's time grows with its square.
+_SCHEME = r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://"
+_URL = re.compile(_SCHEME + r"[^\s'\"<>`|]+")
 # A URL's userinfo up to its last "@" before the path; any character but these may appear in a
 # password (a quote too), so it is matched apart from the rest of the URL.
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
+_USERINFO = re.compile(f"({_SCHEME})" + r"[^\s/?#]*@")
 
 
 def public_url(url: str) -> str:

@@ -23,8 +23,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 from polarpack_cli.main import cli
+from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
+from polarpack import extract
 from polarpack.errors import FormatError
 from polarpack.format import (
     JSON_LIMIT,
@@ -371,3 +373,82 @@ def test_a_limit_that_is_not_a_number_is_a_one_line_error(tmp_path, monkeypatch)
 def test_inspect_help_names_the_limits_and_how_to_raise_them():
     text = " ".join(CliRunner().invoke(cli, ["inspect", "--help"]).output.split())
     assert "256 MiB" in text and LAYER_VARIABLE in text and FILE_VARIABLE in text, text
+
+
+# -- reading costs that grow faster than the file ---------------------------------------------
+
+
+def json_polar(path: Path, layer: dict, **top) -> Path:
+    """A one-layer JSON .polar file with this layer record and these top-level objects."""
+    document = {"format_version": 3, "granularity": "layer", "layers": [layer], **top}
+    path.write_text(json.dumps(document))
+    return path
+
+
+LAYER = {"name": "w", "shape": [2, 2], "counts": [0, 2, 2], "p0": 0.0, "p_neg": 0.5, "p_pos": 0.5}
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "a name of 400,000 letters",
+        "a shape of 200,000 huge sizes",
+        "20,000 values under a 3 MiB key",
+    ],
+)
+def test_reading_stays_linear_in_the_file_size(tmp_path, what):
+    """Each of these took minutes to hours (the work grew with the square of a string's length,
+    of the digits of a product, or of a key's length times the values under it)."""
+    if what.startswith("a name"):
+        path = json_polar(tmp_path / "d.polar", {**LAYER, "name": "a" * 400_000})
+    elif what.startswith("a shape"):
+        path = json_polar(tmp_path / "d.polar", {**LAYER, "shape": [2**62] * 200_000})
+    else:
+        path = json_polar(tmp_path / "d.polar", LAYER, metadata={"k" * (3 << 20): [0] * 20_000})
+    start = time.perf_counter()
+    try:
+        load(path)
+    except FormatError as exc:  # refused, in one short line
+        assert len(str(exc)) < 1000
+    assert time.perf_counter() - start < 10, what
+
+
+@pytest.mark.parametrize("field", ["shape", "counts"])
+def test_nested_lists_are_refused_not_recursed_into(tmp_path, field):
+    path = json_polar(tmp_path / "d.polar", {**LAYER, field: "NESTED"})
+    path.write_text(path.read_text().replace('"NESTED"', "[" * 900 + "2" + "]" * 900))
+    with pytest.raises(FormatError, match=f"'{field}'"):
+        load(path)
+
+
+def test_a_scales_tensor_of_the_wrong_rank_is_refused():
+    weights = {"c.weight": torch.randn(4, 2, 3, 3)}
+    data = encode(extract(weights, granularity="scaled"), "safetensors")
+    (n,) = np.frombuffer(data[:8], "<u8")
+    header = json.loads(data[8 : 8 + int(n)])
+    tensors = load_tensors(data)
+    tensors["scales"] = np.array(tensors["scales"][0])
+    broken = save_tensors(tensors, metadata=header["__metadata__"])
+    with pytest.raises(FormatError, match="tensor 'scales' must be 1-D, got shape \\[\\]"):
+        decode(broken)
+
+
+def test_a_json_file_over_its_limit_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "big.polar"
+    with open(path, "wb") as fh:
+        fh.write(b"{" + b" " * 15)  # text: a JSON file
+        fh.truncate(JSON_LIMIT + 1)  # the rest sparse: no time or disk to make
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match=f"over the {JSON_LIMIT:,}-byte limit for json"):
+            load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_a_name_as_long_as_the_file_system_allows_is_saved(tmp_path):
+    path = tmp_path / ("x" * 249 + ".polar")
+    save(load(json_polar(tmp_path / "d.polar", LAYER)), path)
+    assert load(path).names == ["w"]

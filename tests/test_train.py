@@ -537,3 +537,9 @@ def test_the_returned_model_trains_freely(tmp_path):
 def test_a_device_this_machine_lacks_is_one_line(cli_error, tmp_path, device):
     args = ["train", "--method", "scratch", "--device", device, "--out", str(tmp_path / "r")]
     cli_error([*args, *TINY_ARGS], f"--device {device} but no", "use --device auto or cpu")
+
+
+def test_a_config_file_with_an_integer_too_long_to_read_is_one_line(cli_error, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text('{"epochs": ' + "9" * 5000 + "}")
+    cli_error(["train", "--config", str(config)], "not valid JSON", "the file is damaged")

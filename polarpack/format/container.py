@@ -156,10 +156,18 @@ class _Tensors:
         array = np.frombuffer(t["data"], dtype=self._NUMPY[dtype]).reshape(t["shape"])
         return _readonly(array)
 
+    def vector(self, name: str, dtype: str) -> np.ndarray:
+        """A 1-D tensor whose length the reader checks against the layers (payload, scales,
+        norms)."""
+        array = self.get(name, dtype)
+        if array.ndim != 1:
+            raise FormatError(
+                f"{self.where}: tensor '{name}' must be 1-D, got shape {list(array.shape)}"
+            )
+        return array
+
     def bytes(self, name: str) -> memoryview:
-        self.get(name, "U8")
-        if len(self.raw[name]["shape"]) != 1:
-            raise FormatError(f"{self.where}: tensor '{name}' must be 1-D")
+        self.vector(name, "U8")
         return memoryview(self.raw[name]["data"]).toreadonly()
 
 
@@ -216,7 +224,7 @@ def _decode_v2(obj: dict, tensors: _Tensors, where: str) -> Distribution:
     counts = tensors.get("counts", "I64", [n_layers, 3])
     props = tensors.get("proportions", "F64", [n_layers, 3]) if "proportions" in tensors else None
     streams = _layer_streams(tensors, n_layers, where) if granularity != "layer" else None
-    scales = tensors.get("scales", "F32") if granularity == "scaled" else None
+    scales = tensors.vector("scales", "F32") if granularity == "scaled" else None
     layers, linear, scale_at = [], set(linear), 0
     for i, name in enumerate(names):
         shape = _plain(shapes[i]) if isinstance(shapes[i], list) else shapes[i]
@@ -355,7 +363,7 @@ def _decode_norms(record: Any, tensors: _Tensors, where: str) -> dict[str, np.nd
             f"{where}: metadata 'norms' must name distinct modules, one channel count and one "
             "affine digit each"
         )
-    values, at, norms = tensors.get("norms", "F32"), 0, {}
+    values, at, norms = tensors.vector("norms", "F32"), 0, {}
     for prefix, channels, flag in zip(modules, record["channels"], record["affine"], strict=True):
         members = [m for i, m in enumerate(NORM_MEMBERS) if i >= 2 or int(flag) & (1 << i)]
         for member in members:

@@ -41,16 +41,24 @@ def _is_int(value: Any, low: int = 0) -> bool:
 
 
 def _plain(value: Any) -> Any:
-    """numpy/torch scalars and sequences -> Python numbers and tuples; -0.0 -> 0.0; else
-    unchanged."""
+    """numpy/torch scalars and arrays, lists and tuples -> Python numbers and tuples of them;
+    -0.0 -> 0.0; else unchanged. One level deep: no field nests lists, so a nested one is left as
+    it is for the rules to refuse (converting it would recurse as deep as a hostile file nests)."""
     if type(value) is int or value is None:  # the common cases, without the slow ABC checks
         return value
-    if type(value) is float:
-        return value + 0.0
+    tolist = getattr(value, "tolist", None)  # numpy's and torch's arrays and scalars
+    if tolist is not None:
+        value = tolist()
     if isinstance(value, (list, tuple)):
         if all(type(v) is int for v in value):
             return tuple(value)
-        return tuple(_plain(v) for v in value)
+        return tuple(v if isinstance(v, (list, tuple)) else _plain(v) for v in value)
+    return _number(value)
+
+
+def _number(value: Any) -> Any:
+    if type(value) is float:
+        return value + 0.0
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, int)):

@@ -94,15 +94,19 @@ def save(dist: Distribution, path: str | os.PathLike, *, encoding: str | None = 
 
 def load(path: str | os.PathLike) -> Distribution:
     """Read a .polar file of any version and encoding: regular files only (a FIFO or a device is
-    refused at once), within the size limit, checked before a byte is read."""
+    refused at once), within its encoding's size limit, checked on its first 8 bytes before the
+    rest is read."""
     path = Path(path)
     try:
         size = check_regular_file(path, what=".polar files")
-        check_file_size(size, None, str(path))
+        with open(path, "rb") as fh:  # the first bytes tell the encoding, and so its limit
+            check_file_size(size, detect_encoding(fh.read(8)), str(path))
         # the stat'd size as the limit: read_bytes allocates limit + 1 bytes for its read
         data = read_bytes(path, limit=size, what=".polar files")
     except FormatError:
         raise
+    except OSError as exc:  # unreadable: permissions, an I/O error
+        raise FormatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     except PolarpackError as exc:
         if not os.path.lexists(path):
             raise FormatError(

@@ -89,36 +89,48 @@ def _check_keys(
         raise FormatError(f"{where}: missing required field(s) {missing}")
 
 
-def _plain_json(value: Any, path: str, depth: int = 0) -> Any:
+def _plain_json(value: Any, path: str, parts: tuple[str | int, ...] = ()) -> Any:
     """A deep copy of `value` as plain JSON, URLs without their credentials; anything else (NaN,
-    inf, sets, lone surrogates) is an error naming the path."""
-    if depth > 100:
-        raise FormatError(f"'{path}' is nested more than 100 levels deep")
+    inf, sets, lone surrogates) is an error naming the path. The path below `path` is kept as its
+    parts and spelled out only in an error: building it for every value would copy a long key
+    once per value beneath it."""
+    if len(parts) > 100:
+        raise FormatError(f"'{_spelled(path, parts)}' is nested more than 100 levels deep")
     value = _plain(value) if not isinstance(value, (Mapping, list, tuple)) else value
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise FormatError(
-                f"'{path}' contains a lone surrogate; strings must be valid Unicode"
+                f"'{_spelled(path, parts)}' contains a lone surrogate; strings must be valid "
+                "Unicode"
             ) from None
         return redact_urls(value)  # a file is published: credentials in a URL stay behind
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise FormatError(f"'{path}' is {value!r}; JSON numbers must be finite (no NaN/inf)")
+            raise FormatError(
+                f"'{_spelled(path, parts)}' is {value!r}; JSON numbers must be finite (no NaN/inf)"
+            )
         return value
     if isinstance(value, Mapping):
         if not all(isinstance(k, str) for k in value):
-            raise FormatError(f"'{path}' has a non-string key; JSON object keys are strings")
+            raise FormatError(
+                f"'{_spelled(path, parts)}' has a non-string key; JSON object keys are strings"
+            )
         return {
-            _plain_json(k, path, depth + 1): _plain_json(v, f"{path}.{k}", depth + 1)
-            for k, v in value.items()
+            _plain_json(k, path, parts): _plain_json(v, path, (*parts, k)) for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return [_plain_json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
-    raise FormatError(f"'{path}' is a {type(value).__name__}; only plain JSON values are allowed")
+        return [_plain_json(v, path, (*parts, i)) for i, v in enumerate(value)]
+    raise FormatError(
+        f"'{_spelled(path, parts)}' is a {type(value).__name__}; only plain JSON values are allowed"
+    )
+
+
+def _spelled(path: str, parts: tuple[str | int, ...]) -> str:
+    return path + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
 
 
 def validate(dist: Distribution) -> None:
@@ -198,7 +210,12 @@ def _check_shape(shape: Any, where: str) -> None:
         raise FormatError(
             f"{where}: 'shape' {shape!r} must be a non-empty list of positive integers or null"
         )
-    if math.prod(shape) > INT64_MAX:
+    weights = 1
+    for size in shape:  # stops at the bound: a product of huge sizes grows for ever
+        weights *= size
+        if weights > INT64_MAX:
+            break
+    if weights > INT64_MAX:
         raise FormatError(
             f"{where}: 'shape' of {len(shape)} dimensions holds more than 2**63 - 1 weights; "
             "no layer is that large (the file is corrupt)"

@@ -273,7 +273,7 @@ class _Cache:
         """Point the snapshot at a complete, checked blob (atomically) and remember the ref."""
         pointer = self.pointer(commit)
         pointer.parent.mkdir(parents=True, exist_ok=True)
-        partial = pointer.with_name(f".{pointer.name}.{secrets.token_hex(8)}.tmp")
+        partial = pointer.with_name(f".{pointer.name[:200]}.{secrets.token_hex(8)}.tmp")
         try:
             try:
                 partial.symlink_to(os.path.relpath(blob, pointer.parent))
