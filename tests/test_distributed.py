@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY
 from safetensors.torch import load_file
 
 from polarpack.experiments.runner import launch
@@ -120,6 +121,27 @@ def test_mismatched_targets_fail_on_every_rank(tmp_path):
     for rank in (0, 1):
         message = (tmp_path / f"rank{rank}.txt").read_text()
         assert "sign targets differ across ranks: rank(s) [1]" in message and "--seed" in message
+
+
+def _train_in_callers_group(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        result = train(method="scratch", epochs=1, out=Path(out_dir, "run"), progress=False, **TINY)
+        Path(out_dir, f"rank{rank}.txt").write_text(result.status)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_run_joins_a_process_group_its_caller_started(tmp_path):
+    """torch.multiprocessing.spawn sets no RANK: the group's rank says which process writes."""
+    torch.multiprocessing.spawn(
+        _train_in_callers_group, args=(str(tmp_path / "rdzv"), str(tmp_path)), nprocs=2
+    )
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["completed"] * 2
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert resolved["distributed"]["world_size"] == 2
 
 
 @pytest.mark.slow

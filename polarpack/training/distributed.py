@@ -98,6 +98,14 @@ class World:
         return {"world_size": self.world_size, "backend": self.backend}
 
 
+def process_rank() -> int:
+    """This process's rank before `setup`: its process group's where the caller initialised one
+    (torch.multiprocessing.spawn sets no RANK), else torchrun's RANK, else 0."""
+    if torch_distributed.is_available() and torch_distributed.is_initialized():
+        return torch_distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: torch.device, backend: str | None = None) -> tuple[World, torch.device]:
     """Join the process group when RANK and WORLD_SIZE are set; return this rank's place and
     device."""

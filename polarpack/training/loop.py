@@ -435,7 +435,7 @@ def train(
     set) the run is distributed (DDP); every rank returns the same metrics, only rank 0 writes.
     The run folder is held while it trains (`claims.hold`): a second process is refused."""
     target = resume if resume is not None else out
-    main = os.environ.get("RANK", "0") == "0"
+    main = distributed.process_rank() == 0
     with claims.hold(target) if target is not None and main else nullcontext(), _torch_restored():
         return _train(config, out, resume, overwrite, progress, on_epoch, backend, overrides)
 
@@ -480,7 +480,7 @@ def _train(config, out, resume, overwrite, progress, on_epoch, backend, override
         config.validate()
         config.precision = resolve_precision(config.precision, resolve_device(config.device))
     run_dir = files.run_dir if files else Path(out) if out is not None else _default_run_dir(config)
-    if os.environ.get("RANK", "0") == "0":
+    if distributed.process_rank() == 0:
         if files is None:
             runs.prepare_out_dir(run_dir, config.to_dict(), overwrite)
         runs.remove_stale_files(run_dir)
