@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY, TINY_ARGS
 from polarpack_cli.main import cli
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from polarpack.format import Distribution, LayerDistribution, save
@@ -278,6 +279,40 @@ def test_a_run_killed_within_an_epoch_resumes_at_its_next_step(tmp_path, monkeyp
     assert all(torch.equal(a[k], b[k]) for k in a)
     saved = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert [(r["epoch"], r.get("step")) for r in saved["resumes"]] == [(1, 2)]
+
+
+def test_a_checkpoint_within_an_epoch_resumes_on_another_device_type(tmp_path, monkeypatch):
+    """A GPU's generator states have another form than a CPU's: a resume on the other type
+    derives its streams for the rest of the epoch instead of failing to restore them."""
+    from polarpack.training import loop, runs
+
+    config = TrainConfig(
+        method="fluid-spin",
+        dist="paper:alexnet",
+        epochs=2,
+        checkpoint_seconds=1e-9,
+        **{**TINY, "batch_size": 50},
+    )
+    real_step, calls = loop._step, []
+
+    def step(*args):
+        calls.append(1)
+        if len(calls) == 6:  # epoch 2, step 2
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(loop, "_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out=tmp_path / "run", progress=False)
+    monkeypatch.setattr(loop, "_step", real_step)
+    state = tmp_path / "run" / runs.STATE_FILE
+    with safe_open(str(state), "pt") as fh:
+        tensors, meta = {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()
+    assert {"rng.dropout", "rng.resets"} <= set(tensors)
+    philox = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    save_file({**tensors, "rng.dropout": philox, "rng.resets": philox.clone()}, str(state), meta)
+    resumed = train(resume=tmp_path / "run", progress=False)
+    assert resumed.status == "completed" and len(resumed.metrics) == 2
 
 
 def test_a_run_resumed_on_another_machine_says_so(tmp_path, monkeypatch):

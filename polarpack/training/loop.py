@@ -206,6 +206,11 @@ def _dropout_rng(device: torch.device) -> torch.Tensor:
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
 
+def _fits(saved: torch.Tensor, state: torch.Tensor) -> bool:
+    """A saved generator state is one this generator takes (same device type)."""
+    return saved.dtype == state.dtype and saved.shape == state.shape
+
+
 def _set_dropout_rng(device: torch.device, state: torch.Tensor) -> None:
     if device.type == "cuda":
         torch.cuda.set_rng_state(state, device)
@@ -282,17 +287,28 @@ class _Trainer:
         stream (None without a constraint), both where a checkpoint within the epoch left them."""
         config, device, world = self.config, self.setup.device, self.setup.world
         resets = epoch_generator(config.seed, "resets", epoch, device) if self.constraint else None
-        if resumed is None or world.world_size > 1:
-            # A checkpoint within an epoch is single-process, and its one saved dropout stream
-            # would have every rank drop the same units: each rank derives its own from there.
-            after = () if resumed is None else (f"step {resumed.steps}",)
+        after = () if resumed is None else (f"step {resumed.steps}",)
+        # A checkpoint within an epoch is single-process and holds one device type's generator
+        # states (a CPU's and a GPU's differ in form). Dropout's stream is restored by a single
+        # process on the same device type; each rank of a distributed resume derives its own
+        # (one saved stream would have every rank drop the same units), as does a resume on
+        # another device type. The reset values' stream is every rank's alike, restored where
+        # it fits and otherwise derived alike.
+        if (
+            resumed is not None
+            and world.world_size == 1
+            and _fits(resumed.dropout_rng, _dropout_rng(device))
+        ):
+            _set_dropout_rng(device, resumed.dropout_rng)
+        else:
             torch.manual_seed(
                 derive_seed(config.seed, "dropout", str(world.rank), str(epoch), *after)
             )
-        else:
-            _set_dropout_rng(device, resumed.dropout_rng)
         if resets is not None and resumed is not None and resumed.resets_rng is not None:
-            resets.set_state(resumed.resets_rng)
+            if _fits(resumed.resets_rng, resets.get_state()):
+                resets.set_state(resumed.resets_rng)
+            else:
+                resets.manual_seed(derive_seed(config.seed, "resets", str(epoch), *after))
         return resets
 
     def _train_epoch(
