@@ -238,9 +238,11 @@ def test_ranks_resumed_from_a_checkpoint_within_an_epoch_draw_their_own_dropout(
         import torch.nn.functional as F
         from polarpack.training.loop import train
         states, dropout = [], F.dropout
-        def recorded(*args, **kwargs):
-            states.append(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest())
-            return dropout(*args, **kwargs)
+        def recorded(input, p=0.5, training=True, inplace=False):
+            if training:  # in eval mode dropout draws nothing
+                state = torch.get_rng_state().numpy().tobytes()
+                states.append(hashlib.sha256(state).hexdigest())
+            return dropout(input, p, training, inplace)
         F.dropout = recorded
         train(resume={str(tmp_path / "run")!r}, progress=False)
         with open(f"rank{{os.environ['RANK']}}.json", "w") as f:

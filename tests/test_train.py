@@ -116,9 +116,8 @@ def test_no_constrained_weight_has_the_wrong_sign_after_any_step(tmp_path, zeros
     finally:
         handle.remove()
     assert result.status == "completed" and result.config.precision == precision
-    assert len(seen) == 5 * epochs * (
-        size // 100 + 1
-    )  # 5 convs x epochs x (steps + 1 validation batch)
+    # 5 convs x (epochs x (steps + 1 validation batch) + the image-size probe before the run)
+    assert len(seen) == 5 * (epochs * (size // 100 + 1) + 1)
     assert (
         result.metrics[-1]["projection_resets"] > 0
     )  # Adam moves weights across zero: the projection works

@@ -640,8 +640,8 @@ def _build(config: TrainConfig, backend: str | None) -> tuple[_Setup, nn.Module,
         geometry=config.geometry,
         dropout=config.dropout,
     )
-    _check_input_size(model, config, size or int(train_set.images.shape[-1]))
     start = initialise(model, config)
+    _check_input_size(model, config, size or int(train_set.images.shape[-1]))
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     memory_format = torch.channels_last if conv else torch.contiguous_format  # faster convs
     model.to(device, memory_format=memory_format)
