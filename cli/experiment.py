@@ -48,8 +48,8 @@ _results = click.option(
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Cells run in parallel processes; each gets threads = max(1, cores // jobs) unless the "
-    "file sets threads.",
+    help="Cells run in parallel processes; each gets threads = max(1, cores // (jobs * "
+    "nproc-per-run)) unless the file sets threads.",
 )
 @click.option(
     "--nproc-per-run",
@@ -254,7 +254,12 @@ def _status(exp, results, as_json) -> None:
     is_flag=True,
     help="Also count unfinished runs at their last finished epoch (marked PARTIAL).",
 )
-@click.option("--title", default="", help="Title of the figure.")
+@click.option(
+    "--title",
+    default="",
+    help="The report's heading and the JSON's name (default: the experiment's name, or the "
+    "results folder's), and the figure's title (default: none).",
+)
 @json_option
 @handle_errors
 def report(target, results, out, sets, partial, title, as_json):

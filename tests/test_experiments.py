@@ -403,6 +403,14 @@ def test_dry_run_through_the_cli(grid_file, finished):
     assert all(c.keys() == {"run_id", "seed", "method", "reason", "action"} for c in cells)
 
 
+def test_the_help_says_what_the_threads_and_the_title_are():
+    """--jobs divides the cores by the processes of every cell; --title names the report too."""
+    jobs = "".join(CliRunner().invoke(cli, ["experiment", "--help"]).output.split())
+    assert "threads=max(1,cores//(jobs*nproc-per-run))" in jobs  # click may wrap at a hyphen
+    title = " ".join(CliRunner().invoke(cli, ["report", "--help"]).output.split())
+    assert "The report's heading and the JSON's name" in title
+
+
 # -- report --------------------------------------------------------------------------------------
 
 
@@ -507,7 +515,7 @@ def test_aggregation_and_comparison_by_hand(tmp_path):
         [spin, dataclasses.replace(scratch, runs=same)],
         [{"name": "d", "a": {"method": "freeze-spin"}, "b": {"method": "scratch"}}],
     )
-    assert c.final_val_acc.test == "paired t" and c.seeds == [0, 1]
+    assert c.seeds == [0, 1] and c.final_val_acc.test == "none (every pair equal)"  # 0.1, 0.1
     assert c.final_val_acc.diff == pytest.approx((0.1 + 0.1) / 2)
     assert not c.censored and c.epochs_to_threshold.diff == -1  # both pairs: epoch 2 vs 3
     # one seed: a single difference without an interval, and the pairing still names its machine
@@ -638,7 +646,11 @@ def test_a_margin_adds_equivalence_tests_and_empty_selects_unset(tmp_path):
     (c,) = compare(aggregate(*_cells(tmp_path)), [spec])
     assert c.final_val_acc.test == "paired t" and c.seeds == [0, 1, 2, 3]
     assert c.equivalence["final_val_acc"].equivalent
-    assert c.equivalence["epochs_to_threshold"].equivalent  # all at epoch 1: no difference
+    same = c.equivalence["epochs_to_threshold"]  # all at epoch 1: no spread, so no test
+    assert not same.equivalent and same.p_value is None
+    table = markdown_report("x", aggregate(*_cells(tmp_path)), [c])
+    assert "| +0.0 (no interval: every pair equal) |" in table and "[+0.0, +0.0]" not in table
+    assert "±1: no test (every pair equal)" in table
     text = report(tmp_path).markdown
     assert "Runs computed on cpu AVX512 (CPU model not recorded) (8)" in text
 
@@ -700,24 +712,12 @@ def beside_the_data(tmp_path_factory) -> Path:
     return root / "checkout"
 
 
-def _skip_without_its_files(experiment: Path) -> None:
-    """A cell whose checkpoint is missing here drops out of the report, which was made with it."""
-    missing = [
-        c.skip_reason
-        for c in load_experiment(experiment).cells
-        if c.skip_reason and "not found" in c.skip_reason
-    ]
-    if missing:
-        pytest.skip(f"{experiment.name}: {missing[0]}; set POLARPACK_SHARED_DATA to the real data")
-
-
 @pytest.mark.parametrize("out, args", _published_reports(), ids=lambda v: str(v))
 def test_published_reports_regenerate_from_the_committed_store(
     out, args, committed_results, beside_the_data, tmp_path, monkeypatch
 ):
     """Every committed report.md is what its documented command computes from results/."""
     monkeypatch.chdir(beside_the_data)
-    _skip_without_its_files(REPO / args[0])
     args = list(args)  # the parameter is shared between runs of the test
     store = args[args.index("--results") + 1]
     args[args.index("--results") + 1] = str(committed_results.parent / store)
@@ -748,7 +748,6 @@ def test_the_ladder_reports_regenerate_from_the_committed_store(
 ):
     monkeypatch.chdir(beside_the_data)
     file = REPO / "examples" / LADDER.FAMILIES[family]
-    _skip_without_its_files(file)
     made = report(file, results=committed_results, title=family)
     published = REPO / "docs/results/ladder" / LADDER.folder_name(family) / "report.md"
     assert made.markdown == published.read_text()

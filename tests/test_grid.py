@@ -3,6 +3,7 @@ thousands deep, a hundred thousand seeds), and [[include]] expansion."""
 
 from __future__ import annotations
 
+import json
 import time
 import tomllib
 from pathlib import Path
@@ -165,6 +166,31 @@ def test_includes_expand_with_the_defaults_and_the_grids_seeds(tmp_path):
     assert len({c.run_id for c in exp.cells}) == len(exp.cells)
 
 
+def test_a_list_set_reaches_the_includes_that_do_not_set_it(tmp_path):
+    """`--set grid.epochs=[5]` takes epochs out of [defaults]: the includes get the axis as the
+    grid's cells do (as they get its seeds), not TrainConfig's default, but for one that sets
+    epochs itself."""
+    exp = load_experiment(_file(tmp_path, INCLUDES), ["grid.epochs=[5]"])
+    got = {(c.config.method, c.config.dist, c.seed): c.config.epochs for c in exp.cells}
+    assert got[("scratch", None, 0)] == got[("freeze-spin", "paper:alexnet", 0)] == 5
+    assert got[("freeze-spin", "paper:rand", 7)] == 3  # the include's own epochs = 3
+    assert sorted(set(got.values())) == [3, 5]
+
+
+def test_a_whole_number_of_a_float_option_is_one_cell_either_way(tmp_path):
+    """`dropout = 0` and `dropout = 0.0` (or `lr`, which the slug shows) are one cell: one run id,
+    one hash, one run in a grid that lists both."""
+    path = _file(tmp_path, FAST)
+    ints, floats = (
+        load_experiment(path, sets) for sets in (["dropout=0", "lr=1"], ["dropout=0.0", "lr=1.0"])
+    )
+    assert [c.run_id for c in ints.cells] == [c.run_id for c in floats.cells]
+    both = load_experiment(path, ["grid.dropout=[0, 0.0]", "grid.lr=[1, 1.0]"])
+    assert len(both.cells) == 1 and both.cells[0].config.lr == 1.0
+    options = both.cells[0].config.to_dict()
+    assert grid.config_hash({**options, "dropout": 0, "lr": 1}) == grid.config_hash(options)
+
+
 def test_a_file_of_includes_only_is_just_those(tmp_path):
     text = FAST + '[[include]]\nmethod = "freeze-spin"\ndist = "paper:rand"\nseed = [3, 4]\n'
     exp = load_experiment(_file(tmp_path, text))
@@ -190,8 +216,9 @@ def test_a_bad_include_is_one_line_naming_it(tmp_path, cli_error, include, needl
 def test_a_store_finds_runs_of_another_slug_by_hash_and_lists_its_folder_once(
     tmp_path, monkeypatch
 ):
-    """A run folder written under an earlier version's slug is found by its config hash; pending
-    cells cost no listing each (planning a large grid stays linear)."""
+    """A run folder written under an earlier version's slug is found by its config hash (its
+    config.json holding the cell's options); pending cells cost no listing each (planning a large
+    grid stays linear)."""
     from pathlib import Path
 
     from polarpack.experiments.store import ResultsStore
@@ -205,6 +232,8 @@ def test_a_store_finds_runs_of_another_slug_by_hash_and_lists_its_folder_once(
     store = ResultsStore(tmp_path / "results")
     old = store.runs / f"zfnet-old-slug-{cells[3].hash}"
     old.mkdir(parents=True)
+    saved = {"config": cells[3].config.to_dict(), "run_token": "t"}
+    (old / "config.json").write_text(json.dumps(saved))
     listings = []
     iterdir = Path.iterdir
     monkeypatch.setattr(Path, "iterdir", lambda p: listings.append(p) or iterdir(p))

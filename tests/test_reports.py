@@ -237,3 +237,57 @@ def test_one_model_name_with_other_kernel_features_is_another_kind_of_machine():
     assert len(kinds) == 3
     assert machine_kind(INTEL, "cpu") == "cpu AVX512 (Intel(R) Xeon(R) Processor)"
     assert machine_kind(plain, "cpu") == "cpu AVX512 (Intel(R) Xeon(R) Processor; 6/207: avx512f)"
+
+
+TWO_SEEDS = """
+[defaults]
+method = "scratch"
+precision = "fp32"
+epochs = 2
+
+[grid]
+seeds = [15945, 36267]
+"""
+
+
+def test_a_folder_that_only_shares_a_cells_eight_hex_digits_is_another_cells(tmp_path):
+    """Seeds 15945 and 36267 of this grid end their run ids in the same eight hex digits: the
+    finished run of the first is not the second's, neither to plan (which must not stop the grid
+    either) nor to report."""
+    path = tmp_path / "grid.toml"
+    path.write_text(TWO_SEEDS)
+    ran, never = load_experiment(path).cells
+    assert ran.hash == never.hash and ran.run_id != never.run_id
+    results = tmp_path / "results"
+    write_run(results / "runs" / ran.run_id, ran.config.to_dict(), [0.3, 0.5], AMD)
+    planned = CliRunner().invoke(cli, ["experiment", str(path), "--results", results, "--dry-run"])
+    assert planned.exit_code == 0, planned.output
+    assert planned.stdout.splitlines() == [f"done    {ran.run_id}", f"run     {never.run_id}"]
+    made = report(path, results=results)
+    assert made.groups[0].seeds == [15945] and made.groups[0].unfinished == ["s36267: 0/2 epochs"]
+
+
+def test_a_finished_run_is_reported_when_its_input_file_is_not_here(tmp_path):
+    """A file missing here (a checkpoint outside the repository) stops its cell from running,
+    not the report of the run it made elsewhere."""
+    text = GRID.replace('dists = ["paper:alexnet"]', 'dists = ["elsewhere/zfnet.polar"]')
+    path, results = grid(tmp_path, {("freeze-spin", s): 0.5 for s in range(6)}, text)
+    assert all("not found" in c.skip_reason for c in load_experiment(path).cells if c.config.dist)
+    result = invoke(path, "--results", results, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "- **freeze-spin zfnet.polar** (6 runs)" in text and "skipped" not in text
+    rows = (tmp_path / "out" / "runs.jsonl").read_text().splitlines()
+    assert sum('"freeze-spin"' in row for row in rows) == 6
+
+
+def test_a_finished_run_without_epochs_is_a_one_line_error(tmp_path, cli_error):
+    finals = {(m, s): 0.5 for m in ("freeze-spin", "scratch") for s in range(6)}
+    path, results = grid(tmp_path, finals)
+    bad = next((results / "runs").glob("zfnet-cifar10-scratch*s3*"))
+    (bad / "metrics.jsonl").write_text("")
+    cli_error(
+        ["report", str(path), "--results", str(results)],
+        f"{bad}: its summary.json says completed but metrics.jsonl holds no epochs",
+        "restore metrics.jsonl, or remove the folder",
+    )

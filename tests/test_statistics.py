@@ -153,9 +153,22 @@ def test_the_detectable_difference_scales_with_the_spread_and_comes_with_a_paire
     assert t_interval(a, b, paired=False).detectable is None
 
 
-def test_no_p_value_where_the_differences_do_not_spread():
+def test_no_interval_or_test_where_the_differences_do_not_spread():
     """Three seeds, each one epoch apart: a difference with no error to test it against gets no
-    p-value (not 0), so it cannot enter a family as the smallest p."""
+    interval (not one of width 0) and no p-value (not 0), so it cannot enter a family as the
+    smallest p; nor can TOST call it equivalent."""
     same = t_interval([12, 13, 14], [13, 14, 15], paired=True)
-    assert same.diff == -1 and same.low == same.high == -1 and same.p_value is None
+    assert same.diff == -1 and same.low is None and same.high is None and same.p_value is None
+    assert same.test == "none (every pair equal)" and same.sd == 0
     assert holm([same.p_value, 0.04]) == [None, 0.04]
+    test = tost([12, 13, 14], [13, 14, 15], paired=True, margin=2)
+    assert test.p_value is None and not test.equivalent and test.low is None
+    alike = t_interval([0.5, 0.5], [0.4, 0.4], paired=False)
+    assert alike.low is None and alike.p_value is None and alike.test == "none (no spread)"
+
+
+def test_welch_counts_only_the_values_present():
+    """A missing value is left out of the mean and of the n that scales its variance."""
+    a, b = [0.52, 0.47, 0.55], [0.50, 0.51, 0.49, 0.505]
+    assert t_interval([*a, None], b, paired=False) == t_interval(a, b, paired=False)
+    assert tost([*a, None], b, paired=False, margin=0.1) == tost(a, b, paired=False, margin=0.1)

@@ -273,18 +273,23 @@ def _interval(c: Interval | None, scale: float, adjusted: float | None = None) -
     if c is None:
         return "-"
     if c.low is None:
-        return f"{scale * c.diff:+.1f} (no interval: n=1)"
+        return f"{scale * c.diff:+.1f} (no interval: {_why(c)})"
     text = f"{scale * c.diff:+.1f} [{scale * c.low:+.1f}, {scale * c.high:+.1f}]"
     if c.p_value is None:
         return text
     return text + f"; p {_p(c.p_value)}" + ("" if adjusted is None else f", Holm {_p(adjusted)}")
 
 
-def _tost(e: Equivalence | None, adjusted: float | None, scale: float) -> str:
+def _why(c: Interval) -> str:
+    """Why a difference has no interval: n=1, or every pair equal (no spread)."""
+    return c.test.removeprefix("none (").removesuffix(")")
+
+
+def _tost(e: Equivalence | None, adjusted: float | None, scale: float, c: Interval) -> str:
     if e is None:
         return "-"
-    if e.low is None:
-        return f"±{scale * e.margin:g}: no test (n=1)"
+    if e.low is None:  # the interval of the same values says why
+        return f"±{scale * e.margin:g}: no test ({_why(c)})"
     if e.equivalent and adjusted is not None and adjusted < e.alpha:
         verdict = "equivalent"
     elif e.equivalent:
@@ -326,7 +331,7 @@ def comparisons_markdown(comparisons: Sequence[Comparison]) -> list[str]:
         row = f"| {c.name} | {c.a} | {c.b} | {c.n[0]}, {c.n[1]} | {final} | {epochs} | {test} |"
         if tested:
             row += "".join(
-                f" {_tost(c.equivalence.get(m), c.tost_adjusted.get(m), s)} |"
+                f" {_tost(c.equivalence.get(m), c.tost_adjusted.get(m), s, getattr(c, m))} |"
                 for m, s in (("final_val_acc", 100), ("epochs_to_threshold", 1))
             )
         lines.append(row)

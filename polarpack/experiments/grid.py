@@ -29,7 +29,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ UNUSED = {  # options a method ignores (its registry entry says): dropped from i
     option: tuple(m.name for m in METHODS.values() if not m.uses(option))
     for option in METHOD_OPTIONS
 }
+FLOATS = {f.name for f in fields(TrainConfig) if f.type.partition(" | ")[0] == "float"}
 EXPERIMENT_LIMIT = 1 << 20  # bytes: an experiment file is a page of TOML
 MAX_CELLS = 100_000  # cells a file may expand to (grid product x seeds, plus the includes)
 
@@ -145,13 +146,23 @@ def config_hash(config: TrainConfig | Mapping[str, Any]) -> str:
     """sha256 of the options that differ from TrainConfig's defaults (see the module docstring);
     of a cell's config, or of the options a run folder's config.json holds (any version's)."""
     base = _DEFAULTS
-    cfg = config.to_dict() if isinstance(config, TrainConfig) else config
+    cfg = _floats(config.to_dict() if isinstance(config, TrainConfig) else config)
     ident = {
         k: v
         for k, v in sorted(cfg.items())
         if k not in NOT_HASHED and (k not in base or v != base[k])
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _floats(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Whole numbers of float options as floats, so that `dropout = 0` and `dropout = 0.0` are one
+    cell (TOML and JSON keep the two apart, and so would the hash). One too large for a float is
+    left for validation to refuse."""
+    return {
+        k: float(v) if k in FLOATS and type(v) is int and abs(v) <= 2**53 else v
+        for k, v in options.items()
+    }
 
 
 def _slug_part(value: Any) -> str:
@@ -336,8 +347,11 @@ def load_experiment(path: str | os.PathLike, sets: Sequence[str] = ()) -> Experi
             )
         (grid if to_grid else base)[key] = value
         (base if to_grid else grid).pop(key, None)
-        for inc in includes if not to_grid else ():
-            inc.pop(key, None)
+        for inc in includes:  # every cell's value; an axis only where an include sets none
+            if to_grid:
+                inc.setdefault(key, value)
+            else:
+                inc.pop(key, None)
     cells: dict[str, Cell] = {}
     known: dict[Any, Any] = {}
     for options in _expand(base, grid, includes, path):
@@ -397,7 +411,7 @@ def _validated(
     """A cell's options: those its method ignores reset to their defaults, transferred weights
     looked up per model, `auto` precision resolved, all validated; and why it is skipped, if it
     is."""
-    cfg = {**_DEFAULTS, **options}
+    cfg = _floats({**_DEFAULTS, **options})
     method = method_of(cfg["method"])
     for key in METHOD_OPTIONS if method is not None else ():
         if not method.uses(key):

@@ -362,13 +362,19 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
             _group_key(cell.config), Group(_label(cell.config, varying), cell.config)
         )
         group.planned += 1
-        if cell.skip_reason:
-            group.skipped.append(printable(cell.skip_reason))
-            continue
         run_dir = store.run_dir(cell)
         summary = runs.load_summary(run_dir)
+        if cell.skip_reason and summary is None:  # a missing input stops a run, not its report
+            group.skipped.append(printable(cell.skip_reason))
+            continue
         status = summary.status if summary else None
         rows = checked_metrics(run_dir) if status else []
+        if status in FINISHED and not rows:
+            raise ConfigError(
+                f"{run_dir}: its {runs.SUMMARY_FILE} says {status} but {runs.METRICS_FILE} holds "
+                f"no epochs (a damaged or partly copied run); restore {runs.METRICS_FILE}, or "
+                "remove the folder to run the cell again"
+            )
         if status in FINISHED or (partial and rows):
             group.runs.append(_run(cell, run_dir, status, rows))
         elif summary and status == "failed":
@@ -705,10 +711,10 @@ def _write(
             "run_id": c.run_id,
             "seed": c.seed,
             **{k: getattr(c.config, k) for k in keys},
-            **_summary_columns(runs.load_summary(store.run_dir(c))),
+            **_summary_columns(summary),
         }
         for c in cells
-        if not c.skip_reason
+        if (summary := runs.load_summary(store.run_dir(c))) or not c.skip_reason
     ]
     atomic_write_text(out / "report.md", result.markdown)
     atomic_write_text(

@@ -25,13 +25,15 @@ from scipy import integrate, optimize, stats
 @dataclass(frozen=True)
 class Interval:
     """A difference a - b with its confidence interval and the two-sided p-value of "a - b = 0";
-    `low`/`high`/`p_value` are None with one run a side (no spread to estimate)."""
+    `low`/`high`/`p_value` are None with one run a side, or where the values do not spread (every
+    pair's difference the same: no error to estimate, where an interval of width 0 would claim
+    certainty)."""
 
     diff: float
     low: float | None
     high: float | None
     df: float
-    test: str  # paired t | Welch t | none (n=1)
+    test: str  # paired t | Welch t | none (n=1) | none (every pair equal) | none (no spread)
     level: float = 0.95
     p_value: float | None = None
     sd: float | None = None  # paired: the sample spread of the per-seed differences
@@ -70,12 +72,14 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
 
 
 def _difference(a: Sequence[float], b: Sequence[float], paired: bool):
-    """(mean difference, its standard error, degrees of freedom), or None without spread."""
+    """(mean difference, its standard error, degrees of freedom), or None without values; the
+    standard error is None with one value a side, 0 where the values do not spread."""
     if paired:
         mean, sd = mean_std([x - y for x, y in zip(a, b, strict=True)])
         if sd is None:
             return (mean, None, 0) if mean is not None else None
         return mean, sd / math.sqrt(len(a)), len(a) - 1
+    a, b = finite(a), finite(b)  # Welch's counts are of the values present
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
     if ma is None or mb is None:
         return None
@@ -91,11 +95,8 @@ def _difference(a: Sequence[float], b: Sequence[float], paired: bool):
     return ma - mb, math.sqrt(va + vb), df
 
 
-def _p_value(diff: float, se: float, df: float) -> float | None:
-    """Two-sided p of "the true difference is 0"; None where the differences do not spread (every
-    seed's the same: there is no error to test against)."""
-    if se == 0:
-        return None
+def _p_value(diff: float, se: float, df: float) -> float:
+    """Two-sided p of "the true difference is 0"."""
     return float(2 * stats.t.sf(abs(diff) / se, df))
 
 
@@ -108,8 +109,9 @@ def t_interval(
     if found is None:
         return None
     diff, se, df = found
-    if se is None:
-        return Interval(diff, None, None, 0, "none (n=1)", level)
+    if not se:  # one run a side, or no spread: no error to test against, so no p either
+        why = "n=1" if se is None else "every pair equal" if paired else "no spread"
+        return Interval(diff, None, None, df, f"none ({why})", level, sd=se if paired else None)
     half = stats.t.ppf(0.5 + level / 2, df) * se
     if not paired:
         return Interval(
@@ -233,11 +235,8 @@ def tost(
     if found is None:
         return None
     diff, se, df = found
-    if se is None:
+    if not se:  # one run a side, or no spread: no test (see `t_interval`)
         return Equivalence(margin, None, None, None, False, alpha)
-    if se == 0:
-        inside = -margin < diff < margin
-        return Equivalence(margin, diff, diff, 0.0 if inside else 1.0, inside, alpha)
     p_low = stats.t.sf((diff + margin) / se, df)  # H0: diff <= -margin
     p_high = stats.t.cdf((diff - margin) / se, df)  # H0: diff >= +margin
     half = stats.t.ppf(1 - alpha, df) * se

@@ -39,20 +39,22 @@ class ResultsStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.runs = self.root / "runs"
-        self._by_hash: dict[str, Path] | None = None
+        self._by_hash: dict[str, list[Path]] | None = None
         self._here: dict[str, str | None] = {}  # device option -> this machine's kind for it
 
     def run_dir(self, cell: Cell) -> Path:
-        """runs/<run_id>, or the directory whose name ends in the same hash (a run id from another
-        version's slug, so written before this store was opened: the folder is listed once)."""
+        """runs/<run_id>, or a directory whose name ends in the same hash and whose config.json
+        holds the cell's options (a run id from another version's slug, so written before this
+        store was opened: the folder is listed once). Eight hex digits are no identity: another
+        cell's folder that shares them is that cell's, and this one's is runs/<run_id>."""
         exact = self.runs / cell.run_id
         if exact.exists() or not self.runs.is_dir():
             return exact
         if self._by_hash is None:
             self._by_hash = {}
             for path in sorted(p for p in self.runs.iterdir() if p.is_dir()):
-                self._by_hash.setdefault(path.name.rsplit("-", 1)[-1], path)
-        return self._by_hash.get(cell.hash, exact)
+                self._by_hash.setdefault(path.name.rsplit("-", 1)[-1], []).append(path)
+        return next((p for p in self._by_hash.get(cell.hash, ()) if _holds(p, cell)), exact)
 
     def summary(self, cell: Cell) -> runs.RunSummary | None:
         """The cell's summary.json, or None before its run wrote one."""
@@ -152,6 +154,16 @@ class ResultsStore:
             yield
         finally:
             lock.release()
+
+
+def _holds(run_dir: Path, cell: Cell) -> bool:
+    """Whether the run folder's config.json holds the cell's options (one it cannot read
+    does not show that it does)."""
+    try:
+        options, _ = runs.read_config(run_dir)
+    except PolarpackError:
+        return False
+    return config_hash(options) == config_hash(cell.config)
 
 
 def _sweep(run_dir: Path) -> None:
