@@ -56,10 +56,12 @@ def main() -> None:
     # SIGTERM (`timeout`, `docker stop`, a cancelled job) and SIGHUP (a closed terminal) end a
     # command as Ctrl-C does, so its cleanups run: a partial download or checkpoint is removed and
     # a run's claim released. Not under torchrun, which stops its workers with SIGTERM while they
-    # may wait in a collective that no Python handler can interrupt.
+    # may wait in a collective that no Python handler can interrupt. A signal the command was
+    # started ignoring (`nohup` ignores SIGHUP) stays ignored.
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, _exit_on_signal)
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _exit_on_signal)
     cli(prog_name="polarpack")
 
 

@@ -831,6 +831,21 @@ def test_a_command_stopped_by_a_signal_leaves_nothing(published, hub_env, signum
     assert cache_files(hub_env) == []
 
 
+def test_a_command_started_under_nohup_keeps_ignoring_sighup(published, hub_env):
+    published.misbehave(r"/resolve/", method="GET", body=itertools.repeat(b"x"), pace=0.05)
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_env / "hf_cache"), "HF_HUB_OFFLINE": "0"}
+    command = ["nohup", sys.executable, "-m", "polarpack", "pull", REF, "--endpoint", published.url]
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) as pull:
+        deadline = time.monotonic() + 60
+        while published.streamed == 0 and time.monotonic() < deadline and pull.poll() is None:
+            time.sleep(0.05)
+        pull.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert pull.poll() is None  # still downloading
+        pull.send_signal(signal.SIGTERM)
+        assert pull.wait(timeout=60) == 128 + signal.SIGTERM
+
+
 def test_a_connection_cut_mid_body_leaves_nothing(published, hub_env):
     data = published.files(REPO)["mnv2.polar"]
     published.misbehave(
