@@ -102,11 +102,11 @@ def _front_decoded(entries: Any, what: str, where: str) -> list[str]:
 
 
 def encode_safetensors(dist: Distribution) -> bytes:
-    """Version 2: `counts` (L, 3) int64 (-1 rows where unknown), `proportions` (L, 3) float64 only
-    where counts do not give them exactly; at channel, pattern and scaled granularity one `payload`
-    of concatenated layer streams with their `offsets`; `scales` float32 (scaled); `norms` float32;
-    everything else as canonical JSON in the one metadata key `polar` (one key keeps safetensors'
-    bytes reproducible)."""
+    """The current version, in the layout version 2 introduced: `counts` (L, 3) int64 (-1 rows
+    where unknown), `proportions` (L, 3) float64 only where counts do not give them exactly; at
+    channel, pattern and scaled granularity one `payload` of concatenated layer streams with their
+    `offsets`; `scales` float32 (scaled); `norms` float32; everything else as canonical JSON in the
+    one metadata key `polar` (one key keeps safetensors' bytes reproducible)."""
     from safetensors.numpy import save
 
     layers = dist.layers
