@@ -11,8 +11,16 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-# Query keys that carry a secret: tokens, keys, signatures, passwords, sessions, credentials.
-_SECRET_KEY = re.compile(r"token|key|secret|sig|pass|pwd|auth|session|credential", re.IGNORECASE)
+# Query keys that carry a secret: tokens, keys, signatures, passwords, sessions, credentials. A
+# key is read as its words (`X-Amz-Signature`, `access_token`, `apiKey`, and all of them run
+# together): a word that ends in one of these names (`apikey`, `authtoken`), or starts with one
+# that begins no common word (`tokenid`, `sigv4`), is a secret's; `author`, `keyword`, `design`
+# or `signal` are not.
+_SECRET_WORD = re.compile(
+    r"[a-z0-9]*(token|key|secret|sig|signature|pass|passwd|password|pwd|auth|authorization|"
+    r"session|sessionid|credential|cred)s?|(token|secret|passw|credential|signature|sigv)[a-z0-9]*"
+)
+_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 # A scheme starts where no scheme character precedes it: without the lookbehind a long run of
 # letters is rescanned from each of its positions, and a reader's time grows with its square.
 _SCHEME = r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://"
@@ -31,10 +39,15 @@ def public_url(url: str) -> str:
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     except ValueError:  # an invalid port or IPv6 address: still no userinfo
         return _USERINFO.sub(r"\1", url)
-    kept = [(k, v) for k, v in query if not _SECRET_KEY.search(k)]
+    kept = [(k, v) for k, v in query if not _secret(k)]
     if host == parts.netloc and len(kept) == len(query):
         return url
     return urlunsplit(parts._replace(netloc=host, query=urlencode(kept)))
+
+
+def _secret(key: str) -> bool:
+    words = _WORDS.findall(key)
+    return any(_SECRET_WORD.fullmatch(w.lower()) for w in [*words, "".join(words)])
 
 
 def redact_urls(text: str) -> str:

@@ -1336,6 +1336,14 @@ def test_a_malformed_endpoint_is_refused_before_any_request(
     cli_error([*args, "--endpoint", endpoint, "--token", TOKEN], "fix --endpoint or HF_ENDPOINT")
 
 
+def test_only_query_keys_that_name_a_secret_lose_their_values():
+    """Keys are read as words: `author` or `design` are no `auth` or `sig`."""
+    kept = "http://h/x?author=Igoe&design=b1&keyword=polarity"
+    secrets = f"&apiKey={SECRET}&X-Amz-Credential={SECRET}&sessionId={SECRET}&sigv4={SECRET}"
+    dist = make_dist(type="hub", id="x", hub="hf://a/b/c", endpoint=kept + secrets)
+    assert dist.source["endpoint"] == kept
+
+
 def test_a_run_refuses_credentials_in_its_endpoint(cli_error, tmp_path):
     cli_error(
         [
