@@ -267,6 +267,19 @@ def test_a_folder_that_only_shares_a_cells_eight_hex_digits_is_another_cells(tmp
     assert made.groups[0].seeds == [15945] and made.groups[0].unfinished == ["s36267: 0/2 epochs"]
 
 
+def test_a_folder_named_as_a_cell_that_holds_other_options_is_refused(tmp_path, cli_error):
+    finals = {(m, s): 0.5 for m in ("freeze-spin", "scratch") for s in range(6)}
+    path, results = grid(tmp_path, finals)
+    edited = next((results / "runs").glob("zfnet-cifar10-scratch*s3*"))
+    config = json.loads((edited / "config.json").read_text())
+    config["config"]["lr"] = 0.5
+    (edited / "config.json").write_text(json.dumps(config))
+    cli_error(
+        ["report", str(path), "--results", str(results)],
+        f"{edited}: its config.json does not hold the options of cell",
+    )
+
+
 def test_a_finished_run_is_reported_when_its_input_file_is_not_here(tmp_path):
     """A file missing here (a checkpoint outside the repository) stops its cell from running,
     not the report of the run it made elsewhere."""

@@ -362,7 +362,7 @@ def aggregate(cells: Sequence[Cell], store: ResultsStore, *, partial: bool = Fal
             _group_key(cell.config), Group(_label(cell.config, varying), cell.config)
         )
         group.planned += 1
-        run_dir = store.run_dir(cell)
+        run_dir = store.checked_run_dir(cell)
         summary = runs.load_summary(run_dir)
         if cell.skip_reason and summary is None:  # a missing input stops a run, not its report
             group.skipped.append(printable(cell.skip_reason))

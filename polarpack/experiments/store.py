@@ -60,8 +60,10 @@ class ResultsStore:
         """The cell's summary.json, or None before its run wrote one."""
         return runs.load_summary(self.run_dir(cell))
 
-    def state(self, cell: Cell) -> str:
-        """done, resume, retry (failed before) or run."""
+    def checked_run_dir(self, cell: Cell) -> Path:
+        """`run_dir`, refused where its config.json holds other options: the folder's name claims
+        the cell, so running the cell would overwrite another run and reporting it would count
+        another run's numbers as the cell's."""
         run_dir = self.run_dir(cell)
         if (run_dir / runs.CONFIG_FILE).exists():
             options, _ = runs.read_config(run_dir)
@@ -70,6 +72,11 @@ class ResultsStore:
                     f"{run_dir}: its config.json does not hold the options of cell "
                     f"{cell.run_id}; move the directory away or restore its config.json"
                 )
+        return run_dir
+
+    def state(self, cell: Cell) -> str:
+        """done, resume, retry (failed before) or run."""
+        run_dir = self.checked_run_dir(cell)
         summary = self.summary(cell)
         status = summary.status if summary else None
         if status in FINISHED:
