@@ -825,7 +825,9 @@ def test_a_command_stopped_by_a_signal_leaves_nothing(published, hub_env, signum
         deadline = time.monotonic() + 60
         while published.streamed == 0 and time.monotonic() < deadline and pull.poll() is None:
             time.sleep(0.05)
-        assert published.streamed > 0, pull.stderr.read()
+        if published.streamed == 0:  # never started: say why, without waiting for the limit
+            pull.kill()
+            pytest.fail(pull.stderr.read().decode())
         pull.send_signal(signum)
         assert pull.wait(timeout=60) == 128 + signum
     assert cache_files(hub_env) == []
@@ -839,6 +841,7 @@ def test_a_command_started_under_nohup_keeps_ignoring_sighup(published, hub_env)
         deadline = time.monotonic() + 60
         while published.streamed == 0 and time.monotonic() < deadline and pull.poll() is None:
             time.sleep(0.05)
+        assert published.streamed > 0
         pull.send_signal(signal.SIGHUP)
         time.sleep(1)
         assert pull.poll() is None  # still downloading
