@@ -30,14 +30,19 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def temporary_path(path: Path) -> Path:
+    """A fresh hidden name beside `path`, for what is written there before it is moved into
+    place. The name is cut short: one of up to 255 bytes must leave room for the 22 added."""
+    return path.with_name(f".{path.name[:200]}.{secrets.token_hex(8)}.tmp")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path in `path`'s directory to write to; on success fsync it and rename it over
     `path`, on any failure remove it. Writers that stream to a path (safetensors' save_file) use
     this directly and skip building the whole file in memory."""
     path = check_output_path(path)
-    # the name cut short: a name of up to 255 bytes must leave room for the 22 added
-    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(8)}.tmp")
+    tmp = temporary_path(path)
     # Created exclusively with mode 0666, which the kernel narrows by the process's umask: the
     # permissions any new file gets, read without changing the umask of the user's process.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

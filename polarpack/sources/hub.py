@@ -22,7 +22,6 @@ import importlib
 import math
 import os
 import re
-import secrets
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from huggingface_hub.utils import (
     parse_hf_uri,
 )
 
-from polarpack._io import atomic_output, atomic_write_bytes, read_bytes
+from polarpack._io import atomic_output, atomic_write_bytes, read_bytes, temporary_path
 from polarpack._version import __version__
 from polarpack.errors import HubError, PolarpackError
 from polarpack.format import (
@@ -273,7 +272,7 @@ class _Cache:
         """Point the snapshot at a complete, checked blob (atomically) and remember the ref."""
         pointer = self.pointer(commit)
         pointer.parent.mkdir(parents=True, exist_ok=True)
-        partial = pointer.with_name(f".{pointer.name[:200]}.{secrets.token_hex(8)}.tmp")
+        partial = temporary_path(pointer)
         try:
             try:
                 partial.symlink_to(os.path.relpath(blob, pointer.parent))
@@ -357,15 +356,15 @@ class _Download:
 
     def location(self, base: str, value: str | None) -> str:
         """A redirect's absolute target: http(s) only, never from https down to http."""
-        if value is None:  # a 3xx answer without a Location header (a 304, a broken server)
-            raise self.invalid("a redirect Location", value, "an http(s) address")
-        try:
-            url = urljoin(base, value)
-            parts = urlsplit(url)
-            ok = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
+        try:  # None: a 3xx answer without a Location header (a 304, a broken server)
+            url = urljoin(base, value) if value is not None else None
         except ValueError:
-            ok = False
-        if not ok or (base.startswith("https:") and not url.startswith("https:")):
+            url = None
+        if (
+            url is None
+            or not _http_address(url)
+            or (base.startswith("https:") and not url.startswith("https:"))
+        ):
             raise self.invalid("a redirect Location", value, "an http(s) address")
         return url
 
@@ -377,22 +376,28 @@ def split_endpoint(endpoint: str | None, action: str) -> tuple[str, dict[str, st
     client's log, so credentials go in a header, never in a URL. A malformed endpoint is refused
     here, before any request."""
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
-    try:
-        parts = urlsplit(endpoint)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a port out of range or not a number, an unclosed [IPv6
-        valid = False
-    if not valid:
+    if not _http_address(endpoint):
         raise HubError(
             f"{action}: the Hub endpoint {public_url(endpoint)!r} is not an http(s) address with "
             "a host and a port in 1-65535; fix --endpoint or HF_ENDPOINT"
         )
+    parts = urlsplit(endpoint)
     userinfo, at, host = parts.netloc.rpartition("@")
     if not at:
         return endpoint, {}
     user, _, password = userinfo.partition(":")
     basic = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
     return urlunsplit(parts._replace(netloc=host)), {"authorization": f"Basic {basic}"}
+
+
+def _http_address(url: str) -> bool:
+    """An absolute http(s) URL with a host and a usable port (a port out of range or not a number,
+    or an unclosed [IPv6, makes urlsplit raise)."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        return False
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
